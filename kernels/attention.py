@@ -1,0 +1,100 @@
+"""Public entry: `sparse_attention(q, k, v, patterns)` — one call per layer.
+
+Builds ONE `SparseIndex` for all sparse heads of the layer (mixed patterns allowed), runs ONE kernel
+launch (Triton on CUDA, the chunked PyTorch reference elsewhere), and computes `dense` heads with SDPA
+(cuDNN preferred on GPU: it is the fastest dense kernel there).  GQA is native throughout.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .index import SparseIndex, build_index
+from .patterns import HeadPattern
+from .reference import sparse_attention_reference
+
+
+def _sdpa_ctx(device_type: str):
+    if device_type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+             SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # older torch without set_priority
+        return sdpa_kernel(order)
+
+
+def dense_causal_sdpa(q, k, v, scale=None):
+    """Causal SDPA with native GQA (no repeat_kv), cuDNN first on GPU."""
+    with _sdpa_ctx(q.device.type):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+
+
+def dense_heads_sdpa(q, k, v, out, dense_heads: torch.Tensor, scale=None):
+    """Overwrite out[:, h] for the dense heads with causal SDPA.  A partial set of heads gathers its
+    kv heads (an O(N·D) copy per head, negligible next to the O(N²·D) attention)."""
+    Hq, Hkv = q.shape[1], k.shape[1]
+    hs = torch.nonzero(dense_heads.cpu()).flatten()
+    if hs.numel() == Hq:
+        out.copy_(dense_causal_sdpa(q, k, v, scale))
+        return out
+    hs_d = hs.to(q.device)
+    kv = hs_d // (Hq // Hkv)
+    with _sdpa_ctx(q.device.type):
+        o = F.scaled_dot_product_attention(q[:, hs_d], k[:, kv], v[:, kv], is_causal=True, scale=scale)
+    out[:, hs_d] = o
+    return out
+
+
+def _resolve_impl(impl: str, q: torch.Tensor) -> str:
+    if impl == "auto":
+        return "triton" if q.is_cuda else "reference"
+    if impl == "triton" and not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("impl='triton' on CPU needs TRITON_INTERPRET=1 (slow; for tests)")
+    if impl not in ("triton", "reference"):
+        raise ValueError(f"impl must be 'auto', 'triton' or 'reference', got {impl!r}")
+    return impl
+
+
+def normalize_patterns(patterns, num_heads: int) -> list[HeadPattern]:
+    if isinstance(patterns, (HeadPattern, str)) or (
+            isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], str)):
+        patterns = [patterns] * num_heads
+    if isinstance(patterns, dict):  # MInference layer entry {"0": [...], ...}
+        patterns = [patterns[k] for k in sorted(patterns, key=int)]
+    out = [HeadPattern(p) if isinstance(p, str) else HeadPattern.from_list(p) for p in patterns]
+    if len(out) != num_heads:
+        raise ValueError(f"{len(out)} patterns for {num_heads} query heads")
+    return out
+
+
+def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | None = None,
+                     return_index: bool = False, block_m: int = 64, block_n: int = 64,
+                     last_q: int = 64, **kernel_kwargs):
+    """Causal prefill attention with per-head sparse patterns.
+
+    q (B,Hq,N,D); k, v (B,Hkv,N,D) with Hq % Hkv == 0; `patterns`: one HeadPattern (or
+    [name, size_1, size_2, score]) per query head, or a single one for all heads.
+    Returns out (B,Hq,N,D) [, SparseIndex].
+    """
+    B, Hq, N, D = q.shape
+    pats = normalize_patterns(patterns, Hq)
+    impl = _resolve_impl(impl, q)
+    if all(p.name == "dense" for p in pats):
+        out = dense_causal_sdpa(q, k, v, scale)
+        if return_index:
+            return out, build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale)
+        return out
+    index = build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale)
+    if impl == "triton":
+        from .triton_sparse import sparse_attention_triton
+        out = sparse_attention_triton(q, k, v, index, scale, **kernel_kwargs)
+    else:
+        out = sparse_attention_reference(q, k, v, index, scale)
+    return (out, index) if return_index else out

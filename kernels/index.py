@@ -1,0 +1,497 @@
+"""Sparse index: which keys each (batch, query head, query block) attends to.
+
+One format serves every pattern, so ONE kernel launch can run a whole layer whose heads mix
+A-shape, vertical-slash and block-sparse (MInference launches one kernel per head):
+
+* ``block_count  (B, Hq, M)        int32``  kept key blocks of query block m
+* ``block_offset (B, Hq, M, MAX_B) int32``  first key of each kept block; a block covers keys
+  ``[off, off + block_n)``.  Offsets need NOT be multiples of ``block_n`` (vertical-slash ranges
+  start anywhere, which is what makes an isolated diagonal cost one block instead of two) and may be
+  negative (keys < 0 are masked).  Blocks of one query block never overlap.
+* ``column_count (B, Hq, M)        int32``  single kept key columns not inside a kept block
+* ``column_index (B, Hq, M, MAX_C) int32``  those columns, ascending
+* ``dense_heads  (Hq,)             bool``   heads computed by dense causal attention (their counts are 0)
+
+Causality is applied on top of the index: a query row never sees a later key, so "kept keys of row r"
+= (union of its query block's blocks and columns) ∩ [0, r].  Block rounding means a pattern keeps a
+superset of its textbook key set (e.g. A-shape windows are rounded out to whole blocks); `kept_mask`
+returns exactly what the kernels compute, and `kernel_cost` the FLOPs they execute.
+
+All builders are vectorised torch (no per-head Python loops over long data, no N×N tensors), so they run
+on the GPU inside the timed prefill and on the CPU in tests.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .patterns import HeadPattern
+
+VERTICAL_KEEP = 30   # vertical-slash always keeps the first keys (attention sinks) ...
+SLASH_KEEP = 100     # ... and the nearest diagonals (local context), as MInference does
+_BIG = 1 << 30       # sentinel larger than any key position
+
+
+@dataclass
+class SparseIndex:
+    block_count: torch.Tensor   # (B, Hq, M) int32
+    block_offset: torch.Tensor  # (B, Hq, M, MAX_B) int32
+    column_count: torch.Tensor  # (B, Hq, M) int32
+    column_index: torch.Tensor  # (B, Hq, M, MAX_C) int32
+    n: int                      # sequence length the index was built for
+    block_m: int = 64
+    block_n: int = 64
+    dense_heads: torch.Tensor | None = None  # (Hq,) bool; None = no dense heads
+
+    def __post_init__(self):
+        if self.dense_heads is None:
+            self.dense_heads = torch.zeros(self.block_count.shape[1], dtype=torch.bool)
+        self.dense_heads = self.dense_heads.to("cpu", torch.bool)
+
+    @property
+    def shape(self):
+        return tuple(self.block_count.shape)  # (B, Hq, M)
+
+    @property
+    def num_q_blocks(self) -> int:
+        return self.block_count.shape[-1]
+
+    def to(self, device) -> "SparseIndex":
+        f = lambda t: t.to(device)
+        return SparseIndex(f(self.block_count), f(self.block_offset), f(self.column_count),
+                           f(self.column_index), self.n, self.block_m, self.block_n, self.dense_heads)
+
+    def density(self) -> float:
+        """Computed key work / causal dense work (block padding included)."""
+        B, H, _ = self.shape
+        full = B * H * _dense_cost_blocks(self.n, self.block_m, self.block_n)
+        return kernel_cost(self, self.n, 1) / (4 * self.block_m * self.block_n * full)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _q_block_bounds(n: int, block_m: int, device):
+    m = torch.arange(triton_cdiv(n, block_m), device=device, dtype=torch.int64)
+    r0 = m * block_m
+    r1 = torch.clamp(r0 + block_m, max=n)  # exclusive; the last block may be ragged
+    return r0, r1
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _empty_index_parts(B, H, M, device):
+    z = torch.zeros(B, H, M, dtype=torch.int32, device=device)
+    return z, torch.zeros(B, H, M, 1, dtype=torch.int32, device=device), z.clone(), \
+        torch.zeros(B, H, M, 1, dtype=torch.int32, device=device)
+
+
+def _compact(keep: torch.Tensor, values: torch.Tensor, max_out: int | None = None):
+    """Stable compaction along the last dim: (…, K) bool/values -> count (…), packed (…, MAX)."""
+    count = keep.sum(-1)
+    mx = max(int(count.max().item()) if count.numel() else 0, 1) if max_out is None else max_out
+    pos = torch.cumsum(keep.to(torch.int64), -1) - 1
+    pos = torch.where(keep, pos, torch.full_like(pos, mx))  # dropped entries go to a spill slot
+    out = torch.zeros(*keep.shape[:-1], mx + 1, dtype=values.dtype, device=values.device)
+    out.scatter_(-1, pos, values.expand_as(keep).contiguous() if values.shape != keep.shape else values)
+    return count, out[..., :mx]
+
+
+# --------------------------------------------------------------------------------------------
+# A-shape (stream_llm)
+# --------------------------------------------------------------------------------------------
+def a_shape_index(n: int, sink: int, window: int, block_m: int = 64, block_n: int = 64, device="cpu"):
+    """Blocks for sink + local window, identical for every head: -> count (M,), offset (M, MAX_B).
+
+    Query block [r0, r1) keeps key blocks [0, ceil(sink/block_n)) and every key block that holds a key of
+    some row's window [r - window + 1, r]; block rounding widens both by < block_n keys.
+    """
+    r0, r1 = _q_block_bounds(n, block_m, device)
+    lo = torch.clamp(r0 - window + 1, min=0) // block_n       # first local key block
+    hi = (r1 - 1) // block_n                                  # last (diagonal) key block
+    ns = torch.clamp(torch.minimum(torch.full_like(lo, triton_cdiv(sink, block_n)), lo), min=0)
+    count = ns + hi - lo + 1
+    mx = int(count.max().item())
+    j = torch.arange(mx, device=device)[None, :]
+    blk = torch.where(j < ns[:, None], j, lo[:, None] + j - ns[:, None])
+    blk = torch.where(j < count[:, None], blk, torch.zeros_like(blk))
+    return count.to(torch.int32), (blk * block_n).to(torch.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# vertical-slash
+# --------------------------------------------------------------------------------------------
+def _gqa_last_scores(q, k, last_q: int, scale: float):
+    """softmax(q[-last_q:] kᵀ) with causality, fp32, GQA without repeat_kv: -> (B, Hq, last_q, N)."""
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    lq = min(last_q, N)
+    qt = q[:, :, N - lq:].float().reshape(B, Hkv, G * lq, D)                  # (B, Hkv, G*lq, D)
+    out = torch.empty(B, Hq, lq, N, dtype=torch.float32, device=q.device)
+    rows = torch.arange(N - lq, N, device=q.device)
+    future = torch.arange(N, device=q.device)[None, :] > rows[:, None]          # (lq, N)
+    # chunk over kv heads so the fp32 score slab stays ~<= 1 GiB even at 256K+
+    per = max(1, (1 << 28) // max(1, G * lq * N))
+    for h0 in range(0, Hkv, per):
+        h1 = min(Hkv, h0 + per)
+        s = torch.matmul(qt[:, h0:h1], k[:, h0:h1].float().transpose(-1, -2)) * scale
+        s = s.view(B, h1 - h0, G, lq, N).masked_fill_(future, float("-inf"))
+        out[:, h0 * G:h1 * G] = torch.softmax(s, dim=-1).view(B, (h1 - h0) * G, lq, N)
+    return out
+
+
+def estimate_vertical_slash(q, k, v: int, s: int, last_q: int = 64, scale: float | None = None):
+    """Online vertical-slash estimation (MInference): from the last `last_q` queries' softmax,
+    column sums pick the top-`v` key columns (the first VERTICAL_KEEP keys always kept) and diagonal
+    sums pick the top-`s` diagonal offsets d = q_pos - k_pos (the SLASH_KEEP nearest always kept).
+
+    q (B,Hq,N,D), k (B,Hkv,N,D).  Returns (vertical (B,Hq,v') int64 ascending key positions,
+    slash (B,Hq,s') int64 ascending diagonal offsets), v' = min(v, N), s' = min(s, N).
+    """
+    B, Hq, N, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    p = _gqa_last_scores(q, k, last_q, scale)                                  # (B, Hq, lq, N)
+    lq = p.shape[2]
+    vv, ss = min(v, N), min(max(s, 1), N)
+    # verticals: column sums
+    if vv > 0:
+        col = p.sum(2)                                                          # (B, Hq, N)
+        # forced keys outrank every real score (a column sum is <= lq) and keep their order
+        nk = min(VERTICAL_KEEP, N)
+        col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=col.dtype)
+        vert = torch.topk(col, vv, dim=-1, sorted=False).indices.sort(-1).values
+    else:
+        vert = torch.zeros(B, Hq, 0, dtype=torch.int64, device=q.device)
+    # slashes: diagonal sums via a strided view.  Row i sits at position N-lq+i; pad it on the left
+    # by (lq-1) so that element [i, e+i] of the padded row is key e-(lq-1)+i; a view with row
+    # stride W+1 then lines diagonals up in columns e, and diagonal d = N-1-e.
+    W = N + lq - 1
+    padded = torch.nn.functional.pad(p, (lq - 1, 0)).reshape(B * Hq, lq, W)
+    diag = padded.as_strided((B * Hq, lq, N), (lq * W, W + 1, 1)).sum(1)      # (B*Hq, N) by e
+    diag = diag.flip(-1).view(B, Hq, N)                                         # by d = N-1-e
+    del padded, p
+    nk = min(SLASH_KEEP, N)  # nearest first, so s < SLASH_KEEP still keeps the main diagonal
+    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=diag.dtype)
+    slash = torch.topk(diag, ss, dim=-1, sorted=False).indices.sort(-1).values
+    return vert, slash
+
+
+def _merge_slash_ranges(d: torch.Tensor, block_m: int, block_n: int):
+    """Slash offsets (R, S) int64 -> tile starts relative to the query block start, (R, T) ascending,
+    padded with _BIG, plus per-row tile counts.
+
+    Diagonal d in query block [r0, r0+block_m) touches keys [r0-d, r0-d+block_m): the same interval
+    for every block once written relative to r0, so the merge is done once per head, not per block.
+    Intervals are merged until their block_n-tiled extents are disjoint (merging never adds tiles).
+    """
+    R, S = d.shape
+    a = -d.flip(-1)                                   # starts ascending (d descending)
+    e = a + block_m
+    dev = d.device
+    prev = None
+    while True:
+        tiled = a + (torch.div(e - a + block_n - 1, block_n, rounding_mode="floor")) * block_n
+        run = torch.cummax(tiled, dim=-1).values
+        new = torch.ones_like(a, dtype=torch.bool)
+        new[:, 1:] = a[:, 1:] >= run[:, :-1]
+        seg = torch.cumsum(new.to(torch.int64), -1) - 1
+        nseg = seg[:, -1] + 1
+        a2 = torch.full_like(a, _BIG).scatter_reduce(1, seg, a, "amin", include_self=True)
+        e2 = torch.full_like(e, -_BIG).scatter_reduce(1, seg, e, "amax", include_self=True)
+        # pad past nseg with copies of the last segment (duplicates merge away harmlessly)
+        j = torch.arange(S, device=dev)[None, :]
+        last = (nseg - 1)[:, None]
+        a = torch.where(j < nseg[:, None], a2, a2.gather(1, last))
+        e = torch.where(j < nseg[:, None], e2, e2.gather(1, last))
+        if prev is not None and torch.equal(prev, nseg):
+            break
+        prev = nseg
+    valid = torch.arange(S, device=dev)[None, :] < nseg[:, None]
+    ntile = torch.where(valid, torch.div(e - a + block_n - 1, block_n, rounding_mode="floor"),
+                        torch.zeros_like(a))
+    incl = torch.cumsum(ntile, -1)
+    total = incl[:, -1]
+    T = max(int(total.max().item()), 1)
+    p = torch.arange(T, device=dev)[None, :].expand(R, T).contiguous()
+    sid = torch.searchsorted(incl, p, right=True).clamp(max=S - 1)
+    excl = incl - ntile
+    rel = a.gather(1, sid) + (p - excl.gather(1, sid)) * block_n
+    rel = torch.where(p < total[:, None], rel, torch.full_like(rel, _BIG))
+    return rel, total
+
+
+def vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, n: int,
+                         block_m: int = 64, block_n: int = 64):
+    """(B,H,V) ascending columns + (B,H,S) ascending diagonal offsets -> (count, offset, ccount, cindex).
+
+    Entries < 0 (or >= n) in either input are treated as padding.  Slashes become contiguous key
+    ranges starting anywhere (one block per isolated diagonal, merged when they touch); verticals
+    become single gathered columns minus those already inside a kept block.
+    """
+    B, H, S = slash.shape
+    dev = slash.device
+    R = B * H
+    d = slash.reshape(R, S).to(torch.int64)
+    bad = (d < 0) | (d >= n)
+    d = torch.where(bad, torch.zeros_like(d), d)      # padding -> duplicate of diagonal 0
+    d = d.sort(-1).values
+    rel, total = _merge_slash_ranges(d, block_m, block_n)   # (R, T)
+    r0, r1 = _q_block_bounds(n, block_m, dev)
+    M = r0.numel()
+    # tiles of block m: start + block_n > -r0 (touches key >= 0) and start <= r1-1-r0 (causal)
+    lo_key = (-(r0 + block_n))[None, :].expand(R, M).contiguous()
+    hi_key = (r1 - 1 - r0)[None, :].expand(R, M).contiguous()
+    first = torch.searchsorted(rel, lo_key, right=True)
+    last = torch.searchsorted(rel, hi_key, right=True)
+    count = (last - first)                                      # (R, M)
+    MB = max(int(count.max().item()), 1)
+    jj = torch.arange(MB, device=dev)[None, None, :]
+    idx = (first[:, :, None] + jj).clamp(max=rel.shape[1] - 1)
+    off = rel.gather(1, idx.view(R, -1)).view(R, M, MB) + r0[None, :, None]
+    off = torch.where(jj < count[:, :, None], off, torch.zeros_like(off))
+
+    # columns
+    V = vertical.shape[-1]
+    if V == 0:
+        ccount = torch.zeros(R, M, dtype=torch.int64, device=dev)
+        cidx = torch.zeros(R, M, 1, dtype=torch.int64, device=dev)
+    else:
+        c = vertical.reshape(R, V).to(torch.int64)
+        c = torch.where((c < 0) | (c >= n), torch.full_like(c, _BIG), c).sort(-1).values
+        ccount = torch.empty(R, M, dtype=torch.int64, device=dev)
+        parts = []
+        step = max(1, (1 << 25) // max(1, R * V))     # bound the (R, Mc, V) temporaries
+        for m0 in range(0, M, step):
+            m1 = min(M, m0 + step)
+            relc = c[:, None, :] - r0[None, m0:m1, None]                      # (R, Mc, V)
+            pos = torch.searchsorted(rel, relc.reshape(R, -1), right=True) - 1
+            st = rel.gather(1, pos.clamp(min=0)).view_as(relc)
+            covered = (pos.view_as(relc) >= 0) & (relc < st + block_n)
+            keep = (c[:, None, :] <= (r1[None, m0:m1, None] - 1)) & ~covered
+            cnt, packed = _compact(keep, c[:, None, :].expand_as(keep), max_out=V)
+            ccount[:, m0:m1] = cnt
+            parts.append(packed)
+        MC = max(int(ccount.max().item()), 1)
+        cidx = torch.cat([p_[..., :MC] for p_ in parts], 1)
+    return (count.view(B, H, M).to(torch.int32), off.view(B, H, M, MB).to(torch.int32),
+            ccount.view(B, H, M).to(torch.int32), cidx.reshape(B, H, M, -1).to(torch.int32))
+
+
+# --------------------------------------------------------------------------------------------
+# block-sparse
+# --------------------------------------------------------------------------------------------
+def _pool(x, block):  # (B, H, N, D) -> (B, H, ceil(N/block), D) mean over each block (ragged last)
+    B, H, N, D = x.shape
+    nb = triton_cdiv(N, block)
+    pad = nb * block - N
+    xs = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(B, H, nb, block, D).sum(3)
+    cnt = torch.full((nb,), float(block), device=x.device)
+    cnt[-1] = block - pad
+    return xs / cnt[:, None]
+
+
+def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
+    """Top-k key blocks per query block from mean-pooled Q (block_m) and K (block_n) scores.
+
+    The diagonal key block(s) (those overlapping the query block's rows) are always kept, later key
+    blocks never.  `topk` is an int or a per-head list.  -> count (B,Hq,M) int64, key-block ids
+    (B,Hq,M,K) int64 ascending (entries past count are 0).
+    """
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    tk = torch.as_tensor([topk] * Hq if isinstance(topk, int) else list(topk), device=q.device)
+    qp = _pool(q, block_m)                                                # (B, Hq, M, D)
+    kp = _pool(k, block_n)                                                # (B, Hkv, Nb, D)
+    M, Nb = qp.shape[2], kp.shape[2]
+    r0, r1 = _q_block_bounds(N, block_m, q.device)
+    kb = torch.arange(Nb, device=q.device)
+    allowed = (kb[None, :] * block_n) <= (r1 - 1)[:, None]                # (M, Nb)
+    forced = allowed & ((kb[None, :] * block_n + block_n - 1) >= r0[:, None])
+    nforced = forced.sum(-1)
+    K = min(Nb, max(int(tk.max().item()), int(nforced.max().item())))
+    count = torch.minimum(tk[None, :, None], allowed.sum(-1)[None, None, :])
+    count = torch.maximum(count, nforced[None, None, :]).expand(B, Hq, M).contiguous()
+    sel = torch.empty(B, Hq, M, K, dtype=torch.int64, device=q.device)
+    per = max(1, (1 << 26) // max(1, G * M * Nb))
+    for h0 in range(0, Hkv, per):  # chunk over kv heads: the (M, Nb) score slab is N²/4096 floats
+        h1 = min(Hkv, h0 + per)
+        sc = torch.matmul(qp[:, h0 * G:h1 * G].reshape(B, h1 - h0, G * M, D),
+                          kp[:, h0:h1].transpose(-1, -2)).view(B, (h1 - h0) * G, M, Nb)
+        sc = sc.masked_fill(~allowed, float("-inf")).masked_fill(forced, float("inf"))
+        sel[:, h0 * G:h1 * G] = torch.topk(sc, K, dim=-1, sorted=True).indices
+    j = torch.arange(K, device=q.device)
+    sel = torch.where(j < count[..., None], sel, torch.full_like(sel, _BIG)).sort(-1).values
+    sel = torch.where(j < count[..., None], sel, torch.zeros_like(sel))
+    return count, sel
+
+
+# --------------------------------------------------------------------------------------------
+# one index for a whole layer
+# --------------------------------------------------------------------------------------------
+def _check_qkv(q, k):
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"q and k must be (B, H, N, D); got {tuple(q.shape)} and {tuple(k.shape)}")
+    B, Hq, N, D = q.shape
+    if k.shape[0] != B or k.shape[2] != N or k.shape[3] != D:
+        raise ValueError(f"k {tuple(k.shape)} does not match q {tuple(q.shape)} (prefill needs equal lengths)")
+    if Hq % k.shape[1]:
+        raise ValueError(f"query heads {Hq} must be a multiple of kv heads {k.shape[1]} (GQA)")
+
+
+def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: int = 64,
+                last_q: int = 64, scale: float | None = None) -> SparseIndex:
+    """One `SparseIndex` for a layer: ``patterns[h]`` is query head h's pattern (a list of Hq)."""
+    _check_qkv(q, k)
+    B, Hq, N, D = q.shape
+    patterns = [HeadPattern.from_list(p) for p in patterns]
+    if len(patterns) != Hq:
+        raise ValueError(f"need one pattern per query head: {Hq} heads, {len(patterns)} patterns")
+    dev = q.device
+    M = triton_cdiv(N, block_m)
+    groups: dict[str, list[int]] = {}
+    for h, p in enumerate(patterns):
+        groups.setdefault(p.name, []).append(h)
+    parts = []  # (heads, count (B,h,M), offset (B,h,M,*), ccount, cindex)
+
+    if "stream_llm" in groups:
+        by_size: dict[tuple, list[int]] = {}
+        for h in groups["stream_llm"]:
+            by_size.setdefault((patterns[h].size_1, patterns[h].size_2), []).append(h)
+        for (sink, win), hs in by_size.items():
+            c, o = a_shape_index(N, sink, win, block_m, block_n, dev)
+            nh = len(hs)
+            z = torch.zeros(B, nh, M, dtype=torch.int32, device=dev)
+            parts.append((hs, c.expand(B, nh, M), o.expand(B, nh, *o.shape), z,
+                          torch.zeros(B, nh, M, 1, dtype=torch.int32, device=dev)))
+
+    if "block_sparse" in groups:
+        hs = groups["block_sparse"]
+        tk = [patterns[h].size_1 for h in range(Hq)]  # estimate for all heads (cheap), keep ours
+        cnt, sel = estimate_block_sparse(q, k, [max(t, 1) for t in tk], block_m, block_n)
+        hsel = torch.as_tensor(hs, device=dev)
+        parts.append((hs, cnt[:, hsel].to(torch.int32), (sel[:, hsel] * block_n).to(torch.int32),
+                      torch.zeros(B, len(hs), M, dtype=torch.int32, device=dev),
+                      torch.zeros(B, len(hs), M, 1, dtype=torch.int32, device=dev)))
+
+    if "vertical_and_slash" in groups:
+        hs = groups["vertical_and_slash"]
+        vmax = max(patterns[h].size_1 for h in hs)
+        smax = max(patterns[h].size_2 for h in hs)
+        vert, sl = estimate_vertical_slash(q, k, vmax, smax, last_q=last_q, scale=scale)
+        hsel = torch.as_tensor(hs, device=dev)
+        vert, sl = vert[:, hsel], sl[:, hsel]
+        # heads with a smaller budget: re-take their own top-v / top-s (rare; only when sizes differ)
+        if any(patterns[h].size_1 != vmax or patterns[h].size_2 != smax for h in hs):
+            vl, sll = [], []
+            for i, h in enumerate(hs):
+                vi, si = estimate_vertical_slash(q[:, h:h + 1], k[:, h // (Hq // k.shape[1]):][:, :1],
+                                                 patterns[h].size_1, patterns[h].size_2, last_q, scale)
+                vl.append(torch.nn.functional.pad(vi, (0, vert.shape[-1] - vi.shape[-1]), value=-1))
+                sll.append(torch.nn.functional.pad(si, (0, sl.shape[-1] - si.shape[-1]), value=-1))
+            vert, sl = torch.cat(vl, 1), torch.cat(sll, 1)
+        parts.append((hs, *vertical_slash_index(vert, sl, N, block_m, block_n)))
+
+    MB = max([p[2].shape[-1] for p in parts] + [1])
+    MC = max([p[4].shape[-1] for p in parts] + [1])
+    count = torch.zeros(B, Hq, M, dtype=torch.int32, device=dev)
+    offset = torch.zeros(B, Hq, M, MB, dtype=torch.int32, device=dev)
+    ccount = torch.zeros(B, Hq, M, dtype=torch.int32, device=dev)
+    cindex = torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=dev)
+    for hs, c, o, cc, ci in parts:
+        hsel = torch.as_tensor(hs, device=dev)
+        count[:, hsel] = c.to(torch.int32)
+        offset[:, hsel, :, :o.shape[-1]] = o.to(torch.int32)
+        ccount[:, hsel] = cc.to(torch.int32)
+        cindex[:, hsel, :, :ci.shape[-1]] = ci.to(torch.int32)
+    dense = torch.tensor([p.name == "dense" for p in patterns], dtype=torch.bool)
+    return SparseIndex(count, offset, ccount, cindex, N, block_m, block_n, dense)
+
+
+# --------------------------------------------------------------------------------------------
+# what was kept, and what it costs
+# --------------------------------------------------------------------------------------------
+def kept_mask(index: SparseIndex, n: int | None = None, rows: slice | None = None) -> torch.Tensor:
+    """Bool (B, Hq, R, N): key j is used for query row r (causality applied).  `rows` selects rows."""
+    n = index.n if n is None else n
+    B, H, M = index.shape
+    dev = index.block_count.device
+    r_start, r_stop = (0, n) if rows is None else (rows.start or 0, n if rows.stop is None else rows.stop)
+    m0, m1 = r_start // index.block_m, triton_cdiv(r_stop, index.block_m)
+    bc, bo = index.block_count[:, :, m0:m1].long(), index.block_offset[:, :, m0:m1].long()
+    cc, ci = index.column_count[:, :, m0:m1].long(), index.column_index[:, :, m0:m1].long()
+    Mr = m1 - m0
+    blk = torch.zeros(B, H, Mr, n + 1, dtype=torch.bool, device=dev)
+    keys = bo[..., None] + torch.arange(index.block_n, device=dev)                    # (B,H,Mr,MB,BN)
+    ok = (torch.arange(bo.shape[-1], device=dev) < bc[..., None])[..., None] & (keys >= 0) & (keys < n)
+    blk.scatter_(-1, torch.where(ok, keys, n).flatten(-2), True)
+    okc = (torch.arange(ci.shape[-1], device=dev) < cc[..., None]) & (ci >= 0) & (ci < n)
+    blk.scatter_(-1, torch.where(okc, ci, n), True)
+    blk = blk[..., :n]
+    dh = index.dense_heads.to(dev)
+    blk[:, dh] = True
+    r = torch.arange(r_start, r_stop, device=dev)
+    out = blk[:, :, (r // index.block_m) - m0]                                       # (B,H,R,N)
+    return out & (torch.arange(n, device=dev)[None, :] <= r[:, None])
+
+
+def _dense_cost_blocks(n, block_m, block_n):
+    """(query block, key block) tiles a causal block kernel visits: sum_m ceil(r1 / block_n)."""
+    M = triton_cdiv(n, block_m)
+    return sum(triton_cdiv(min((m + 1) * block_m, n), block_n) for m in range(M))
+
+
+def kernel_cost(index: SparseIndex, n: int | None = None, d: int = 128) -> int:
+    """FLOPs the kernels execute for `index` (QKᵀ and PV, 4·BM·BN·D per tile, padding included:
+    full BLOCK_M rows in the ragged last query block, gathered columns rounded up to BLOCK_N).
+    Dense heads are costed as a causal block kernel with the same tiles."""
+    n = index.n if n is None else n
+    bm, bn = index.block_m, index.block_n
+    tiles = index.block_count.long().sum() + ((index.column_count.long() + bn - 1) // bn).sum()
+    tiles = int(tiles.item())
+    B = index.shape[0]
+    tiles += B * int(index.dense_heads.sum()) * _dense_cost_blocks(n, bm, bn)
+    return 4 * bm * bn * d * tiles
+
+
+def pattern_cost(pattern: HeadPattern, n: int, d: int = 128, block: int = 64,
+                 mode: str = "expected") -> int:
+    """Analytic per-head FLOPs of `pattern` at length n, without building an index (block_m = block_n = block).
+
+    Exact for dense, stream_llm and block_sparse (same rounding as the builders).  vertical_and_slash
+    depends on the data: ``mode="expected"`` assumes the s slashes form one band of the nearest
+    diagonals (the usual shape in real models: ceil((s+block-1)/block) tiles, capped by causality) and
+    that every vertical outside the band is a gathered column; ``mode="upper"`` assumes s isolated
+    diagonals (one tile each) — an upper bound on the slash part.
+    """
+    p = HeadPattern.from_list(pattern)
+    M = triton_cdiv(n, block)
+    t = 0
+    for m in range(M):
+        r0, r1 = m * block, min((m + 1) * block, n)
+        causal_tiles = triton_cdiv(r1, block)
+        if p.name == "dense":
+            t += causal_tiles
+        elif p.name == "stream_llm":
+            lo = max(r0 - p.size_2 + 1, 0) // block
+            hi = (r1 - 1) // block
+            t += min(triton_cdiv(p.size_1, block), lo) + hi - lo + 1
+        elif p.name == "block_sparse":
+            t += max(min(p.size_1, causal_tiles), 1)
+        else:
+            s, v = min(p.size_2, n), min(p.size_1, n)
+            if mode == "upper":
+                st = min(s, causal_tiles + 1)
+                band = s
+            else:
+                # band of diagonals [0, s): keys [r0-s+1, r1) -> tiles from max(r0-s+1, ..) rounded
+                band = min(s + block - 1, r1)
+                st = triton_cdiv(band, block)
+            cols = max(0, min(v, r1 - band)) if mode == "expected" else min(v, r1)
+            t += st + triton_cdiv(cols, block)
+    return 4 * block * block * d * t

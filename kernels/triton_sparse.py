@@ -1,0 +1,152 @@
+"""Triton sparse-prefill kernel: one launch per layer, any mix of patterns across heads.
+
+Grid = (B*Hq, M query blocks).  Axis 0 is the head so that consecutive programs are the query heads of
+one GQA group on the same query block: they read the same kv head (and for A-shape / block-sparse often
+the same key blocks), which L2 then serves once.  Query blocks run heaviest-first (last block first)
+so the long causal tail does not straggle at the end of the launch.
+
+Per program: load its BLOCK_M query rows once, then
+  1. iterate the kept key blocks (``block_offset``; arbitrary start, BLOCK_N keys each), applying the
+     causal / bounds mask only on blocks that cross the diagonal or the sequence ends;
+  2. iterate the gathered single columns (``column_index``) BLOCK_N at a time;
+with ONE online softmax (fp32 running max / sum / accumulator, exp2 with log2(e) folded into the
+scale).  GQA: the kv head is h // (Hq // Hkv), read in place (no repeat_kv).
+Dense heads of the index are written by SDPA afterwards (cuDNN on Hopper beats any Triton kernel).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .index import SparseIndex
+
+
+@triton.jit
+def _sparse_attn_fwd(
+    Q, K, V, O, BC, BO, CC, CI,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    N, Hq, G, M, MAX_B, MAX_C, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr, ALWAYS_MASK: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    pm = tl.program_id(1)
+    if HEAVY_FIRST:
+        m = M - 1 - pm
+    else:
+        m = pm
+    b = (bh // Hq).to(tl.int64)
+    h = bh % Hq
+    kvh = (h // G).to(tl.int64)
+    row_lo = m * BLOCK_M
+    offs_m = row_lo + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_D)
+    q = tl.load(Q + b * sqb + h.to(tl.int64) * sqh + offs_m[:, None].to(tl.int64) * sqn + offs_d[None, :],
+                mask=offs_m[:, None] < N, other=0.0)                          # (BM, D)
+    k_base = K + b * skb + kvh * skh
+    v_base = V + b * svb + kvh * svh
+    meta = (bh.to(tl.int64) * M + m)
+    nb = tl.load(BC + meta)
+    nc = tl.load(CC + meta)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
+
+    # ---- 1. kept key blocks ------------------------------------------------------------
+    for i in range(0, nb):
+        start = tl.load(BO + meta * MAX_B + i)
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_ok = (offs_n >= 0) & (offs_n < N)
+        k = tl.load(k_base + offs_n[None, :].to(tl.int64) * skn + offs_d[:, None],
+                    mask=kv_ok[None, :], other=0.0)                          # (D, BN)
+        qk = tl.dot(q, k) * qk_scale                                          # (BM, BN) log2 units
+        # only blocks crossing the diagonal (or hanging off either end) need the mask
+        if ALWAYS_MASK or (start + BLOCK_N - 1 > row_lo) or (start < 0):
+            qk = tl.where((offs_n[None, :] <= offs_m[:, None]) & kv_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing kept yet
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * svn + offs_d[None, :],
+                    mask=kv_ok[:, None], other=0.0)                          # (BN, D)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+
+    # ---- 2. gathered single columns --------------------------------------------------
+    for j in range(0, nc, BLOCK_N):
+        offs_c = j + tl.arange(0, BLOCK_N)
+        c_ok = offs_c < nc
+        cols = tl.load(CI + meta * MAX_C + offs_c, mask=c_ok, other=0)
+        k = tl.load(k_base + cols[None, :].to(tl.int64) * skn + offs_d[:, None],
+                    mask=c_ok[None, :], other=0.0)
+        qk = tl.dot(q, k) * qk_scale
+        qk = tl.where(c_ok[None, :] & (cols[None, :] <= offs_m[:, None]), qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = tl.load(v_base + cols[:, None].to(tl.int64) * svn + offs_d[None, :],
+                    mask=c_ok[:, None], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)  # heads/rows with no work (dense heads) write 0
+    out = acc / l_i[:, None]
+    tl.store(O + b * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * son + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=offs_m[:, None] < N)
+
+
+def _default_config(block_m: int, d: int):
+    # Hopper: one warpgroup (4 warps) per 64 query rows keeps wgmma M=64 tiles; deeper pipelining
+    # only pays when a key tile is small enough to double/triple buffer in shared memory.
+    num_warps = 4 if block_m <= 64 else 8
+    num_stages = 3 if d <= 64 else 2
+    return num_warps, num_stages
+
+
+def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = None, *,
+                            num_warps: int | None = None, num_stages: int | None = None,
+                            heavy_first: bool = True, always_mask: bool = False, dense_sdpa: bool = True):
+    """q (B,Hq,N,D), k/v (B,Hkv,N,D) -> (B,Hq,N,D); keys per `index` (causal)."""
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    if Hq % Hkv:
+        raise ValueError(f"query heads {Hq} not a multiple of kv heads {Hkv}")
+    if index.shape != (B, Hq, triton.cdiv(N, index.block_m)) or index.n != N:
+        raise ValueError(f"index {index.shape} (n={index.n}) does not fit q {tuple(q.shape)}")
+    if D not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head_dim {D} not supported by the Triton kernel (16/32/64/128/256)")
+    scale = D ** -0.5 if scale is None else scale
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    o = torch.empty_like(q)
+    bc, bo = index.block_count.contiguous(), index.block_offset.contiguous()
+    cc, ci = index.column_count.contiguous(), index.column_index.contiguous()
+    M = bc.shape[-1]
+    nw, ns = _default_config(index.block_m, D)
+    nw, ns = num_warps or nw, num_stages or ns
+    grid = (B * Hq, M)
+    _sparse_attn_fwd[grid](
+        q, k, v, o, bc, bo, cc, ci,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        N, Hq, Hq // Hkv, M, bo.shape[-1], ci.shape[-1], scale * 1.4426950408889634,
+        BLOCK_M=index.block_m, BLOCK_N=index.block_n, HEAD_D=D,
+        HEAVY_FIRST=heavy_first, ALWAYS_MASK=always_mask, num_warps=nw, num_stages=ns,
+    )
+    if dense_sdpa and bool(index.dense_heads.any()):
+        from .attention import dense_heads_sdpa
+        dense_heads_sdpa(q, k, v, o, index.dense_heads, scale)
+    return o
