@@ -1,0 +1,301 @@
+"""Compact Llama-family decoder (Llama, Mistral, Qwen2, SmolLM) in the gpt-fast style.
+
+Design points:
+- Built from an already loaded transformers model (``CompactLM.from_hf``): q/k/v and gate/up are fused
+  into one matmul each (fewer kernels per layer matter at batch 1); every other weight is shared, not
+  copied. Dtype and device follow the HF weights.
+- Static KV cache as module buffers (``setup_cache``), laid out (B, Hkv, S, D). ``forward`` writes the
+  new k/v at ``write_pos`` (the cache *slot*, defaults to ``input_pos``) and attends over the whole
+  cache under a boolean mask (B, 1, T, S). Slot and RoPE position are separate so callers can left-pad
+  batches (slot != position) and Medusa can write tree nodes at prefix+i with position prefix+depth.
+- GQA without repeat copies: for short T (decode / tree verify) the G query heads sharing a kv head
+  are folded into the query-length axis, (B, Hkv, G*T, D), so SDPA reads each kv head once; long
+  prefills use SDPA's ``enable_gqa``.
+- Prefill may use the block-sparse kernel (``accel.kernels.sparse_attention``) per layer when
+  ``patterns`` is set, the chunk is long enough and no mask (padding) is given.
+- Everything in ``forward`` is free of host syncs and fixed-shape, so a decode step can be captured
+  in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CompactLM", "supports"]
+
+_ARCHS = {"llama", "mistral", "qwen2"}
+_ROPE_TYPES = {"default", "llama3", "linear"}
+_SHORT_T = 64  # up to this many queries, fold GQA groups into the query axis
+
+
+def _rope_params(cfg) -> dict:
+    rp = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    rp.setdefault("rope_type", rp.get("type", "default"))
+    if "rope_theta" not in rp:
+        rp["rope_theta"] = getattr(cfg, "rope_theta", 10000.0)
+    return rp
+
+
+def _why_unsupported(hf_model) -> str | None:
+    cfg = getattr(hf_model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in _ARCHS:
+        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {sorted(_ARCHS)}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r} (only 'silu')"
+    if getattr(cfg, "mlp_bias", False):
+        return "mlp_bias=True"
+    rtype = _rope_params(cfg)["rope_type"]
+    if rtype not in _ROPE_TYPES:
+        return f"rope type {rtype!r} (supported: {sorted(_ROPE_TYPES)})"
+    if not hasattr(getattr(hf_model, "model", None), "layers"):
+        return "no .model.layers (expected a *ForCausalLM)"
+    return None
+
+
+def supports(hf_model) -> bool:
+    """True if ``CompactLM.from_hf`` can run this transformers model exactly."""
+    return _why_unsupported(hf_model) is None
+
+
+def rope_inv_freq(cfg, head_dim: int) -> torch.Tensor:
+    """Inverse frequencies (D/2,) fp32 for the rope types HF may carry ('default', 'linear', 'llama3')."""
+    rp = _rope_params(cfg)
+    rtype, base = rp["rope_type"], float(rp["rope_theta"])
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if rtype == "default":
+        return inv_freq
+    if rtype == "linear":
+        return inv_freq / float(rp["factor"])
+    if rtype == "llama3":  # same formula as transformers' _compute_llama3_parameters
+        factor, lo, hi = float(rp["factor"]), float(rp["low_freq_factor"]), float(rp["high_freq_factor"])
+        old_len = float(rp["original_max_position_embeddings"])
+        lo_wavelen, hi_wavelen = old_len / lo, old_len / hi
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > lo_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = ~(wavelen < hi_wavelen) & ~(wavelen > lo_wavelen)
+        return torch.where(is_medium, smoothed, scaled)
+    raise NotImplementedError(
+        f"rope type {rtype!r} is not supported by the compact model (supported: {sorted(_ROPE_TYPES)}); "
+        "use the transformers fallback for this model")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight, self.eps = _param(weight), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 statistics, then back to the input dtype before the weight (as transformers does)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _linear(weight, bias=None) -> nn.Linear:
+    lin = nn.Linear(1, 1, bias=bias is not None, device="meta")
+    # detach(): share storage with the HF weights without touching their requires_grad
+    lin.weight = weight if _is_ours(weight) else nn.Parameter(weight.detach(), requires_grad=False)
+    lin.in_features, lin.out_features = weight.shape[1], weight.shape[0]
+    if bias is not None:
+        lin.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return lin
+
+
+def _is_ours(t) -> bool:
+    return isinstance(t, nn.Parameter) and not t.requires_grad and getattr(t, "_compact", False)
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    p = nn.Parameter(t.detach(), requires_grad=False)
+    p._compact = True
+    return p
+
+
+def _fuse(*lins) -> nn.Linear:
+    w = torch.cat([l.weight.detach() for l in lins])
+    biases = [l.bias for l in lins]
+    if all(b is None for b in biases):
+        return _linear(w)
+    b = torch.cat([(l.bias.detach() if l.bias is not None else l.weight.new_zeros(l.weight.shape[0])) for l in lins])
+    return _linear(w, b)
+
+
+class Attention(nn.Module):
+    def __init__(self, hf_attn, n_head: int, n_kv: int, head_dim: int):
+        super().__init__()
+        self.n_head, self.n_kv, self.head_dim = n_head, n_kv, head_dim
+        self.wqkv = _fuse(hf_attn.q_proj, hf_attn.k_proj, hf_attn.v_proj)
+        o = hf_attn.o_proj
+        self.wo = _linear(o.weight, o.bias)
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, x, cos, sin, write_pos, mask, patterns):
+        B, T, _ = x.shape
+        Hq, Hkv, D = self.n_head, self.n_kv, self.head_dim
+        q, k, v = self.wqkv(x).split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.view(B, T, Hq, D).transpose(1, 2)  # (B, Hq, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin  # cos/sin: (B, 1, T, D)
+        k = k * cos + _rotate_half(k) * sin
+
+        kc, vc = self.k_cache[:B], self.v_cache[:B]  # (B, Hkv, S, D) views of the static cache
+        rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
+        # advanced indices around a slice: the indexed view is (B, T, Hkv, D)
+        kc[rows, :, write_pos] = k.transpose(1, 2)
+        vc[rows, :, write_pos] = v.transpose(1, 2)
+
+        if patterns is not None:
+            from accel.kernels import sparse_attention  # lazy: optional Triton dependency
+            y = sparse_attention(q, k, v, patterns)  # (B, Hq, T, D); prompt chunk starting at slot 0
+        elif T <= _SHORT_T:
+            G = Hq // Hkv
+            qg = q.reshape(B, Hkv, G * T, D)  # heads sharing a kv head become extra queries
+            mg = mask[:, :, None].expand(B, 1, G, T, mask.shape[-1]).reshape(B, 1, G * T, -1)
+            y = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mg)
+            y = y.view(B, Hq, T, D)
+        else:
+            y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, Hq * D))
+
+
+class MLP(nn.Module):
+    def __init__(self, hf_mlp):
+        super().__init__()
+        self.w13 = _fuse(hf_mlp.gate_proj, hf_mlp.up_proj)
+        self.w2 = _linear(hf_mlp.down_proj.weight)
+
+    def forward(self, x):
+        g, u = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    def __init__(self, hf_layer, cfg, n_head, n_kv, head_dim):
+        super().__init__()
+        eps = cfg.rms_norm_eps
+        self.attn_norm = RMSNorm(hf_layer.input_layernorm.weight, eps)
+        self.attn = Attention(hf_layer.self_attn, n_head, n_kv, head_dim)
+        self.mlp_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, eps)
+        self.mlp = MLP(hf_layer.mlp)
+
+    def forward(self, x, cos, sin, write_pos, mask, patterns):
+        x = x + self.attn(self.attn_norm(x), cos, sin, write_pos, mask, patterns)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class CompactLM(nn.Module):
+    """``forward(input_ids (B,T), input_pos (B,T), *, mask=None, write_pos=None) -> (logits, hidden)``.
+
+    ``input_pos``: RoPE positions. ``write_pos``: cache slots for the new k/v (default ``input_pos``).
+    ``mask``: (B, 1, T, S) bool over cache slots, True = attend; default: causal over slots
+    (slot <= write_pos). ``hidden`` is the final-norm output (B, T, H) that Medusa heads consume.
+    Call ``setup_cache`` first.
+    """
+
+    def __init__(self, hf_model):
+        super().__init__()
+        why = _why_unsupported(hf_model)
+        if why is not None:
+            raise ValueError(f"CompactLM cannot run this model: {why}. Use the transformers fallback instead.")
+        cfg = hf_model.config
+        self.config = cfg
+        n_head, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+        self.n_head, self.n_kv, self.head_dim = n_head, n_kv, head_dim
+        base = hf_model.model
+        self.tok_embeddings = _param(base.embed_tokens.weight)  # (V, H)
+        self.layers = nn.ModuleList([Block(l, cfg, n_head, n_kv, head_dim) for l in base.layers])
+        self.norm = RMSNorm(base.norm.weight, cfg.rms_norm_eps)
+        tied = hf_model.lm_head.weight is base.embed_tokens.weight
+        self.output = _linear(self.tok_embeddings if tied else hf_model.lm_head.weight)  # tied: one Parameter
+        self.sliding_window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        self.register_buffer("inv_freq", rope_inv_freq(cfg, head_dim).to(self.output.weight.device), persistent=False)
+        self.patterns: list | None = None  # per layer: list[HeadPattern] for the sparse prefill kernel
+        self.sparse_min_len = 1024
+        self.max_batch = self.max_seq_len = 0
+        self.step_graphs: dict = {}  # decode/verify steps captured by runtime.decode.StepGraph
+
+    @classmethod
+    def from_hf(cls, hf_model) -> "CompactLM":
+        return cls(hf_model).eval()
+
+    @property
+    def device(self):
+        return self.output.weight.device
+
+    @property
+    def dtype(self):
+        return self.output.weight.dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.output.weight.shape[0]
+
+    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
+        """(Re)allocate the static KV cache and the RoPE tables; a no-op if it is already big enough."""
+        if self.sliding_window is not None and max_seq_len > self.sliding_window:
+            raise ValueError(
+                f"max_seq_len {max_seq_len} exceeds the model's sliding window {self.sliding_window}; the compact "
+                "model has no sliding-window attention: use max_seq_len <= sliding_window or the transformers fallback")
+        if max_batch <= self.max_batch and max_seq_len <= self.max_seq_len:
+            return
+        max_batch, max_seq_len = max(max_batch, self.max_batch), max(max_seq_len, self.max_seq_len)
+        shape = (max_batch, self.n_kv, max_seq_len, self.head_dim)  # (B, Hkv, S, D)
+        for layer in self.layers:
+            layer.attn.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            layer.attn.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        pos = torch.arange(max_seq_len, device=self.device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (S, D), rotate-half layout
+        self.rope_cos, self.rope_sin = emb.cos(), emb.sin()
+        self.max_batch, self.max_seq_len = max_batch, max_seq_len
+        self.step_graphs = {}  # captured steps point at the old cache tensors: drop them
+
+    def cache_view(self, batch: int):
+        """Per-layer (k, v) views of the first ``batch`` rows (for tests / KV surgery)."""
+        return [(l.attn.k_cache[:batch], l.attn.v_cache[:batch]) for l in self.layers]
+
+    def copy_kv(self, src: torch.Tensor, dst: torch.Tensor, row: int = 0) -> None:
+        """Copy cache slots ``src`` -> ``dst`` (1-D long, device) in every layer for one batch row.
+
+        Gather-then-scatter, so overlapping src/dst ranges are safe. No host sync.
+        """
+        for l in self.layers:
+            for c in (l.attn.k_cache, l.attn.v_cache):
+                c[row, :, dst] = c[row, :, src]
+
+    def forward(self, input_ids, input_pos, *, mask=None, write_pos=None, last_only: bool = False):
+        if self.max_seq_len == 0:
+            raise RuntimeError("call model.setup_cache(max_batch, max_seq_len) before forward")
+        B, T = input_ids.shape
+        if B > self.max_batch:
+            raise ValueError(f"batch {B} > cache batch {self.max_batch}: call setup_cache with a larger max_batch")
+        write_pos = input_pos if write_pos is None else write_pos
+        dense_mask = mask
+        if mask is None:
+            slots = torch.arange(self.max_seq_len, device=input_ids.device)
+            dense_mask = (slots <= write_pos[..., None])[:, None]  # (B, 1, T, S)
+        dt = self.dtype
+        cos = self.rope_cos[input_pos].to(dt)[:, None]  # (B, 1, T, D)
+        sin = self.rope_sin[input_pos].to(dt)[:, None]
+        x = F.embedding(input_ids, self.tok_embeddings)  # (B, T, H)
+        # sparse prefill only for an unpadded prompt chunk that starts at slot 0 (the caller's contract)
+        sparse = self.patterns is not None and mask is None and T >= self.sparse_min_len
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, write_pos, dense_mask, self.patterns[i] if sparse else None)
+        hidden = self.norm(x)
+        logits = self.output(hidden[:, -1:] if last_only else hidden)
+        return logits, hidden
