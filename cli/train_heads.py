@@ -1,8 +1,106 @@
-"""``accel train-heads``: Medusa heads on the frozen model (filled in by issue 5)."""
+"""``accel train-heads``: self-distil data, train Medusa heads on the frozen model, write them into a pack."""
 
-from .common import fail
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import command_line, err, user_errors
 
 
-def train_heads():
+def train_heads(
+    output: Path = typer.Option(..., "--output", "-o", help="Pack to write (heads are added; patterns already there are kept)."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    pack: Optional[Path] = typer.Option(None, "--pack", help="Existing pack to start from (default: --output if it exists)."),
+    num_heads: int = typer.Option(4, "--num-heads", min=1, max=16),
+    num_layers: int = typer.Option(1, "--num-layers", min=0, max=8, help="ResBlocks per head."),
+    shared_lm_head: bool = typer.Option(True, "--shared-lm-head/--own-lm-head", help="Reuse the frozen base lm_head (small pack) or give each head its own."),
+    steps: int = typer.Option(1000, "--steps", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    seq_len: int = typer.Option(512, "--seq-len", min=8),
+    lr: float = typer.Option(1e-3, "--lr"),
+    warmup: int = typer.Option(50, "--warmup", min=0),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts to self-distil (default: the built-in set)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Train on this text / JSONL conversations instead of self-distillation."),
+    distill_tokens: int = typer.Option(256, "--distill-tokens", min=1, help="New tokens per self-distilled answer."),
+    distill_batch_size: int = typer.Option(64, "--distill-batch-size", min=1),
+    tree_nodes: int = typer.Option(63, "--tree-nodes", min=1, help="Size of the Medusa candidate tree built from the measured accuracies."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Default: OUTPUT.ckpt/"),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", min=1),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its checkpoint."),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Add to a pack whose fingerprint does not match the model."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+):
     """Train Medusa heads on the frozen base model and add them to a pack."""
-    fail("train-heads is not implemented yet")
+    with user_errors():
+        from accel.heads.data import load_builtin_prompts, load_data_file, load_prompt_file, self_distill, to_examples
+        from accel.heads.train import TrainConfig
+        from accel.heads.train import train_heads as run_training
+        from accel.runtime.errors import AccelError
+        from accel.runtime.models import load_model
+        from accel.runtime.pack import Pack, load_pack, save_pack, validate_for_model
+
+        if prompts is not None and data is not None:
+            raise AccelError("pass either --prompts (self-distillation) or --data (given text), not both")
+        for f in (prompts, data):
+            if f is not None and not f.is_file():
+                raise AccelError(f"file not found: {f}")
+        if output.is_dir():
+            raise AccelError(f"--output {output} is a folder; give a file name like pack.safetensors")
+        base_path = pack or (output if output.exists() else None)
+        base = load_pack(base_path) if base_path is not None else None  # fail before the slow parts
+        cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers,
+                          projection="shared" if shared_lm_head else "own", steps=steps, batch_size=batch_size,
+                          seq_len=seq_len, lr=lr, warmup=warmup, grad_accum=grad_accum,
+                          checkpoint_dir=str(checkpoint_dir or output.with_name(output.name + ".ckpt")),
+                          checkpoint_every=checkpoint_every, resume=resume, seed=seed)
+        cfg.validate()
+        lm = load_model(model, device=device, dtype=dtype)
+        if base is not None:
+            validate_for_model(base, lm.model, lm.fingerprint, force=force, where=f"pack {base_path}")
+        if data is not None:
+            examples = to_examples(lm.tokenizer, load_data_file(data))
+            data_info = {"source": "data", "file": str(data)}
+        else:
+            plist = load_prompt_file(prompts) if prompts is not None else load_builtin_prompts()
+            err.print(f"self-distilling {len(plist)} prompts ({distill_tokens} new tokens each; cached)")
+            examples = self_distill(lm.model, lm.tokenizer, plist, max_new_tokens=distill_tokens,
+                                    batch_size=distill_batch_size, fingerprint=lm.fingerprint, seed=seed,
+                                    progress=True)
+            data_info = {"source": "self-distillation", "prompts": str(prompts) if prompts else "built-in",
+                         "num_prompts": len(plist), "new_tokens": distill_tokens}
+        result = run_training(lm.model, lm.tokenizer, examples, cfg, fingerprint=lm.fingerprint, progress=True)
+        medusa = {**result.heads.config.to_dict(), "rank_acceptance": result.rank_acceptance}
+        medusa["tree"] = _tree_from(result.rank_acceptance, tree_nodes)
+        provenance = dict(base.provenance) if base is not None else {}
+        provenance.update(accel_version=_version(), date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        provenance.setdefault("commands", {})["train_heads"] = command_line()
+        provenance["train_heads"] = {"data": data_info, "config": {k: v for k, v in vars(cfg).items() if k != "checkpoint_dir"},
+                                     "metrics": result.metrics}
+        out = Pack(base_model=lm.name, fingerprint=lm.fingerprint,
+                   patterns=base.patterns if base is not None else None,
+                   patterns_info=base.patterns_info if base is not None else {},
+                   medusa=medusa, heads=result.heads.state_dict(), provenance=provenance)
+        save_pack(out, output)
+        err.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {num_heads} heads, tree of {len(medusa['tree'])} nodes")
+
+
+def _tree_from(rank_acceptance, nodes: int) -> list[list[int]]:
+    from accel.runtime.tree import build_tree
+
+    return [list(p) for p in build_tree(rank_acceptance, num_nodes=nodes)]
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    try:
+        return version("accel")
+    except Exception:
+        return "unknown"
