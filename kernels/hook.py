@@ -1,0 +1,120 @@
+"""transformers hook: per-layer, per-head sparse prefill for Llama / Qwen2 / Mistral-family models.
+
+`enable_sparse_prefill(model, patterns, min_len=...)` registers an attention function named
+``accel_sparse`` in transformers' `AttentionInterface` AND the SDPA mask builder under the same name in
+`AttentionMaskInterface` (without the latter transformers builds no causal mask for an unknown
+implementation and the model silently attends bidirectionally on every dense fallback), stores each
+layer's head patterns on its attention module (found by `module.layer_idx`) and switches the model to
+the new implementation.  The attention function uses the sparse kernel only for a plain causal prefill
+(q_len == k_len >= min_len, no padding mask); decoding, short prompts, padded batches and
+`dense`-only layers go to transformers' own SDPA path unchanged.
+"""
+from __future__ import annotations
+
+import torch
+
+from .attention import normalize_patterns, sparse_attention
+from .patterns import HeadPattern, from_minference
+
+IMPL_NAME = "accel_sparse"
+_ATTR = "_accel_sparse_cfg"
+
+
+def accel_sparse_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                                   scaling=None, is_causal=None, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cfg = getattr(module, _ATTR, None)
+    q_len, k_len = query.shape[2], key.shape[2]
+    use_sparse = (
+        cfg is not None
+        and cfg["patterns"] is not None
+        and q_len == k_len and q_len >= cfg["min_len"]
+        and attention_mask is None          # sdpa_mask returns None for plain causal, no padding
+        and (dropout == 0.0 or not module.training)
+        and kwargs.get("softcap") is None
+        and kwargs.get("sliding_window") is None
+        and (is_causal is None or is_causal)
+        and not all(p.name == "dense" for p in cfg["patterns"])
+    )
+    if not use_sparse:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    out = sparse_attention(query, key, value, cfg["patterns"], impl=cfg["impl"], scale=scaling,
+                           **cfg["kwargs"])                                          # (B, Hq, N, D)
+    cfg["calls"] += 1
+    return out.transpose(1, 2).contiguous(), None                                    # (B, N, Hq, D)
+
+
+def _register():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(IMPL_NAME, accel_sparse_attention_forward)
+    AttentionMaskInterface.register(IMPL_NAME, sdpa_mask)
+    assert IMPL_NAME in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+
+
+def _layer_patterns(patterns, num_layers: int, num_heads: int):
+    if isinstance(patterns, (HeadPattern, str)) or (
+            isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], str)):
+        return [normalize_patterns(patterns, num_heads)] * num_layers   # one pattern everywhere
+    if isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], dict):
+        patterns = from_minference(list(patterns))
+    patterns = list(patterns)
+    if len(patterns) != num_layers:
+        raise ValueError(f"{len(patterns)} layer entries for a model with {num_layers} layers")
+    return [None if p is None else normalize_patterns(p, num_heads) for p in patterns]
+
+
+def _attention_modules(model):
+    for mod in model.modules():
+        if hasattr(mod, "layer_idx") and type(mod).__name__.endswith("Attention"):
+            yield mod
+
+
+def enable_sparse_prefill(model, patterns, min_len: int = 4096, impl: str = "auto", **kwargs):
+    """Use per-head sparse prefill in `model`.
+
+    patterns: a MInference config (list of ``{"head": [name, s1, s2, score]}``), a list over layers of
+    per-head lists (None for an untouched layer), or one pattern for every head.  Prompts shorter than
+    `min_len` and all decoding steps stay dense SDPA.  Extra kwargs go to `sparse_attention`
+    (block_m, block_n, last_q, kernel tuning).  Returns the model.
+    """
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    L, H = cfg.num_hidden_layers, cfg.num_attention_heads
+    per_layer = _layer_patterns(patterns, L, H)
+    _register()
+    found = 0
+    for mod in _attention_modules(model):
+        setattr(mod, _ATTR, {"patterns": per_layer[mod.layer_idx], "min_len": int(min_len),
+                             "impl": impl, "kwargs": dict(kwargs), "calls": 0})
+        found += 1
+    if found == 0:
+        raise ValueError(f"{type(model).__name__}: no attention modules with `layer_idx` found")
+    if not hasattr(model, "_accel_prev_attn"):
+        model._accel_prev_attn = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(IMPL_NAME)
+    except Exception:  # older/newer transformers without the dynamic setter: set the config directly
+        model.config._attn_implementation = IMPL_NAME
+    return model
+
+
+def disable_sparse_prefill(model):
+    """Back to the implementation the model had before `enable_sparse_prefill`."""
+    for mod in _attention_modules(model):
+        if hasattr(mod, _ATTR):
+            delattr(mod, _ATTR)
+    prev = getattr(model, "_accel_prev_attn", "sdpa")
+    try:
+        model.set_attn_implementation(prev)
+    except Exception:
+        model.config._attn_implementation = prev
+    if hasattr(model, "_accel_prev_attn"):
+        del model._accel_prev_attn
+    return model
+
+
+def sparse_calls(model) -> int:
+    """How many sparse (non-fallback) attention calls the model made since enabling (for tests/logs)."""
+    return sum(getattr(m, _ATTR, {}).get("calls", 0) for m in _attention_modules(model))
