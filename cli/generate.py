@@ -25,6 +25,7 @@ def generate(
     tree: Optional[str] = typer.Option(None, "--tree", help="JSON file with a Medusa tree (list of paths of top-k indices)."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the chat template to plain prompts (default: when the model has one)."),
     truncate: Optional[str] = typer.Option(None, "--truncate", help="'left' drops the oldest prompt tokens that do not fit the context."),
+    sparse_min_len: Optional[int] = typer.Option(None, "--sparse-min-len", min=1, help="Prompt length from which sparse prefill is used (default: measured threshold on CUDA; off on CPU)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON line per prompt here instead of text on stdout."),
     stats: bool = typer.Option(False, "--stats", help="Print prefill time, tokens/s, accepted tokens/step, attention density."),
     force: bool = typer.Option(False, "--force", help="Use a pack whose fingerprint does not match the model."),
@@ -50,7 +51,8 @@ def generate(
         prompts = read_prompt_file(prompt_file)  # validate before the slow model load
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                seed=seed, medusa=not no_medusa, dense_prefill=dense_prefill,
-                               acceptance=acceptance, tree_file=tree, chat=chat, truncate=truncate)
+                               acceptance=acceptance, tree_file=tree, chat=chat, truncate=truncate,
+                               sparse_min_len=sparse_min_len)
         gen = Generator.load(model, pack=pack, device=device, dtype=dtype, force=force, config=cfg)
         completions = gen.run(prompts)
         if output is not None:

@@ -41,6 +41,7 @@ class GenerationConfig:
     tree_file: str | None = None
     chat: bool | None = None
     truncate: str | None = None
+    sparse_min_len: int | None = None  # None: the measured default on CUDA, off on the CPU
 
 
 @dataclass
