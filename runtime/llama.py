@@ -253,6 +253,9 @@ class CompactLM(nn.Module):
         if max_batch <= self.max_batch and max_seq_len <= self.max_seq_len:
             return
         max_batch, max_seq_len = max(max_batch, self.max_batch), max(max_seq_len, self.max_seq_len)
+        max_seq_len = -(-max_seq_len // 64) * 64  # aligned mask rows keep SDPA on its fused kernels
+        if self.sliding_window is not None:
+            max_seq_len = min(max_seq_len, self.sliding_window)
         shape = (max_batch, self.n_kv, max_seq_len, self.head_dim)  # (B, Hkv, S, D)
         for layer in self.layers:
             layer.attn.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)

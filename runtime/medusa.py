@@ -89,7 +89,7 @@ def _accept_greedy(tb, tree_tokens, logits):
     pred = logits.argmax(-1)[tb.retrieve]  # (P, D+1) base argmax after each path node
     cand = _path_tokens(tb, tree_tokens)
     acc_len = (cand[:, 1:] == pred[:, :-1]).long().cumprod(-1).sum(-1)  # (P,)
-    best = acc_len.argmax()
+    best = acc_len.argmax(0, keepdim=True)  # (1,): 0-dim tensor indices would sync (.item()) on CUDA
     a = acc_len[best]
     return best, a, pred[best, a]
 
@@ -105,7 +105,7 @@ def _accept_typical(tb, tree_tokens, logits, temperature, top_p, threshold, alph
     acc_len = okc.sum(-1)
     # longest first, then the most likely path (Medusa picks by likelihood among the longest)
     score = acc_len.float() * 1e4 + (torch.log(p.clamp(min=1e-30)).clamp(min=-100) * okc).sum(-1)
-    best = score.argmax()
+    best = score.argmax(0, keepdim=True)  # (1,)
     a = acc_len[best]
     last = tb.retrieve[best, a]
     nxt = sample_from_probs(logits_to_probs(logits[last], temperature, top_p), gen)
@@ -150,14 +150,15 @@ def _accept_speculative(tb, tree_tokens, logits, temperature, top_p, gen, rng):
             p = probs[last]
     nxt = sample_from_probs(p / p.sum(), gen)
     dev = logits.device
-    return tb.node_path[last], torch.tensor(len(path), device=dev), nxt
+    return tb.node_path[last: last + 1], torch.tensor([len(path)], device=dev), nxt.reshape(1)
 
 
 def _advance(heads, tb, st: _State, hidden, best, a, next_root):
     """Emit the accepted path, schedule its KV move, build the next tree. In place, no host sync."""
     D1 = tb.num_heads + 1
     ar = torch.arange(D1, device=hidden.device)
-    nodes = tb.retrieve[best]  # (D+1,) entries past a are padding: harmless, see module docstring
+    # best, a: (1,) long. Entries of nodes past a are padding: harmless, see the module docstring
+    nodes = tb.retrieve[best][0]  # (D+1,)
     st.out[st.n_gen + ar] = st.tree_tokens[nodes]
     st.src.copy_(st.prefix + nodes)
     st.dst.copy_(st.prefix + ar)
@@ -165,8 +166,8 @@ def _advance(heads, tb, st: _State, hidden, best, a, next_root):
     st.step.add_(1)
     st.n_gen.add_(a + 1)
     st.prefix.add_(a + 1)
-    h = hidden[nodes[a]].to(_heads_dtype(heads))  # (H,)
-    topk = heads(h[None, None])[:, 0, 0].topk(tb.topk, dim=-1).indices  # (K, topk)
+    h = hidden[nodes[a]].to(_heads_dtype(heads))  # (1, H)
+    topk = heads(h[None])[:, 0, 0].topk(tb.topk, dim=-1).indices  # (K, topk)
     st.tree_tokens.copy_(tb.candidates(next_root, topk[: tb.num_heads]))
 
 

@@ -76,3 +76,16 @@ def test_top_p_filter_and_argument_checks(models):
         generate_plain(m, [[]], 4)
     with pytest.raises(ValueError, match="CUDA"):
         generate_plain(m, PROMPTS, 4, compile="graph")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_decode_equals_eager(models):
+    hf, _ = models
+    m = CompactLM.from_hf(hf.to("cuda"))
+    eager = generate_plain(m, PROMPTS, 24, compile="eager")
+    graph = generate_plain(m, PROMPTS, 24, compile="graph")
+    assert [r.tokens for r in graph] == [r.tokens for r in eager]
+    again = generate_plain(m, PROMPTS[:2] + PROMPTS[:1], 24, compile="graph")  # cached graph, new inputs
+    assert [r.tokens for r in again] == [eager[0].tokens, eager[1].tokens, eager[0].tokens]
+    hf.to("cpu")

@@ -183,7 +183,7 @@ def test_speculative_acceptance_preserves_distribution():
     second = {}
     for _ in range(n):
         best, a, nxt = _accept_speculative(tb, tree_tokens, logits, 1.0, 1.0, gen, rng)
-        path = tb.retrieve[best][: int(a) + 1].tolist()
+        path = tb.retrieve[best][0, : int(a) + 1].tolist()
         toks = tree_tokens[path[1:]].tolist() + [int(nxt)]
         first[toks[0]] += 1
         if len(path) > 1:  # a draft was accepted: the token after it comes from that node's distribution
@@ -192,3 +192,17 @@ def test_speculative_acceptance_preserves_distribution():
     for node, counts in second.items():
         if counts.sum() > 800:
             assert np.abs(counts / counts.sum() - probs[node].numpy()).max() < 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_medusa_equals_eager(model):
+    m = model.to("cuda")  # last test of the module: the fixture may move
+    m.max_batch = m.max_seq_len = 0  # forces setup_cache to re-allocate the cache on the GPU
+    heads = random_heads(model).to("cuda")
+    ref = generate_plain(m, [[1, 5, 7, 9, 11]], 40)[0].tokens
+    for mode in ("greedy", "typical"):
+        e = generate_medusa(m, heads, [1, 5, 7, 9, 11], 40, tree=TREE, compile="eager", acceptance=mode, temperature=0.7 * (mode != "greedy"))
+        g = generate_medusa(m, heads, [1, 5, 7, 9, 11], 40, tree=TREE, compile="graph", acceptance=mode, temperature=0.7 * (mode != "greedy"))
+        assert g.tokens == e.tokens and g.accept_lengths == e.accept_lengths
+    assert generate_medusa(m, heads, [1, 5, 7, 9, 11], 40, tree=TREE, compile="graph").tokens == ref
