@@ -292,15 +292,61 @@ def _generate_batch(model, batch: list[list[int]], pad_id: int, max_new_tokens: 
     return conts
 
 
+def _generator(model, engine: str, pad_id: int):
+    """A ``fn(batch, max_new_tokens, temperature, eos, seed) -> continuations``.
+
+    ``auto``: the project's compact engine (static KV cache + CUDA graphs, ``runtime.decode``) on CUDA for
+    the Llama family, else transformers' ``generate``; a compact-engine failure falls back to transformers."""
+    def hf(batch, max_new, temperature, eos, seed):
+        torch.manual_seed(seed)  # only matters when sampling
+        return _generate_batch(model, batch, pad_id, max_new, temperature, eos)
+
+    if engine not in ("auto", "hf", "compact"):
+        raise HeadsDataError(f"engine must be 'auto', 'hf' or 'compact', got {engine!r}")
+    if engine == "hf":
+        return hf
+    try:
+        from accel.runtime.decode import generate_plain
+        from accel.runtime.llama import CompactLM, supports
+    except ImportError:
+        if engine == "compact":
+            raise HeadsDataError("the compact engine (accel.runtime.decode) is not available; use engine='hf'") from None
+        return hf
+    on_cuda = model.get_output_embeddings().weight.device.type == "cuda"
+    if not supports(model) or (engine == "auto" and not on_cuda):
+        if engine == "compact":
+            raise HeadsDataError("the compact engine cannot run this model; use engine='hf'")
+        return hf
+    compact = CompactLM.from_hf(model)
+    state = {"fallback": False}
+
+    def fast(batch, max_new, temperature, eos, seed):
+        if not state["fallback"]:
+            try:
+                res = generate_plain(compact, batch, max_new, temperature=temperature, seed=seed, eos_ids=eos)
+                return [r.tokens for r in res]
+            except Exception as e:  # noqa: BLE001 - never lose a distillation run to the fast path
+                if engine == "compact":
+                    raise
+                import warnings
+                warnings.warn(f"compact engine failed ({type(e).__name__}: {e}); using transformers generate")
+                state["fallback"] = True
+        return hf(batch, max_new, temperature, eos, seed)
+
+    return fast
+
+
 def self_distill(model, tokenizer, prompts: Sequence[Any], max_new_tokens: int = 256, batch_size: int = 64,
                  cache_dir: str | os.PathLike | None = None, fingerprint: str | None = None, *,
-                 temperature: float = 0.0, seed: int = 0, progress: bool = False) -> list[Example]:
+                 temperature: float = 0.0, seed: int = 0, progress: bool = False,
+                 engine: str = "auto") -> list[Example]:
     """Let the base model answer ``prompts``; return ``Example(prompt + continuation, mask=continuation)``.
 
     ``prompts``: ``{"id", "messages"}`` dicts (chat template applied), plain strings (one user turn), or
     pre-tokenised ``list[int]`` (no tokenizer needed). Generation is greedy unless ``temperature > 0``.
-    Cached as JSONL under ``cache_dir`` (default ``~/.cache/accel/distill``) keyed by fingerprint +
-    tokenizer + prompts + settings; a killed run resumes from its partial cache.
+    ``engine``: ``auto`` (compact CUDA-graph engine on CUDA for Llama-family models, else transformers),
+    ``hf`` or ``compact``. Cached as JSONL under ``cache_dir`` (default ``~/.cache/accel/distill``) keyed by
+    fingerprint + prompts (as token ids) + settings; a killed run resumes from its partial cache.
     """
     if not prompts:
         raise HeadsDataError("no prompts to self-distill; pass a non-empty prompt file or use the built-in set")
@@ -343,19 +389,22 @@ def self_distill(model, tokenizer, prompts: Sequence[Any], max_new_tokens: int =
         todo.sort(key=lambda i: -len(encoded[i]))  # similar lengths per batch: less padding
         was_training = model.training
         model.eval()
+        generate = _generator(model, engine, pad_id)
         bar = _progress(progress, len(todo), "self-distilling")
         with open(partial, "a", encoding="utf-8") as f:
             for b in range(0, len(todo), batch_size):
                 idx = todo[b: b + batch_size]
-                torch.manual_seed(seed + b)  # only matters when sampling
-                conts = _generate_batch(model, [encoded[i] for i in idx], pad_id, max_new_tokens, temperature, eos)
+                conts = generate([encoded[i] for i in idx], max_new_tokens, temperature, eos, seed + b)
                 for i, c in zip(idx, conts):
                     done[keys[i]] = c
                     f.write(json.dumps({"id": keys[i], "continuation": c}) + "\n")
                 f.flush()
                 bar.advance(len(idx))
         bar.close()
+        del generate  # frees the compact engine's KV cache
         model.train(was_training)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         # rewrite complete cache atomically in prompt order, then drop the partial file
         tmp = final.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:

@@ -115,13 +115,6 @@ def _project(heads: MedusaHeads, k: int, h: torch.Tensor) -> torch.Tensor:
     return h @ heads.shared_lm_head.t().to(h.dtype)
 
 
-def _proj_ce(heads: MedusaHeads, k: int, h: torch.Tensor, tgt: torch.Tensor):
-    logits = _project(heads, k, h).float()
-    ce = F.cross_entropy(logits, tgt, reduction="sum")
-    correct = (logits.detach().argmax(-1) == tgt).sum()
-    return ce, correct
-
-
 def _targets(ids: torch.Tensor, tmask: torch.Tensor, k: int):
     """Positions t whose head-k target t+k+2 is a training target: (valid (B, T-k-2) bool, targets)."""
     off = k + 2
@@ -129,21 +122,37 @@ def _targets(ids: torch.Tensor, tmask: torch.Tensor, k: int):
 
 
 class _HeadLoss(nn.Module):
-    """The DDP-wrapped unit: hidden states in, weighted loss + per-head stats out."""
+    """The DDP-wrapped unit: hidden states in, weighted loss + per-head stats out.
+
+    Holds the heads' trainable modules only; the shared lm_head is kept in a plain list so DDP neither
+    registers nor re-broadcasts that (V, H) buffer."""
 
     def __init__(self, heads: MedusaHeads, decay: float):
         super().__init__()
-        self.heads, self.decay = heads, decay
+        self.blocks, self.decay = heads.blocks, decay
+        self.lm_heads = heads.lm_heads if heads.config.projection == "own" else None
+        self._shared = [] if self.lm_heads is not None else [heads.shared_lm_head]
+
+    def _proj_ce(self, k: int, h: torch.Tensor, tgt: torch.Tensor):
+        if self.lm_heads is not None:
+            logits = self.lm_heads[k](h)
+        else:
+            logits = h @ self._shared[0].t().to(h.dtype)
+        logits = logits.float()
+        ce = F.cross_entropy(logits, tgt, reduction="sum")
+        correct = (logits.detach().argmax(-1) == tgt).sum()
+        return ce, correct
 
     def forward(self, hidden: torch.Tensor, ids: torch.Tensor, tmask: torch.Tensor):
         T = hidden.shape[1]
         total = hidden.new_zeros((), dtype=torch.float32)
         losses, correct, counts = [], [], []
-        for k, block in enumerate(self.heads.blocks):
+        for k, block in enumerate(self.blocks):
             valid, tgt = _targets(ids, tmask, k)
             hk = hidden[:, : T - k - 2][valid]          # only rows with a target: cheaper, and no pad logits
             tk = tgt[valid]
-            ce, corr = checkpoint(_proj_ce, self.heads, k, block(hk), tk, use_reentrant=False)
+            # recomputed in backward: only one head's (rows, vocab) logits are alive at a time
+            ce, corr = checkpoint(self._proj_ce, k, block(hk), tk, use_reentrant=False)
             n = tk.numel()
             loss_k = ce / max(n, 1)
             total = total + (self.decay ** k) * loss_k
@@ -407,15 +416,13 @@ def train_heads(model, tokenizer, data: Sequence[Any], config: TrainConfig | Non
     dicts (see ``data.to_examples``). ``fingerprint`` identifies the base model (checkpoint compatibility,
     provenance). ``on_step(step, info)`` is called after every optimizer step (raise in it to stop).
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator
 
     config = config or TrainConfig()
     config.validate()
     t_start = time.perf_counter()
 
-    # broadcast_buffers=False: the shared lm_head is a (V, H) buffer; DDP would re-send it every step
-    acc = Accelerator(device_placement=False,
-                      kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    acc = Accelerator(device_placement=False, cpu=not torch.cuda.is_available())
     world, rank = acc.num_processes, acc.process_index
     main = acc.is_main_process
     lm_w = model.get_output_embeddings().weight
@@ -470,7 +477,7 @@ def train_heads(model, tokenizer, data: Sequence[Any], config: TrainConfig | Non
     def save(step: int):
         if main:
             _save(ckpt, {"version": _CKPT_VERSION, "identity": identity, "step": step,
-                         "heads": acc.unwrap_model(lossmod).heads.state_dict(), "optimizer": opt.state_dict(),
+                         "heads": heads.state_dict(), "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "rng": _rng_state(), "loss_history": history,
                          "data_state": {"seed": config.seed, "micro_batches_done": step * config.grad_accum,
                                         "epoch": (step * config.grad_accum) // order.per_epoch}})
@@ -504,6 +511,9 @@ def train_heads(model, tokenizer, data: Sequence[Any], config: TrainConfig | Non
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            if world > 1:  # log the global batch, not this rank's slice
+                stats = acc.reduce(torch.cat([torch.tensor([step_loss]), corr, cnt]).to(device), "sum").cpu()
+                step_loss, corr, cnt = float(stats[0]) / world, stats[1:1 + len(corr)], stats[1 + len(corr):]
             history.append(round(step_loss, 5))
             top1 = (corr / cnt.clamp(min=1)).tolist()
             bar.update(step + 1, step_loss, top1, sched.get_last_lr()[0])
@@ -516,7 +526,6 @@ def train_heads(model, tokenizer, data: Sequence[Any], config: TrainConfig | Non
     train_wall = time.perf_counter() - t_train
 
     # ---- evaluation
-    heads = acc.unwrap_model(lossmod).heads
     heads.eval()
     ev_metrics, rank_acc = evaluate_heads(model, heads, held, config, device) if held else (
         {"top1": [], "top5": [], "eval_loss": [], "eval_tokens": 0}, [])

@@ -145,6 +145,14 @@ def test_self_distill_cache(model, tmp_path, monkeypatch):
         self_distill(model, None, prompts, max_new_tokens=6, batch_size=3, cache_dir=tmp_path, fingerprint="other")
 
 
+def test_self_distill_compact_engine_matches_hf(model, tmp_path):
+    prompts = [[1, 5, 6, 7], [1, 8, 9], [1, 10, 11, 12, 13]]
+    kw = dict(max_new_tokens=6, batch_size=3, fingerprint="fp")
+    hf = self_distill(model, None, prompts, cache_dir=tmp_path / "hf", engine="hf", **kw)
+    fast = self_distill(model, None, prompts, cache_dir=tmp_path / "compact", engine="compact", **kw)
+    assert [e.ids for e in fast] == [e.ids for e in hf]
+
+
 def test_self_distill_resumes_partial_cache(model, tmp_path):
     prompts = [[1, 5, 6], [1, 8, 9, 10], [1, 11]]
     full = self_distill(model, None, prompts, max_new_tokens=4, batch_size=2, cache_dir=tmp_path / "a", fingerprint="f")
@@ -284,3 +292,14 @@ def test_trains_on_distilled_examples_and_text(model, tokenizer):
     texts = ["the cat sat on the mat " * 8, "once upon a time there was a dog " * 8] * 6
     res = train_heads(model, tokenizer, texts, small_cfg(steps=2, batch_size=2), progress=False)
     assert res.metrics["steps"] == 2
+
+
+def test_bf16_paths_run_on_cpu(model):
+    # the CUDA recipe (bf16 autocast) and a bf16 base model without autocast both work device-agnostically
+    res = train_heads(model, None, toy_sequences(16), small_cfg(steps=2, precision="bf16"), progress=False)
+    assert all(v == v for v in res.loss_history)  # no NaN
+    import copy
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    res = train_heads(m16, None, toy_sequences(16), small_cfg(steps=2, projection="shared"), progress=False)
+    assert next(res.heads.parameters()).dtype == torch.float32  # fp32 master weights
+    assert res.heads.shared_lm_head.data_ptr() == m16.lm_head.weight.data_ptr()  # shared, not copied
