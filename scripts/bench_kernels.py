@@ -125,6 +125,32 @@ def check_rows(out, q, k, v, index, n, rows_blocks):
     return max(errs)
 
 
+def selftest():
+    """Small GPU shapes, both dtypes, D 64/128, all patterns + mixed + keep-all vs cuDNN/SDPA."""
+    from accel.kernels import sparse_attention
+    from accel.kernels.reference import dense_causal_reference
+    worst = 0.0
+    for dt in (torch.bfloat16, torch.float16):
+        for (b, hq, hkv, n, d) in [(2, 8, 2, 1000, 64), (1, 8, 8, 777, 128), (1, 32, 8, 2100, 128)]:
+            q = torch.randn(b, hq, n, d, device="cuda", dtype=dt)
+            k = torch.randn(b, hkv, n, d, device="cuda", dtype=dt)
+            v = torch.randn(b, hkv, n, d, device="cuda", dtype=dt)
+            mix = [HeadPattern("vertical_and_slash", 40, 100), HeadPattern("stream_llm", 64, 128),
+                   HeadPattern("block_sparse", 3), HeadPattern("dense")] * (hq // 4)
+            for pats in (mix, HeadPattern("vertical_and_slash", n, n), HeadPattern("block_sparse", 999)):
+                for bm, bn in ((64, 64), (128, 64)):
+                    out, idx = sparse_attention(q, k, v, pats, return_index=True, block_m=bm, block_n=bn)
+                    ref = dense_causal_reference(q, k, v, mask=kept_mask(idx), dtype=torch.float32)
+                    err = ((out.float() - ref).norm() / ref.norm()).item()
+                    assert err < 2e-2 and not torch.isnan(out).any(), (dt, n, d, bm, err)
+                    worst = max(worst, err)
+            full = sparse_attention(q, k, v, HeadPattern("block_sparse", 999))
+            sd = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
+            assert ((full.float() - sd).norm() / sd.norm()).item() < 2e-2
+    print(f"selftest ok: worst rel err vs fp32 masked reference {worst:.2e}", flush=True)
+    return worst
+
+
 def tflops(flops, ms):
     return flops / (ms * 1e-3) / 1e12
 
@@ -137,6 +163,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--out", default="results/kernels-bench.json")
+    ap.add_argument("--selftest", action="store_true")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     import triton
@@ -150,6 +177,8 @@ def main():
         "inputs": "random normal + planted vertical-slash structure in the last-64 estimation window",
         "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }
+    if args.selftest:
+        meta["selftest_worst_rel_err"] = selftest()
     configs = []
     for c in args.configs.split(","):
         mn, rest = c.split("w")
