@@ -1,13 +1,292 @@
-"""``accel bench``: speed and fidelity (filled in by issue 7)."""
+"""``accel bench prefill|decode|quality|kernels``: measure speed and fidelity.
+
+Each subcommand prints a rich table, and with ``--json F`` writes every figure plus device, versions,
+dtype, date and the command line; ``--plot DIR`` writes PNGs. The library does the measuring
+(``runtime.bench_*``, ``kernels.bench``); this module parses, calls and renders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.table import Table
 
-from .common import fail
+from .common import command_line, err, out, parse_length, user_errors
 
 app = typer.Typer(help="Measure speed and fidelity: prefill | decode | quality | kernels.", no_args_is_help=True)
 
+_SYNTH_HELP = "Random-weight model of a real architecture: llama-3-8b, llama-2-7b, qwen2.5-7b, smollm2-135m."
+
+
+def _lengths(text: str) -> list[int]:
+    return [parse_length(t) for t in text.split(",") if t.strip()]
+
+
+def _table(title: str, rows: list[dict], cols: list[str]) -> Table:
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*(_fmt(r.get(c)) for c in cols))
+    return t
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _save(json_path: Optional[Path], payload: dict) -> None:
+    if json_path is not None:
+        from accel.runtime.benchmark import environment, write_json
+
+        write_json(json_path, {"env": environment(command_line()), **payload})
+        err.print(f"wrote {json_path}")
+
+
+def _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers):
+    """-> (hf_model, tokenizer|None, name, patterns_for(n) | None, pack|None)."""
+    import torch
+
+    from accel.runtime.bench_prefill import uniform_patterns
+    from accel.runtime.errors import AccelError
+    from accel.runtime.generate import default_pack_path
+    from accel.runtime.models import DEFAULT_MODEL, load_model, pick_device, pick_dtype
+    from accel.runtime.pack import load_pack, validate_for_model
+
+    if synthetic:
+        from accel.runtime.synthetic import build_synthetic
+
+        dev = pick_device(device)
+        hf = build_synthetic(synthetic, device=dev, dtype=pick_dtype(dtype, dev), num_hidden_layers=layers)
+        tok, name, fp = None, f"synthetic:{synthetic}", None
+    else:
+        lm = load_model(model, device=device, dtype=dtype)
+        hf, tok, name, fp = lm.model, lm.tokenizer, lm.name, lm.fingerprint
+    pk = None
+    if pack is not None:
+        pk = load_pack(pack)
+    elif not synthetic and name == DEFAULT_MODEL and default_pack_path() is not None:
+        pk = load_pack(default_pack_path())
+    if pk is not None and fp is not None:
+        validate_for_model(pk, hf, fp, where=f"pack {pack or 'default'}")
+    L, H = hf.config.num_hidden_layers, hf.config.num_attention_heads
+    if pattern:
+        try:
+            pname, s1, s2 = (pattern.split(":") + ["0", "0"])[:3]
+            fixed = uniform_patterns(L, H, pname, int(s1), int(s2))
+        except ValueError:
+            raise AccelError(f"bad --pattern {pattern!r}: use NAME:SIZE1:SIZE2, e.g. vertical_and_slash:1000:6096") from None
+        patterns_for = lambda n: fixed  # noqa: E731
+    elif pk is not None and pk.has_patterns:
+        if len(pk.patterns) != L:
+            raise AccelError(f"the pack's patterns are for {len(pk.patterns)} layers; the model has {L}")
+        from accel.runtime.engine import layer_patterns
+
+        patterns_for = lambda n: layer_patterns(pk, n)  # noqa: E731
+    else:
+        fixed = uniform_patterns(L, H)
+        patterns_for = lambda n: fixed  # noqa: E731
+    return hf, tok, name, patterns_for, pk
+
 
 @app.command("prefill")
-def prefill():
-    """Time to first token, dense vs sparse."""
-    fail("bench prefill is not implemented yet")
+def prefill(
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", help=_SYNTH_HELP),
+    pack: Optional[Path] = typer.Option(None, "--pack", help="Patterns from this pack (default model: the shipped pack)."),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="Same pattern for every head, NAME:SIZE1:SIZE2 (default without a pack: vertical_and_slash:1000:6096)."),
+    lengths: str = typer.Option("4k,8k", "--lengths", help="Comma-separated prompt lengths, e.g. 4k,32k,128k."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Synthetic models: use only this many layers."),
+    rep: int = typer.Option(3, "--rep", min=1),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    json_path: Optional[Path] = typer.Option(None, "--json"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Folder for PNG plots."),
+):
+    """Time to first token, dense vs sparse prefill; attention work share and index-estimation share."""
+    with user_errors():
+        import torch
+
+        from accel.runtime.bench_prefill import bench_prefill
+        from accel.runtime.errors import AccelError
+        from accel.runtime.llama import CompactLM, supports
+
+        lens = _lengths(lengths)
+        hf, tok, name, patterns_for, _ = _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers)
+        if not supports(hf):
+            raise AccelError(f"bench prefill needs a Llama-family model (the compact engine); {name} is not one")
+        ctx = hf.config.max_position_embeddings
+        if max(lens) > ctx and not synthetic:
+            raise AccelError(f"--lengths up to {max(lens)} exceed {name}'s {ctx}-token context")
+        compact = CompactLM.from_hf(hf)
+        ids_for = None
+        if tok is not None:
+            from accel.search.calibration import calibration_ids
+
+            ids_for = lambda n: calibration_ids(tok, n).reshape(1, -1)[:, :n].to(compact.device)  # noqa: E731
+        rows = bench_prefill(compact, lens, patterns_for, ids_for=ids_for, rep=rep,
+                             progress=lambda r: err.print(f"  {r['length']}: dense {r['dense_ms']:.1f} ms, sparse {r['sparse_ms']:.1f} ms"))
+        out.print(_table(f"prefill: {name} ({compact.dtype}, {compact.device})", rows,
+                         ["length", "dense_ms", "sparse_ms", "speedup", "attention_work", "index_ms", "index_share"]))
+        _save(json_path, {"bench": "prefill", "model": name, "dtype": str(compact.dtype), "rows": rows})
+        if plot is not None:
+            from accel.runtime.plots import line_plot
+
+            x = [r["length"] for r in rows]
+            line_plot(plot / "prefill-latency.png", x, {"dense": [r["dense_ms"] for r in rows], "sparse": [r["sparse_ms"] for r in rows]},
+                      xlabel="prompt tokens", ylabel="time to first token (ms)", title=f"prefill: {name}", logy=True)
+            line_plot(plot / "prefill-speedup.png", x, {"sparse / dense": [r["speedup"] for r in rows]},
+                      xlabel="prompt tokens", ylabel="speed-up", title=f"prefill speed-up: {name}")
+        del torch
+
+
+@app.command("quality")
+def quality(
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    pack: Optional[Path] = typer.Option(None, "--pack"),
+    pattern: Optional[str] = typer.Option(None, "--pattern", help="NAME:SIZE1:SIZE2 for every head instead of the pack's patterns."),
+    lengths: str = typer.Option("1k,2k,4k", "--lengths"),
+    depths: str = typer.Option("0,0.25,0.5,0.75,1", "--depths"),
+    trials: int = typer.Option(2, "--trials", min=1),
+    ppl_length: str = typer.Option("4k", "--ppl-length"),
+    medusa_prompts: int = typer.Option(8, "--medusa-prompts", min=0, help="Held-out chat prompts for the Medusa exactness check (0 skips)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    json_path: Optional[Path] = typer.Option(None, "--json"),
+    plot: Optional[Path] = typer.Option(None, "--plot"),
+):
+    """Needle-in-a-haystack grid and perplexity (dense vs sparse), and greedy Medusa == plain greedy."""
+    with user_errors():
+        from rich.progress import Progress
+
+        from accel.runtime.bench_quality import medusa_exactness, needle_grid, perplexity
+        from accel.runtime.errors import AccelError
+        from accel.runtime.llama import CompactLM, supports
+
+        lens = _lengths(lengths)
+        try:
+            dps = [float(d) for d in depths.split(",")]
+        except ValueError:
+            raise AccelError(f"bad --depths {depths!r}: use numbers in [0, 1] like 0,0.5,1") from None
+        if any(not 0 <= d <= 1 for d in dps):
+            raise AccelError("--depths must lie in [0, 1]")
+        hf, tok, name, patterns_for, pk = _model_and_patterns(model, None, pack, pattern, device, dtype, None)
+        if not supports(hf):
+            raise AccelError(f"bench quality needs a Llama-family model (the compact engine); {name} is not one")
+        if max(lens) > hf.config.max_position_embeddings:
+            raise AccelError(f"--lengths up to {max(lens)} exceed {name}'s {hf.config.max_position_embeddings}-token context")
+        compact = CompactLM.from_hf(hf)
+        eos = sorted({hf.config.eos_token_id} if isinstance(hf.config.eos_token_id, int) else set(hf.config.eos_token_id or []))
+        with Progress(console=err, transient=True) as prog:
+            task = prog.add_task("needle grid", total=len(lens) * len(dps) * trials)
+            grid = needle_grid(compact, tok, lens, dps, patterns_for, trials=trials, eos_ids=eos,
+                               progress=lambda: prog.advance(task))
+        from accel.search.calibration import held_out_ids
+
+        n_ppl = parse_length(ppl_length)
+        ids = held_out_ids(tok, n_ppl).reshape(1, -1)[:, :n_ppl].to(compact.device)
+        ppl = {"length": n_ppl, "dense": perplexity(compact, ids), "sparse": perplexity(compact, ids, patterns_for(n_ppl))}
+        result = {"bench": "quality", "model": name, "lengths": lens, "depths": dps, "trials": trials,
+                  "needle": grid, "perplexity": ppl}
+        if medusa_prompts and pk is not None and pk.has_heads:
+            from accel.heads.data import load_builtin_prompts
+            from accel.runtime.engine import _heads
+
+            class _G:  # the engine's head loader wants a Generator-like holder
+                pass
+
+            g = _G()
+            g._heads, g.pack = None, pk
+            heads = _heads(g, compact)
+            prompts = load_builtin_prompts()[-medusa_prompts:]  # the tail: never in the default pack's training
+            enc = [tok(tok.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True),
+                       add_special_tokens=False)["input_ids"] for p in prompts]
+            tree = [tuple(p) for p in pk.medusa.get("tree") or []] or None
+            result["medusa"] = medusa_exactness(compact, heads, tree, enc, max_new_tokens, eos_ids=eos)
+        t = Table(title=f"needle in a haystack: {name} (share correct)")
+        t.add_column("length", justify="right")
+        t.add_column("dense", justify="right")
+        t.add_column("sparse", justify="right")
+        for j, n in enumerate(lens):
+            t.add_row(str(n), f"{sum(grid['dense'][i][j] for i in range(len(dps))) / len(dps):.2f}",
+                      f"{sum(grid['sparse'][i][j] for i in range(len(dps))) / len(dps):.2f}")
+        out.print(t)
+        out.print(f"perplexity at {n_ppl} tokens: dense {ppl['dense']:.3f}, sparse {ppl['sparse']:.3f}")
+        if "medusa" in result:
+            m = result["medusa"]
+            out.print(f"greedy Medusa == plain greedy on {m['identical']}/{m['prompts']} prompts; "
+                      f"mean accepted {m['mean_accepted']:.2f} tokens/step")
+        _save(json_path, result)
+        if plot is not None:
+            from accel.runtime.plots import heatmap, histogram
+
+            for mode in ("dense", "sparse"):
+                heatmap(plot / f"needle-{mode}.png", grid[mode], xlabels=[str(n) for n in lens],
+                        ylabels=[f"{d:.0%}" for d in dps], xlabel="context tokens", ylabel="needle depth",
+                        title=f"needle retrieval, {mode} prefill: {name}")
+            if "medusa" in result and result["medusa"]["accept_lengths"]:
+                histogram(plot / "medusa-accepted.png", result["medusa"]["accept_lengths"],
+                          bins=range(1, 7), xlabel="tokens accepted per step", title=f"Medusa: {name}")
+
+
+@app.command("decode")
+def decode(
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", help=_SYNTH_HELP),
+    pack: Optional[Path] = typer.Option(None, "--pack", help="Heads from this pack (default model: the shipped pack)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    prompts: int = typer.Option(8, "--prompts", min=1, help="Held-out built-in chat prompts to average over."),
+    hf_baseline: bool = typer.Option(True, "--hf/--no-hf", help="Also time transformers' eager generate."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    json_path: Optional[Path] = typer.Option(None, "--json"),
+    plot: Optional[Path] = typer.Option(None, "--plot"),
+):
+    """Tokens/s: transformers generate (eager) vs our plain decode vs Medusa; accepted length; bandwidth use."""
+    with user_errors():
+        from accel.runtime.bench_decode import run_decode_bench
+
+        rows, extra = run_decode_bench(model=model, synthetic=synthetic, pack=pack, max_new_tokens=max_new_tokens,
+                                       num_prompts=prompts, hf_baseline=hf_baseline, device=device, dtype=dtype,
+                                       log=err.print)
+        out.print(_table(f"decode: {extra['model']} ({extra['dtype']}, {extra['device']})", rows,
+                         ["engine", "tokens_per_s", "speedup_vs_hf", "speedup_vs_plain", "mean_accepted", "bandwidth_util"]))
+        _save(json_path, {"bench": "decode", **extra, "rows": rows})
+        if plot is not None and extra.get("accept_lengths"):
+            from accel.runtime.plots import histogram
+
+            histogram(plot / "decode-accepted.png", extra["accept_lengths"], bins=range(1, 8),
+                      xlabel="tokens accepted per step", title=f"Medusa: {extra['model']}")
+
+
+@app.command("kernels")
+def kernels(
+    lengths: str = typer.Option("32k,128k", "--lengths"),
+    heads: int = typer.Option(32, "--heads"),
+    kv_heads: int = typer.Option(8, "--kv-heads"),
+    head_dim: int = typer.Option(128, "--head-dim"),
+    json_path: Optional[Path] = typer.Option(None, "--json"),
+    plot: Optional[Path] = typer.Option(None, "--plot"),
+):
+    """Sparse kernels vs cuDNN SDPA vs FlexAttention on one layer's attention (default: Llama-3-8B shape)."""
+    with user_errors():
+        from accel.kernels.bench import run_kernel_bench
+
+        rows = run_kernel_bench(_lengths(lengths), heads=heads, kv_heads=kv_heads, head_dim=head_dim, log=err.print)
+        cols = [c for c in ("length", "pattern", "impl", "ms", "speedup_vs_cudnn", "density", "eff_tflops", "index_share") if any(c in r for r in rows)]
+        out.print(_table("attention kernels", rows, cols))
+        _save(json_path, {"bench": "kernels", "rows": rows})
+        if plot is not None:
+            from accel.runtime.plots import line_plot
+
+            pats = sorted({r["pattern"] for r in rows if r.get("impl") == "accel"})
+            x = sorted({r["length"] for r in rows})
+            series = {p: [next((r.get("speedup_vs_cudnn") for r in rows if r["pattern"] == p and r["length"] == n and r.get("impl") == "accel"), None) for n in x] for p in pats}
+            line_plot(plot / "kernels-speedup.png", x, series, xlabel="tokens", ylabel="speed-up vs cuDNN", title="sparse attention kernels")

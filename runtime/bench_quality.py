@@ -1,0 +1,113 @@
+"""``accel bench quality``: does acceleration change what the model says?
+
+- **Needle in a haystack**: a random 7-digit "magic number" sentence is hidden at a depth of a
+  haystack of N tokens; the model is asked for it (greedy, chat template). Dense vs sparse prefill over
+  a grid of lengths x depths; a cell is the share of trials answered correctly.
+- **Long-text perplexity**: dense vs sparse prefill over the same long text, scored on its last half.
+- **Medusa exactness**: the share of prompts on which greedy Medusa output equals plain greedy output
+  token for token (it must be 1.0).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["needle_prompt", "needle_grid", "perplexity", "medusa_exactness"]
+
+NEEDLE = "The special magic number for {city} is {number}."
+QUESTION = "\n\nWhat is the special magic number for {city}? Answer with the number only."
+CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Hobart", "Accra", "Bergen", "Cusco", "Dakar"]
+
+
+def _haystack() -> list[str]:
+    from accel.search.calibration import haystack_paragraphs
+
+    return list(haystack_paragraphs())
+
+
+def needle_prompt(tokenizer, n_tokens: int, depth: float, seed: int) -> tuple[list[int], str]:
+    """Chat prompt of about ``n_tokens`` tokens with the needle at ``depth`` (0 = start, 1 = end)."""
+    rng = random.Random(seed)
+    city, number = rng.choice(CITIES), str(rng.randrange(1_000_000, 10_000_000))
+    paras = _haystack()
+    rng.shuffle(paras)
+    overhead = len(tokenizer(QUESTION.format(city=city) + NEEDLE.format(city=city, number=number))["input_ids"]) + 40
+    budget = max(n_tokens - overhead, 16)
+    pieces, used, i = [], 0, 0
+    while used < budget:
+        p = paras[i % len(paras)]
+        ids = tokenizer(" " + p)["input_ids"]
+        if used + len(ids) > budget:
+            ids = ids[: budget - used]
+            p = tokenizer.decode(ids)
+        pieces.append(p)
+        used += len(ids)
+        i += 1
+    at = round(depth * len(pieces))
+    pieces.insert(at, NEEDLE.format(city=city, number=number))
+    text = " ".join(pieces) + QUESTION.format(city=city)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"], number
+    return tokenizer(text)["input_ids"], number
+
+
+@torch.no_grad()
+def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: int = 2, eos_ids=(),
+                progress=None) -> dict:
+    """{"dense": grid, "sparse": grid} with grid[depth_i][length_j] = share of correct answers."""
+    from .decode import generate_plain
+
+    out = {"dense": [[0.0] * len(lengths) for _ in depths], "sparse": [[0.0] * len(lengths) for _ in depths]}
+    for j, n in enumerate(lengths):
+        for i, depth in enumerate(depths):
+            for t in range(trials):
+                ids, number = needle_prompt(tokenizer, n, depth, seed=1000 * j + 10 * i + t)
+                for mode in ("dense", "sparse"):
+                    compact.patterns = patterns_for(len(ids)) if mode == "sparse" else None
+                    compact.sparse_min_len = 1
+                    [r] = generate_plain(compact, [ids], 12, eos_ids=eos_ids)
+                    answer = tokenizer.decode(r.tokens, skip_special_tokens=True)
+                    out[mode][i][j] += (number in answer.replace(",", "")) / trials
+                if progress:
+                    progress()
+    compact.patterns = None
+    return out
+
+
+@torch.no_grad()
+def perplexity(compact, ids: torch.Tensor, patterns=None) -> float:
+    """Perplexity of the last half of ``ids`` (1, N) with one prefill (dense, or sparse patterns)."""
+    compact.setup_cache(1, ids.shape[1])
+    compact.patterns, compact.sparse_min_len = patterns, 1
+    pos = torch.arange(ids.shape[1], device=ids.device)[None]
+    _, hidden = compact(ids, pos, last_only=True)
+    compact.patterns = None
+    half = ids.shape[1] // 2
+    nll, count = 0.0, 0
+    for s in range(half, ids.shape[1] - 1, 1024):  # project to the vocab in chunks: (N, V) is large
+        e = min(s + 1024, ids.shape[1] - 1)
+        logits = compact.output(hidden[0, s:e]).float()
+        nll += F.cross_entropy(logits, ids[0, s + 1:e + 1], reduction="sum").item()
+        count += e - s
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def medusa_exactness(compact, heads, tree, prompts: list[list[int]], max_new_tokens: int, eos_ids=()) -> dict:
+    from .decode import generate_plain
+    from .medusa import generate_medusa
+
+    same, accept = 0, []
+    for ids in prompts:
+        [plain] = generate_plain(compact, [ids], max_new_tokens, eos_ids=eos_ids)
+        med = generate_medusa(compact, heads, ids, max_new_tokens, tree=tree, eos_ids=eos_ids)
+        same += plain.tokens == med.tokens
+        accept += med.accept_lengths
+    return {"prompts": len(prompts), "identical": same, "share_identical": same / max(len(prompts), 1),
+            "mean_accepted": sum(accept) / max(len(accept), 1), "accept_lengths": accept}
