@@ -262,7 +262,10 @@ def _prompt_ids(tokenizer, prompt: Any) -> list[int]:
         return [int(t) for t in prompt]
     if tokenizer is None:
         raise HeadsDataError("prompts are text but no tokenizer was given; pass the model's tokenizer")
-    msgs = prompt["messages"] if isinstance(prompt, dict) else [{"role": "user", "content": str(prompt)}]
+    if isinstance(prompt, dict):
+        msgs = prompt["messages"] if "messages" in prompt else [{"role": "user", "content": str(prompt["prompt"])}]
+    else:
+        msgs = [{"role": "user", "content": str(prompt)}]
     return _encode(tokenizer, _chat_text(tokenizer, msgs, add_generation_prompt=True))
 
 

@@ -94,6 +94,7 @@ class TrainConfig:
         need(self.warmup >= 0, "warmup must be >= 0")
         need(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
         need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        need(not self.resume or bool(self.checkpoint_dir), "resume needs a checkpoint_dir to resume from")
         need(self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'")
         need(self.topk >= 1, "topk must be >= 1")
 

@@ -281,7 +281,19 @@ def test_bad_inputs(model):
         train_heads(model, None, toy_sequences(), small_cfg(seq_len=3), progress=False)
     with pytest.raises(HeadsConfigError, match="projection"):
         train_heads(model, None, toy_sequences(), small_cfg(projection="tied"), progress=False)
+    with pytest.raises(HeadsConfigError, match="checkpoint_dir"):
+        train_heads(model, None, toy_sequences(), small_cfg(resume=True), progress=False)
     assert issubclass(HeadsConfigError, ValueError) and issubclass(HeadsCheckpointError, ValueError)
+    from accel.runtime.errors import AccelError  # the CLI prints these as one-line errors
+    assert issubclass(HeadsConfigError, AccelError) and issubclass(HeadsDataError, AccelError)
+
+
+def test_held_out_split_keeps_examples_whole():
+    from accel.heads.train import _chunks, _split
+    exs = [Example(list(range(10, 10 + n))) for n in range(20, 60, 2)]  # 20 examples, some cut into windows
+    train, held = _split(_chunks(exs, 16, 2), 0.2, seed=0, cap=100)
+    assert held and train and not {c.src for c in train} & {c.src for c in held}
+    assert len({c.src for c in held}) == 4
 
 
 def test_trains_on_distilled_examples_and_text(model, tokenizer):
