@@ -1,0 +1,84 @@
+"""Attention-mass recall of sparse indexes, without ever building an N×N mask.
+
+recall(head, row r) = Σ_{j kept for r} softmax(q_r·Kᵀ·scale)_j  — the share of row r's dense attention
+probability that the sparse kernel keeps.  A head's score is its mean over the scored (late) rows.
+
+Design points:
+* Rows are processed in chunks; per chunk the dense probabilities P (B, Hq, R, N) are computed once
+  (GQA by broadcasting, fp32) and turned into a prefix sum C (float64, leading zero).  A kept block
+  [o, o+BN) then contributes C[o+BN] - C[o] and a gathered column c contributes P[c]: every candidate
+  index costs O(R · (MAX_B + MAX_C)) gathers, not O(R · N) mask work, so scoring dozens of candidates
+  per layer costs little more than scoring one.
+* Causality needs no special care: P is already 0 right of the diagonal.
+* The indexes are the ones `kernels.build_index` builds on the same q/k, so the search scores exactly
+  what the runtime will run (block rounding, forced sinks/diagonals, online estimation included).
+"""
+from __future__ import annotations
+
+import torch
+
+from accel.kernels import SparseIndex
+
+__all__ = ["score_rows", "attention_probs", "recall_of_indexes"]
+
+
+def score_rows(n: int, frac: float = 0.125, min_rows: int = 64) -> slice:
+    """The late query rows the score averages over: the last max(frac·n, min_rows) rows."""
+    r = min(n, max(int(round(frac * n)), min_rows))
+    return slice(n - r, n)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, r0: int, r1: int, scale: float) -> torch.Tensor:
+    """Causal softmax of rows [r0, r1): q (B,Hq,N,D), k (B,Hkv,N,D) -> (B,Hq,R,N) fp32 (fp64 in, fp64 out)."""
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    R = r1 - r0
+    qg = q[:, :, r0:r1].to(acc).reshape(B, Hkv, G * R, D)                          # (B,Hkv,G*R,D)
+    s = torch.matmul(qg, k.to(acc).transpose(-1, -2)).view(B, Hkv, G, R, N) * scale
+    future = torch.arange(N, device=q.device)[None, :] > torch.arange(r0, r1, device=q.device)[:, None]
+    s.masked_fill_(future, float("-inf"))
+    return torch.softmax(s, dim=-1).view(B, Hq, R, N)
+
+
+def _recall_chunk(p: torch.Tensor, cs: torch.Tensor, index: SparseIndex, r0: int, r1: int) -> torch.Tensor:
+    """Recall of rows [r0, r1) under `index` -> (B, Hq, R) float64.  p (B,Hq,R,N), cs (B,Hq,R,N+1)."""
+    N = p.shape[-1]
+    dev = p.device
+    m = torch.arange(r0, r1, device=dev) // index.block_m                      # (R,) query block of each row
+    bc = index.block_count.to(dev)[:, :, m].long()                              # (B,Hq,R)
+    bo = index.block_offset.to(dev)[:, :, m].long()                             # (B,Hq,R,MB)
+    ok = torch.arange(bo.shape[-1], device=dev) < bc[..., None]
+    lo = bo.clamp(0, N)
+    hi = (bo + index.block_n).clamp(0, N)
+    blocks = (cs.gather(-1, hi) - cs.gather(-1, lo)).masked_fill_(~ok, 0.0).sum(-1)
+    cc = index.column_count.to(dev)[:, :, m].long()                             # (B,Hq,R)
+    ci = index.column_index.to(dev)[:, :, m].long()                              # (B,Hq,R,MC)
+    okc = (torch.arange(ci.shape[-1], device=dev) < cc[..., None]) & (ci >= 0) & (ci < N)
+    cols = p.gather(-1, ci.clamp(0, N - 1)).double().masked_fill_(~okc, 0.0).sum(-1)
+    rec = blocks + cols
+    dh = index.dense_heads.to(dev)
+    if bool(dh.any()):
+        rec[:, dh] = 1.0
+    return rec
+
+
+def recall_of_indexes(q: torch.Tensor, k: torch.Tensor, indexes: list[SparseIndex], rows: slice,
+                      scale: float | None = None, max_elems: int = 1 << 25) -> torch.Tensor:
+    """Mean recall over `rows` (and the batch) of every index -> (len(indexes), Hq) float64 on CPU.
+
+    Memory: one chunk of P (fp32) and its prefix sum (fp64), about 12·max_elems bytes."""
+    B, Hq, N, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    r_start, r_stop = rows.start or 0, N if rows.stop is None else rows.stop
+    chunk = max(1, max_elems // max(1, B * Hq * N))
+    total = torch.zeros(len(indexes), Hq, dtype=torch.float64, device=q.device)
+    for r0 in range(r_start, r_stop, chunk):
+        r1 = min(r_stop, r0 + chunk)
+        p = attention_probs(q, k, r0, r1, scale)                                # (B,Hq,R,N)
+        cs = torch.nn.functional.pad(torch.cumsum(p, -1, dtype=torch.float64), (1, 0))  # (B,Hq,R,N+1)
+        for i, index in enumerate(indexes):
+            total[i] += _recall_chunk(p, cs, index, r0, r1).sum((0, 2))
+        del p, cs
+    return (total / (B * (r_stop - r_start))).cpu()

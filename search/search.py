@@ -1,0 +1,405 @@
+"""Offline pattern search: for every (layer, head), the sparse pattern the runtime will use.
+
+Design points:
+* One forward pass of the model over the calibration input.  A custom transformers attention function
+  (`accel_search`, registered in `AttentionInterface`) receives each layer's post-RoPE q/k, searches
+  that layer's heads right there, and returns transformers' own SDPA output, so the next layer sees
+  exactly the dense model.  Only one layer's q/k is alive at a time, and scoring works on row chunks:
+  never all heads' N×N.
+* Candidates per budget have equal kernel-aware cost (`cost.candidates_for_budget`).  Each candidate is
+  applied to all heads with `kernels.build_index` — the same online estimation the runtime runs — and
+  vertical-slash heads whose *measured* cost overshoots the budget are shrunk and re-indexed.  The
+  winner per head is the candidate with the highest attention-mass recall over the late rows.
+* `--target-recall R`: a budget ladder is searched; a head gets the cheapest budget whose best
+  candidate reaches R, and `dense` if none does.  With a single budget, `dense_below` (default 0: never,
+  like MInference) turns heads whose best recall is below it into `dense`.
+* The stored score (4th field) is the winner's recall; `density` is its measured kernel cost / dense.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from accel.kernels import HeadPattern, SparseIndex, build_index
+from accel.kernels.index import SLASH_KEEP, VERTICAL_KEEP, _gqa_last_scores, vertical_slash_index
+from accel.runtime.errors import AccelError, ModelError
+
+from .cost import candidates_for_budget, cost_tolerance, dense_cost, head_costs
+from .score import recall_of_indexes, score_rows
+
+__all__ = ["SearchConfig", "SearchResult", "SearchError", "run_search", "search_layer", "validate",
+           "scale_pattern", "scale_layers", "DEFAULT_LADDER", "SCALING_RULES"]
+
+DEFAULT_LADDER = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
+SCALING_RULES = ("proportional", "absolute")
+_IMPL = "accel_search"
+
+
+class SearchError(AccelError):
+    """The search cannot run as asked (memory, lengths, settings)."""
+
+
+@dataclass
+class SearchConfig:
+    seq_len: int
+    budget: float = 0.1                 # fraction of causal dense cost at seq_len
+    target_recall: float | None = None  # if set: cheapest budget of `ladder` reaching it, per head
+    ladder: tuple = DEFAULT_LADDER
+    block: int = 64                     # kernel BLOCK_M = BLOCK_N
+    last_q: int = 64                    # queries the online vertical-slash estimate uses
+    score_frac: float = 0.125           # score over the last 12.5% of rows (>= 64 rows)
+    dense_below: float = 0.0            # budget mode: best recall below this -> dense
+    scaling: str = "proportional"       # rule the runtime uses to adapt sizes to the prompt length
+
+    def check(self) -> None:
+        if self.target_recall is None and not 0.0 < self.budget <= 1.0:
+            raise SearchError(f"--budget {self.budget} must be in (0, 1] (a fraction of dense attention cost)")
+        if self.target_recall is not None and not 0.0 < self.target_recall < 1.0:
+            raise SearchError(f"--target-recall {self.target_recall} must be in (0, 1), e.g. 0.95")
+        if self.block < 16 or self.block & (self.block - 1):
+            raise SearchError(f"--block {self.block} must be a power of two >= 16 (64 is what the kernels use)")
+        if self.seq_len < 2 * self.block:
+            raise SearchError(f"--seq-len {self.seq_len} is too short to search: use at least {2 * self.block} "
+                              f"tokens (sparsity pays off from a few thousand)")
+        if self.scaling not in SCALING_RULES:
+            raise SearchError(f"scaling rule {self.scaling!r} unknown: use one of {SCALING_RULES}")
+
+    @property
+    def budgets(self) -> tuple:
+        return tuple(sorted(self.ladder)) if self.target_recall is not None else (self.budget,)
+
+
+@dataclass
+class SearchResult:
+    layers: list                        # [layer][head] HeadPattern (score = recall)
+    density: list                       # [layer][head] measured kernel cost / causal dense cost
+    config: SearchConfig
+    seconds: float = 0.0
+    candidates_per_layer: int = 0
+    validation: dict = field(default_factory=dict)
+
+    def minference(self) -> list[dict]:
+        return [{str(h): p.to_list() for h, p in enumerate(layer)} for layer in self.layers]
+
+    def summary(self) -> dict:
+        rec = [p.score for layer in self.layers for p in layer]
+        den = [d for layer in self.density for d in layer]
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            for p in layer:
+                counts[p.name] = counts.get(p.name, 0) + 1
+        return {"mean_recall": sum(rec) / len(rec), "min_recall": min(rec),
+                "mean_density": sum(den) / len(den), "counts": counts}
+
+    def patterns_info(self) -> dict:
+        c = self.config
+        return {
+            "seq_len": c.seq_len, "budget": None if c.target_recall is not None else c.budget,
+            "target_recall": c.target_recall, "ladder": list(c.budgets) if c.target_recall is not None else None,
+            "scaling": c.scaling, "block": c.block, "last_q": c.last_q,
+            "score": f"attention-mass recall, mean over the last {c.score_frac:.1%} of rows (>= 64)",
+            "dense_below": c.dense_below,
+            "density": [[round(d, 4) for d in layer] for layer in self.density],
+            **{k: v for k, v in self.summary().items()},
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# one layer
+# --------------------------------------------------------------------------------------------
+def _shrink(p: HeadPattern, f: float) -> HeadPattern:
+    return HeadPattern(p.name, int(p.size_1 * f), max(1, int(p.size_2 * f)), p.score)
+
+
+class _VerticalSlashCache:
+    """`kernels.estimate_vertical_slash` for many (v, s) settings of one layer: the last-q softmax and
+    its column / diagonal sums are computed once, then each setting is a top-k.  Same ops as the kernels
+    (tests check the indexes equal `build_index`'s); only the repeated work is shared."""
+
+    def __init__(self, q, k, last_q: int, scale: float, block: int):
+        B, Hq, N, D = q.shape
+        p = _gqa_last_scores(q, k, last_q, scale)                                  # (B,Hq,lq,N)
+        lq = p.shape[2]
+        col = p.sum(2)                                                              # (B,Hq,N)
+        nk = min(VERTICAL_KEEP, N)
+        col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=col.dtype)
+        W = N + lq - 1
+        padded = torch.nn.functional.pad(p, (lq - 1, 0)).reshape(B * Hq, lq, W)
+        diag = padded.as_strided((B * Hq, lq, N), (lq * W, W + 1, 1)).sum(1).flip(-1).view(B, Hq, N)
+        nk = min(SLASH_KEEP, N)
+        diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=diag.dtype)
+        self.col, self.diag, self.n, self.block = col, diag, N, block
+
+    def _top(self, scores, sizes):  # per-head top-k positions, ascending, padded with -1
+        out = []
+        for h, kk in enumerate(sizes):
+            idx = torch.topk(scores[:, h], kk, dim=-1, sorted=False).indices.sort(-1).values if kk else \
+                scores.new_zeros(scores.shape[0], 0, dtype=torch.long)
+            out.append(torch.nn.functional.pad(idx, (0, max(sizes) - kk), value=-1))
+        return torch.stack(out, 1)
+
+    def index(self, pats) -> SparseIndex:
+        N = self.n
+        v = [min(p.size_1, N) for p in pats]
+        s = [min(max(p.size_2, 1), N) for p in pats]
+        if len(set(v)) == 1 and len(set(s)) == 1:   # the common case: one top-k for all heads
+            vert = torch.topk(self.col, v[0], dim=-1, sorted=False).indices.sort(-1).values
+            sl = torch.topk(self.diag, s[0], dim=-1, sorted=False).indices.sort(-1).values
+        else:
+            vert, sl = self._top(self.col, v), self._top(self.diag, s)
+        parts = vertical_slash_index(vert, sl, N, self.block, self.block)
+        return SparseIndex(*parts, N, self.block, self.block)
+
+
+def _candidate_index(q, k, cand: HeadPattern, target: float, tol: float, cfg: SearchConfig, scale,
+                     vs_cache=None):
+    """Index + per-head patterns + measured per-head cost for one candidate applied to all heads."""
+    Hq, D = q.shape[1], q.shape[-1]
+    pats = [cand] * Hq
+    for _ in range(4):
+        if cand.name == "vertical_and_slash" and vs_cache is not None:
+            idx = vs_cache.index(pats)
+        else:
+            idx = build_index(q, k, pats, cfg.block, cfg.block, last_q=cfg.last_q, scale=scale)
+        costs = head_costs(idx, D) / q.shape[0]
+        over = costs > target + tol
+        if cand.name != "vertical_and_slash" or not bool(over.any()):
+            break
+        # the chosen diagonals are scattered (cost more tiles than a band): shrink those heads only
+        pats = [_shrink(p, 0.97 * target / float(c)) if o else p for p, c, o in zip(pats, costs, over)]
+    return idx, pats, costs
+
+
+def search_layer(q: torch.Tensor, k: torch.Tensor, cfg: SearchConfig, scale: float | None = None):
+    """Best pattern per query head of one layer.  q (B,Hq,N,D), k (B,Hkv,N,D) post-RoPE.
+
+    -> (patterns [Hq] with score = recall, density [Hq], number of candidates scored)."""
+    B, Hq, N, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    full = dense_cost(N, D, cfg.block)
+    tol = cost_tolerance(N, D, cfg.block)
+    entries = []  # (budget, per-head patterns, per-head cost, index)
+    vs_cache = _VerticalSlashCache(q, k, cfg.last_q, scale, cfg.block)
+    for b in cfg.budgets:
+        target = b * full
+        for cand in candidates_for_budget(N, D, b, cfg.block):
+            idx, pats, costs = _candidate_index(q, k, cand, target, tol, cfg, scale, vs_cache)
+            entries.append((b, pats, costs, idx))
+    rows = score_rows(N, cfg.score_frac)
+    max_elems = (1 << 27) if q.is_cuda else (1 << 24)
+    rec = recall_of_indexes(q, k, [e[3] for e in entries], rows, scale, max_elems=max_elems)  # (C, Hq)
+
+    out, dens = [], []
+    for h in range(Hq):
+        chosen = None
+        for b in cfg.budgets:
+            ids = [i for i, e in enumerate(entries) if e[0] == b]
+            cap = max(b * full, min(float(entries[i][2][h]) for i in ids)) + tol
+            ok = [i for i in ids if float(entries[i][2][h]) <= cap]
+            best = max(ok, key=lambda i: (float(rec[i, h]), -float(entries[i][2][h])))
+            chosen = best
+            if cfg.target_recall is None or float(rec[best, h]) >= cfg.target_recall:
+                break
+        else:
+            if cfg.target_recall is not None:
+                chosen = None  # no budget of the ladder reaches the target: dense
+        r = float(rec[chosen, h]) if chosen is not None else 1.0
+        if chosen is None or (cfg.target_recall is None and r < cfg.dense_below):
+            out.append(HeadPattern("dense", 0, 0, 1.0))
+            dens.append(1.0)
+            continue
+        p = entries[chosen][1][h]
+        out.append(HeadPattern(p.name, p.size_1, p.size_2, round(r, 5)))
+        dens.append(float(entries[chosen][2][h]) / full)
+    return out, dens, len(entries)
+
+
+# --------------------------------------------------------------------------------------------
+# the whole model: capture q/k per layer inside one forward pass
+# --------------------------------------------------------------------------------------------
+_STATE: dict = {}
+
+
+def _search_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                      scaling=None, is_causal=None, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    hook = _STATE.get("on_qk")
+    if hook is not None and query.shape[2] == key.shape[2]:
+        hook(getattr(module, "layer_idx", None), query, key, scaling)           # (B,Hq,N,D), (B,Hkv,N,D)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                  scaling=scaling, is_causal=is_causal, **kwargs)
+
+
+def _set_impl(model, name: str) -> None:
+    try:
+        model.set_attn_implementation(name)
+    except Exception:  # transformers without the dynamic setter
+        model.config._attn_implementation = name
+
+
+@contextlib.contextmanager
+def _attention_impl(model, name: str, fn=None):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if fn is not None:
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, sdpa_mask)  # else no causal mask for an unknown name
+    prev = model.config._attn_implementation
+    _set_impl(model, name)
+    try:
+        yield
+    finally:
+        _set_impl(model, prev or "sdpa")
+
+
+def _decoder(model):
+    get = getattr(model, "get_decoder", None)
+    dec = get() if callable(get) else None
+    return dec if dec is not None else model
+
+
+def _model_shape(model):
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    L, Hq = getattr(cfg, "num_hidden_layers", None), getattr(cfg, "num_attention_heads", None)
+    if not L or not Hq:
+        raise ModelError(f"{type(model).__name__}: no num_hidden_layers / num_attention_heads in its config; "
+                         f"search-patterns supports decoder-only attention models (Llama, Qwen2, Mistral, ...)")
+    return L, Hq
+
+
+@contextlib.contextmanager
+def _oom_as_error(what: str):
+    try:
+        yield
+    except AccelError:
+        raise
+    except Exception as e:  # torch.OutOfMemoryError and allocator RuntimeErrors alike
+        if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower():
+            raise SearchError(f"out of memory {what}: lower --seq-len (patterns scale to longer prompts), "
+                              f"or free the GPU / use a bigger one") from None
+        raise
+
+
+def run_search(model, input_ids: torch.Tensor, cfg: SearchConfig, on_layer=None) -> SearchResult:
+    """Search every layer's head patterns on `input_ids` (1, N).  `on_layer(i, L, patterns, density)` is
+    called after each layer (progress)."""
+    cfg.check()
+    L, Hq = _model_shape(model)
+    N = input_ids.shape[-1]
+    if N != cfg.seq_len:
+        raise SearchError(f"calibration input has {N} tokens, the config says --seq-len {cfg.seq_len}")
+    layers: list = [None] * L
+    dens: list = [None] * L
+    ncand = [0]
+    seen = []
+
+    def on_qk(li, q, k, scaling):
+        if li is None or li >= L:
+            raise ModelError(f"{type(model).__name__}: attention modules have no usable layer_idx; "
+                             f"search-patterns supports Llama / Qwen2 / Mistral-style models")
+        if q.shape[1] != Hq:
+            raise ModelError(f"layer {li}: {q.shape[1]} query heads in attention, {Hq} in the config")
+        pats, d, nc = search_layer(q.detach(), k.detach(), cfg, scaling)
+        layers[li], dens[li], ncand[0] = pats, d, nc
+        seen.append(li)
+        if on_layer is not None:
+            on_layer(li, L, pats, d)
+
+    t0 = time.perf_counter()
+    dev = next(model.parameters()).device
+    _STATE["on_qk"] = on_qk
+    try:
+        with _oom_as_error(f"searching at --seq-len {N} on {dev}"), torch.no_grad(), \
+                _attention_impl(model, _IMPL, _search_attention):
+            _decoder(model)(input_ids=input_ids.to(dev), use_cache=False)
+    finally:
+        _STATE.pop("on_qk", None)
+    if sorted(set(seen)) != list(range(L)):
+        raise ModelError(
+            f"{type(model).__name__}: only {len(set(seen))} of {L} layers passed q/k through transformers' "
+            f"AttentionInterface, so there is nothing to search; supported: Llama, Qwen2, Mistral-style models")
+    return SearchResult(layers, dens, cfg, time.perf_counter() - t0, ncand[0])
+
+
+# --------------------------------------------------------------------------------------------
+# validation: dense vs sparse next-token predictions on held-out text
+# --------------------------------------------------------------------------------------------
+def _late_logits_stats(model, h_dense, h_sparse, r0: int, chunk: int = 256):
+    head = model.get_output_embeddings()
+    agree, kl, n = 0, 0.0, 0
+    for a in range(r0, h_dense.shape[1], chunk):
+        b = min(h_dense.shape[1], a + chunk)
+        ld = torch.log_softmax(head(h_dense[:, a:b]).float(), -1)               # (B, R, V)
+        ls = torch.log_softmax(head(h_sparse[:, a:b]).float(), -1)
+        agree += int((ld.argmax(-1) == ls.argmax(-1)).sum())
+        kl += float((ld.exp() * (ld - ls)).sum(-1).clamp_min(0).sum())
+        n += ld.shape[0] * ld.shape[1]
+    return agree / n, kl / n
+
+
+def validate(model, input_ids: torch.Tensor, result: SearchResult, rows_frac: float = 0.25) -> dict:
+    """Dense vs sparse (the searched patterns through the kernels' hook) on held-out `input_ids` (1, N):
+    top-1 next-token agreement and mean KL(dense ‖ sparse) over the last `rows_frac` of positions."""
+    from accel.kernels import disable_sparse_prefill, enable_sparse_prefill
+
+    dev = next(model.parameters()).device
+    ids = input_ids.to(dev)
+    N = ids.shape[-1]
+    dec = _decoder(model)
+    t0 = time.perf_counter()
+    with _oom_as_error(f"validating at --seq-len {N} on {dev}"), torch.no_grad():
+        h_dense = dec(input_ids=ids, use_cache=False).last_hidden_state
+        enable_sparse_prefill(model, result.layers, min_len=1, block_m=result.config.block,
+                              block_n=result.config.block, last_q=result.config.last_q)
+        try:
+            h_sparse = dec(input_ids=ids, use_cache=False).last_hidden_state
+        finally:
+            disable_sparse_prefill(model)
+        r0 = N - max(1, int(round(rows_frac * N)))
+        agree, kl = _late_logits_stats(model, h_dense, h_sparse, r0)
+    return {"top1_agreement": round(agree, 5), "kl": round(kl, 6), "rows": N - r0, "seq_len": N,
+            "mean_density": round(result.summary()["mean_density"], 5),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# --------------------------------------------------------------------------------------------
+# the runtime's rule for other prompt lengths
+# --------------------------------------------------------------------------------------------
+def scale_pattern(pattern, searched_len: int, actual_len: int, rule: str = "proportional") -> HeadPattern:
+    """Sizes for a prompt of `actual_len` tokens from a pattern searched at `searched_len`.
+
+    ``absolute`` (MInference): sizes unchanged — cost grows ~linearly with N, density falls.
+    ``proportional`` (our default): sizes that measure a share of the context scale with N, so the
+    density (and roughly the speed-up) stays what the search chose: vertical count v, slash count s,
+    A-shape window and block-sparse top-k scale by actual/searched; the A-shape sink stays absolute
+    (sinks are the first tokens whatever the length).  Floors keep the always-needed parts: s >=
+    min(s, 100 nearest diagonals), v >= min(v, 30 first keys), window >= min(window, 64), top-k >= min(k, 2).
+    """
+    p = HeadPattern.from_list(pattern)
+    if rule not in SCALING_RULES:
+        raise ValueError(f"scaling rule {rule!r} unknown: use one of {SCALING_RULES}")
+    if rule == "absolute" or p.name == "dense" or searched_len == actual_len:
+        return HeadPattern(p.name, p.size_1, p.size_2, p.score)
+    if searched_len <= 0 or actual_len <= 0:
+        raise ValueError("searched_len and actual_len must be positive")
+    f = actual_len / searched_len
+    sc = lambda x, floor: max(min(x, floor), int(round(x * f)))
+    if p.name == "stream_llm":
+        return HeadPattern(p.name, p.size_1, sc(p.size_2, 64), p.score)
+    if p.name == "vertical_and_slash":
+        return HeadPattern(p.name, sc(p.size_1, VERTICAL_KEEP), max(1, sc(p.size_2, SLASH_KEEP)), p.score)
+    return HeadPattern(p.name, max(1, sc(p.size_1, 2)), p.size_2, p.score)           # block_sparse
+
+
+def scale_layers(layers, searched_len: int, actual_len: int, rule: str = "proportional") -> list:
+    """`scale_pattern` over [layer][head] (HeadPattern or MInference dicts) -> [layer][head] HeadPattern."""
+    out = []
+    for layer in layers:
+        heads = [layer[k] for k in sorted(layer, key=int)] if isinstance(layer, dict) else list(layer)
+        out.append([scale_pattern(p, searched_len, actual_len, rule) for p in heads])
+    return out
