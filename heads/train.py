@@ -426,11 +426,10 @@ def train_heads(model, tokenizer, data: Sequence[Any], config: TrainConfig | Non
     acc = Accelerator(device_placement=False, cpu=not torch.cuda.is_available())
     world, rank = acc.num_processes, acc.process_index
     main = acc.is_main_process
-    lm_w = model.get_output_embeddings().weight
-    if world > 1:
+    if world > 1:  # data-parallel: every rank holds the frozen base on its own device
         model.to(acc.device)
-    device = lm_w.device if world == 1 else acc.device
     lm_w = model.get_output_embeddings().weight
+    device = lm_w.device
 
     # ---- data
     examples = to_examples(tokenizer, data)
@@ -452,9 +451,11 @@ def train_heads(model, tokenizer, data: Sequence[Any], config: TrainConfig | Non
     model.eval()
     hcfg = MedusaConfig(config.num_heads, config.num_layers, model.config.hidden_size, lm_w.shape[0],
                         config.projection)
-    heads = MedusaHeads(hcfg, lm_w).to(device=device, dtype=torch.float32)
-    if config.projection == "shared":
-        heads.attach_lm_head(lm_w)  # keep the base weight itself, not an fp32 copy
+    heads = MedusaHeads(hcfg, lm_w)
+    # fp32 master weights on the base's device; a shared lm_head stays the base's own tensor (no copy)
+    heads.blocks.to(device=device, dtype=torch.float32)
+    if config.projection == "own":
+        heads.lm_heads.to(device=device, dtype=torch.float32)
     params = [p for p in heads.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
