@@ -43,14 +43,20 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+_MODES = ("graph", "inductor", "compile", "eager")
+
+
 def resolve_mode(compile, device) -> str:
-    """None/True -> 'graph' on CUDA (eager elsewhere); False -> 'eager'; or 'graph' / 'compile' / 'eager'."""
+    """None/True -> 'graph' on CUDA (eager elsewhere); False -> 'eager'; else one of _MODES:
+    'graph' = eager kernels captured in a CUDA graph; 'inductor' = layers through one torch.compile'd
+    layer function (fused elementwise ops), then captured the same way; 'compile' = torch.compile
+    mode="reduce-overhead" of the whole step (gpt-fast's way)."""
     if compile is None or compile is True:
         return "graph" if torch.device(device).type == "cuda" else "eager"
     if compile is False:
         return "eager"
-    if compile not in ("graph", "compile", "eager"):
-        raise ValueError(f"compile must be None, a bool, 'graph', 'compile' or 'eager'; got {compile!r}")
+    if compile not in _MODES:
+        raise ValueError(f"compile must be None, a bool or one of {_MODES}; got {compile!r}")
     if compile != "eager" and torch.device(device).type != "cuda":
         raise ValueError(f"compile={compile!r} needs a CUDA model; use compile=None or 'eager' on {device}")
     return compile
@@ -59,13 +65,20 @@ def resolve_mode(compile, device) -> str:
 class StepGraph:
     """A fixed-shape step ``fn(*inputs) -> outputs`` whose ``inputs`` the caller mutates in place.
 
-    'graph': warmed up on a side stream, then captured once; ``__call__`` replays and returns the
-    same static output tensors every time (consume them before the next call).
+    'graph' / 'inductor': warmed up on a side stream (this is when 'inductor' compiles), then captured
+    once; ``__call__`` replays and returns the same static output tensors every time (consume them
+    before the next call).
     """
 
-    def __init__(self, fn, inputs: list[torch.Tensor], mode: str):
+    def __init__(self, fn, inputs: list[torch.Tensor], mode: str, model=None):
+        if mode == "inductor":
+            plain_fn = fn
+
+            def fn(*a):
+                with model.compiled_layers():
+                    return plain_fn(*a)
         self.fn, self.inputs, self.mode = fn, inputs, mode
-        if mode == "graph":
+        if mode in ("graph", "inductor"):
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
@@ -79,7 +92,7 @@ class StepGraph:
             self.cfn = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
 
     def __call__(self):
-        if self.mode == "graph":
+        if self.mode in ("graph", "inductor"):
             self.graph.replay()
             return self.outputs
         if self.mode == "compile":
@@ -92,7 +105,7 @@ def get_step(model, key, fn, inputs_init: list[torch.Tensor], mode: str) -> Step
     """Cached StepGraph per (key, mode); ``inputs_init`` are copied into its static inputs."""
     step = model.step_graphs.get((key, mode))
     if step is None:
-        step = StepGraph(fn, [t.clone() for t in inputs_init], mode)
+        step = StepGraph(fn, [t.clone() for t in inputs_init], mode, model)
         model.step_graphs[(key, mode)] = step
     else:
         for dst, src in zip(step.inputs, inputs_init):

@@ -19,6 +19,7 @@ Design points:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -91,15 +92,50 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = _param(weight), eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 statistics, then back to the input dtype before the weight (as transformers does)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return _rms(x, self.weight, self.eps)
+
+
+def _rms(x, weight, eps):
+    # statistics in fp32, cast back to x's dtype, then the weight: transformers' order. F.rms_norm
+    # upcasts internally and is one fused kernel on recent CUDA builds (7 eager kernels otherwise).
+    return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
+
+
+def layer_forward(x, cos, sin, rows, write_pos, mask, kc, vc, attn_norm, wqkv, bqkv, wo, bo, mlp_norm, w13, w2,
+                  eps: float, n_head: int, n_kv: int, patterns=None):
+    """One decoder layer as a pure function of its tensors, so one ``torch.compile`` serves all layers.
+
+    x (B, T, H); cos/sin (B, T, 1, D); rows (B, 1); write_pos (B, T); mask (B, 1, G*T, S) when
+    T <= _SHORT_T (GQA-folded, see CompactLM.forward) else (B, 1, T, S); kc/vc (B, Hkv, S, D).
+    """
+    B, T, _ = x.shape
+    D = cos.shape[-1]
+    qkv = F.linear(_rms(x, attn_norm, eps), wqkv, bqkv)
+    qk = qkv[..., : (n_head + n_kv) * D].view(B, T, n_head + n_kv, D)
+    qk = qk * cos + _rotate_half(qk) * sin  # RoPE on q and k at once
+    q = qk[:, :, :n_head].transpose(1, 2)  # (B, Hq, T, D)
+    k = qk[:, :, n_head:]  # (B, T, Hkv, D)
+    v = qkv[..., (n_head + n_kv) * D:].view(B, T, n_kv, D)
+    # advanced indices around a slice: the indexed view is (B, T, Hkv, D)
+    kc[rows, :, write_pos] = k
+    vc[rows, :, write_pos] = v
+    if patterns is not None:
+        from accel.kernels import sparse_attention  # lazy: optional Triton dependency
+        y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns)  # prompt chunk at slot 0
+    elif T <= _SHORT_T:
+        G = n_head // n_kv
+        qg = q.reshape(B, n_kv, G * T, D)  # heads sharing a kv head become extra queries
+        y = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask).reshape(B, n_head, T, D)
+    else:
+        y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
+    x = x + F.linear(y.transpose(1, 2).reshape(B, T, n_head * D), wo, bo)
+    g, u = F.linear(_rms(x, mlp_norm, eps), w13).chunk(2, dim=-1)
+    return x + F.linear(F.silu(g) * u, w2)
 
 
 def _linear(weight, bias=None) -> nn.Linear:
@@ -132,43 +168,12 @@ def _fuse(*lins) -> nn.Linear:
 
 
 class Attention(nn.Module):
-    def __init__(self, hf_attn, n_head: int, n_kv: int, head_dim: int):
+    def __init__(self, hf_attn):
         super().__init__()
-        self.n_head, self.n_kv, self.head_dim = n_head, n_kv, head_dim
         self.wqkv = _fuse(hf_attn.q_proj, hf_attn.k_proj, hf_attn.v_proj)
-        o = hf_attn.o_proj
-        self.wo = _linear(o.weight, o.bias)
-        self.k_cache: torch.Tensor | None = None
+        self.wo = _linear(hf_attn.o_proj.weight, hf_attn.o_proj.bias)
+        self.k_cache: torch.Tensor | None = None  # (B, Hkv, S, D), set by CompactLM.setup_cache
         self.v_cache: torch.Tensor | None = None
-
-    def forward(self, x, cos, sin, write_pos, mask, patterns):
-        B, T, _ = x.shape
-        Hq, Hkv, D = self.n_head, self.n_kv, self.head_dim
-        q, k, v = self.wqkv(x).split([Hq * D, Hkv * D, Hkv * D], dim=-1)
-        q = q.view(B, T, Hq, D).transpose(1, 2)  # (B, Hq, T, D)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin  # cos/sin: (B, 1, T, D)
-        k = k * cos + _rotate_half(k) * sin
-
-        kc, vc = self.k_cache[:B], self.v_cache[:B]  # (B, Hkv, S, D) views of the static cache
-        rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
-        # advanced indices around a slice: the indexed view is (B, T, Hkv, D)
-        kc[rows, :, write_pos] = k.transpose(1, 2)
-        vc[rows, :, write_pos] = v.transpose(1, 2)
-
-        if patterns is not None:
-            from accel.kernels import sparse_attention  # lazy: optional Triton dependency
-            y = sparse_attention(q, k, v, patterns)  # (B, Hq, T, D); prompt chunk starting at slot 0
-        elif T <= _SHORT_T:
-            G = Hq // Hkv
-            qg = q.reshape(B, Hkv, G * T, D)  # heads sharing a kv head become extra queries
-            mg = mask[:, :, None].expand(B, 1, G, T, mask.shape[-1]).reshape(B, 1, G * T, -1)
-            y = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mg)
-            y = y.view(B, Hq, T, D)
-        else:
-            y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, Hq * D))
 
 
 class MLP(nn.Module):
@@ -177,23 +182,21 @@ class MLP(nn.Module):
         self.w13 = _fuse(hf_mlp.gate_proj, hf_mlp.up_proj)
         self.w2 = _linear(hf_mlp.down_proj.weight)
 
-    def forward(self, x):
-        g, u = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(g) * u)
-
 
 class Block(nn.Module):
-    def __init__(self, hf_layer, cfg, n_head, n_kv, head_dim):
+    """Holds one layer's weights under readable names; the math is ``layer_forward``."""
+
+    def __init__(self, hf_layer, cfg):
         super().__init__()
-        eps = cfg.rms_norm_eps
-        self.attn_norm = RMSNorm(hf_layer.input_layernorm.weight, eps)
-        self.attn = Attention(hf_layer.self_attn, n_head, n_kv, head_dim)
-        self.mlp_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, eps)
+        self.attn_norm = RMSNorm(hf_layer.input_layernorm.weight, cfg.rms_norm_eps)
+        self.attn = Attention(hf_layer.self_attn)
+        self.mlp_norm = RMSNorm(hf_layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
         self.mlp = MLP(hf_layer.mlp)
 
-    def forward(self, x, cos, sin, write_pos, mask, patterns):
-        x = x + self.attn(self.attn_norm(x), cos, sin, write_pos, mask, patterns)
-        return x + self.mlp(self.mlp_norm(x))
+    def args(self, B):
+        a, m = self.attn, self.mlp
+        return (a.k_cache[:B], a.v_cache[:B], self.attn_norm.weight, a.wqkv.weight, a.wqkv.bias, a.wo.weight,
+                a.wo.bias, self.mlp_norm.weight, m.w13.weight, m.w2.weight, self.attn_norm.eps)
 
 
 class CompactLM(nn.Module):
@@ -217,7 +220,7 @@ class CompactLM(nn.Module):
         self.n_head, self.n_kv, self.head_dim = n_head, n_kv, head_dim
         base = hf_model.model
         self.tok_embeddings = _param(base.embed_tokens.weight)  # (V, H)
-        self.layers = nn.ModuleList([Block(l, cfg, n_head, n_kv, head_dim) for l in base.layers])
+        self.layers = nn.ModuleList([Block(l, cfg) for l in base.layers])
         self.norm = RMSNorm(base.norm.weight, cfg.rms_norm_eps)
         tied = hf_model.lm_head.weight is base.embed_tokens.weight
         self.output = _linear(self.tok_embeddings if tied else hf_model.lm_head.weight)  # tied: one Parameter
@@ -227,10 +230,24 @@ class CompactLM(nn.Module):
         self.sparse_min_len = 1024
         self.max_batch = self.max_seq_len = 0
         self.step_graphs: dict = {}  # decode/verify steps captured by runtime.decode.StepGraph
+        self.layer_fn = layer_forward  # swapped for a torch.compile'd copy by ``compiled_layers``
+        self._compiled_layer_fn = None
 
     @classmethod
     def from_hf(cls, hf_model) -> "CompactLM":
         return cls(hf_model).eval()
+
+    @contextlib.contextmanager
+    def compiled_layers(self):
+        """Within this block, layers run through one ``torch.compile``'d ``layer_forward`` (fused
+        elementwise kernels; compiled once per shape, shared by all layers). Used by StepGraph."""
+        if self._compiled_layer_fn is None:
+            self._compiled_layer_fn = torch.compile(layer_forward, fullgraph=True, dynamic=False)
+        old, self.layer_fn = self.layer_fn, self._compiled_layer_fn
+        try:
+            yield
+        finally:
+            self.layer_fn = old
 
     @property
     def device(self):
@@ -292,13 +309,21 @@ class CompactLM(nn.Module):
             slots = torch.arange(self.max_seq_len, device=input_ids.device)
             dense_mask = (slots <= write_pos[..., None])[:, None]  # (B, 1, T, S)
         dt = self.dtype
-        cos = self.rope_cos[input_pos].to(dt)[:, None]  # (B, 1, T, D)
-        sin = self.rope_sin[input_pos].to(dt)[:, None]
+        cos = self.rope_cos[input_pos].to(dt)[:, :, None]  # (B, T, 1, D)
+        sin = self.rope_sin[input_pos].to(dt)[:, :, None]
+        rows = torch.arange(B, device=input_ids.device)[:, None]  # (B, 1)
+        if T <= _SHORT_T:  # fold GQA groups into the query axis once for all layers: (B, 1, G*T, S)
+            G = self.n_head // self.n_kv
+            dense_mask = dense_mask[:, :, None].expand(B, 1, G, T, dense_mask.shape[-1]).reshape(B, 1, G * T, -1)
         x = F.embedding(input_ids, self.tok_embeddings)  # (B, T, H)
         # sparse prefill only for an unpadded prompt chunk that starts at slot 0 (the caller's contract)
         sparse = self.patterns is not None and mask is None and T >= self.sparse_min_len
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, write_pos, dense_mask, self.patterns[i] if sparse else None)
+            if sparse:
+                x = layer_forward(x, cos, sin, rows, write_pos, dense_mask, *layer.args(B), self.n_head, self.n_kv,
+                                  patterns=self.patterns[i])
+            else:
+                x = self.layer_fn(x, cos, sin, rows, write_pos, dense_mask, *layer.args(B), self.n_head, self.n_kv)
         hidden = self.norm(x)
         logits = self.output(hidden[:, -1:] if last_only else hidden)
         return logits, hidden

@@ -188,7 +188,8 @@ def generate_medusa(model, heads, prompt_ids: list[int], max_new_tokens: int, tr
     device = model.device
     mode = resolve_mode(compile, device)
     if mode == "compile":
-        raise ValueError("generate_medusa captures its step with a manual CUDA graph: use compile=None or 'graph'")
+        raise ValueError("generate_medusa captures its step with a manual CUDA graph: use compile=None, "
+                         "'graph' or 'inductor'")
     if temperature == 0:
         acceptance = "greedy"
     K = heads.config.num_heads
@@ -224,11 +225,11 @@ def generate_medusa(model, heads, prompt_ids: list[int], max_new_tokens: int, tr
             _advance(heads, tb, st, hd, best, a, nxt)
             return ()
         saved = [t.clone() for t in st.tensors()]
-        step = StepGraph(fused, [], mode)
+        step = StepGraph(fused, [], mode, model)
         for dst, src in zip(st.tensors(), saved):  # the warm-up runs advanced the state
             dst.copy_(src)
     else:
-        vstep = StepGraph(lambda: _verify(model, tb, st), [], mode)  # its warm-up only writes free slots
+        vstep = StepGraph(lambda: _verify(model, tb, st), [], mode, model)  # its warm-up only writes free slots
 
         def step():
             lg, hd = vstep()

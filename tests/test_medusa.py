@@ -205,4 +205,5 @@ def test_cuda_graph_medusa_equals_eager(model):
         e = generate_medusa(m, heads, [1, 5, 7, 9, 11], 40, tree=TREE, compile="eager", acceptance=mode, temperature=0.7 * (mode != "greedy"))
         g = generate_medusa(m, heads, [1, 5, 7, 9, 11], 40, tree=TREE, compile="graph", acceptance=mode, temperature=0.7 * (mode != "greedy"))
         assert g.tokens == e.tokens and g.accept_lengths == e.accept_lengths
-    assert generate_medusa(m, heads, [1, 5, 7, 9, 11], 40, tree=TREE, compile="graph").tokens == ref
+    for mode in ("graph", "inductor"):
+        assert generate_medusa(m, heads, [1, 5, 7, 9, 11], 40, tree=TREE, compile=mode).tokens == ref, mode
