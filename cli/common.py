@@ -76,4 +76,33 @@ def parse_length(text: str) -> int:
 
 
 def command_line() -> str:
-    return " ".join(["accel"] + sys.argv[1:])
+    """The running command as a rerunnable line: its path plus every option given on the command line.
+
+    Rebuilt from click's context (not ``sys.argv``) so it is right under test runners and wrappers.
+    """
+    import shlex
+
+    try:  # newer typer vendors click as typer._click; older ones use click itself
+        from typer._click import core
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import core
+        from click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return " ".join(["accel"] + sys.argv[1:])
+    parts = ctx.command_path.split()
+    parts[0] = "accel"
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) != core.ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":
+            parts.append(shlex.quote(str(value)))
+        elif getattr(param, "is_flag", False) and isinstance(value, bool):
+            flags = param.opts if value else (param.secondary_opts or param.opts)
+            parts.append(flags[0])
+        else:
+            parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)

@@ -55,9 +55,14 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
             t.add_row(str(m["num_heads"]), str(m["num_layers"]), m.get("projection", "shared"), str(m["hidden_size"]),
                       str(m["vocab_size"]), str(len(m.get("tree") or [])), str(len(p.heads)), f"{n_params / 1e6:.2f} M")
             out.print(t)
-            acc = (prov.get("train_heads") or {}).get("eval") or {}
-            if acc:
-                out.print("held-out accuracy: " + json.dumps(acc, default=str), markup=False)
+            metrics = (prov.get("train_heads") or {}).get("metrics") or {}
+            if metrics.get("top1"):
+                acc = Table(title="held-out accuracy per head")
+                for col in ("head", "predicts", "top-1", "top-5"):
+                    acc.add_column(col, justify="right")
+                for i, (t1, t5) in enumerate(zip(metrics["top1"], metrics.get("top5", []))):
+                    acc.add_row(str(i), f"t+{i + 2}", f"{t1:.3f}", f"{t5:.3f}")
+                out.print(acc)
         else:
             out.print("heads: none")
 
