@@ -36,6 +36,8 @@ __all__ = ["SearchConfig", "SearchResult", "SearchError", "run_search", "search_
 DEFAULT_LADDER = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
 SCALING_RULES = ("proportional", "absolute")
 _IMPL = "accel_search"
+RECALL_TIE = 1e-3
+_PREFER = {"stream_llm": 0, "block_sparse": 1, "vertical_and_slash": 2, "dense": 3}
 
 
 class SearchError(AccelError):
@@ -199,7 +201,12 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, cfg: SearchConfig, scale: flo
             ids = [i for i, e in enumerate(entries) if e[0] == b]
             cap = max(b * full, min(float(entries[i][2][h]) for i in ids)) + tol
             ok = [i for i in ids if float(entries[i][2][h]) <= cap]
-            best = max(ok, key=lambda i: (float(rec[i, h]), -float(entries[i][2][h])))
+            top = max(float(rec[i, h]) for i in ok)
+            # near-ties (within RECALL_TIE) go to the static patterns (no online estimation at run
+            # time), then to the cheaper measured cost
+            near = [i for i in ok if float(rec[i, h]) >= top - RECALL_TIE]
+            best = min(near, key=lambda i: (_PREFER[entries[i][1][h].name], float(entries[i][2][h]),
+                                            -float(rec[i, h])))
             chosen = best
             if cfg.target_recall is None or float(rec[best, h]) >= cfg.target_recall:
                 break
