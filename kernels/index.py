@@ -126,23 +126,50 @@ def a_shape_index(n: int, sink: int, window: int, block_m: int = 64, block_n: in
 # vertical-slash
 # --------------------------------------------------------------------------------------------
 def _gqa_last_scores(q, k, last_q: int, scale: float):
-    """softmax(q[-last_q:] kᵀ) with causality, fp32, GQA without repeat_kv: -> (B, Hq, last_q, N)."""
+    """softmax(q[-last_q:] kᵀ) with causality, fp32, GQA without repeat_kv: -> (B, Hq, last_q, N).
+
+    On GPU the product runs in the input dtype (fp32 accumulation inside cuBLAS, logits rounded to
+    bf16/fp16: ample for ranking), the softmax in fp32; on CPU everything is fp32."""
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     lq = min(last_q, N)
-    qt = q[:, :, N - lq:].float().reshape(B, Hkv, G * lq, D)                  # (B, Hkv, G*lq, D)
+    mm_dtype = q.dtype if q.is_cuda else torch.float32
+    qt = (q[:, :, N - lq:].to(mm_dtype) * scale).reshape(B, Hkv, G * lq, D)       # (B, Hkv, G*lq, D)
     out = torch.empty(B, Hq, lq, N, dtype=torch.float32, device=q.device)
     rows = torch.arange(N - lq, N, device=q.device)
-    future = torch.arange(N, device=q.device)[None, :] > rows[:, None]          # (lq, N)
+    future = torch.arange(N - lq, N, device=q.device)[None, :] > rows[:, None]      # (lq, lq) tail
     # chunk over kv heads so the fp32 score slab stays ~<= 1 GiB even at 256K+
     per = max(1, (1 << 28) // max(1, G * lq * N))
     for h0 in range(0, Hkv, per):
         h1 = min(Hkv, h0 + per)
-        s = torch.matmul(qt[:, h0:h1], k[:, h0:h1].float().transpose(-1, -2)) * scale
-        s = s.view(B, h1 - h0, G, lq, N).masked_fill_(future, float("-inf"))
-        out[:, h0 * G:h1 * G] = torch.softmax(s, dim=-1).view(B, (h1 - h0) * G, lq, N)
+        s = torch.matmul(qt[:, h0:h1], k[:, h0:h1].to(mm_dtype).transpose(-1, -2))
+        s = s.view(B, h1 - h0, G, lq, N)
+        s[..., N - lq:].masked_fill_(future, float("-inf"))   # only the last lq keys can be future
+        out[:, h0 * G:h1 * G] = torch.softmax(s, dim=-1, dtype=torch.float32).view(B, (h1 - h0) * G, lq, N)
     return out
+
+
+def _diagonal_sums(p: torch.Tensor) -> torch.Tensor:
+    """p (R, lq, N): row i is query position N-lq+i.  -> (R, N) sums along diagonals d = q_pos - k_pos.
+
+    With e = N-1-d, diagonal e takes p[i, e-(lq-1)+i]: in the flat row-major buffer that is offset
+    i*(N+1) + e-(lq-1), so for e >= lq-1 a strided view (stride N+1 over rows) lines every diagonal up
+    in one column — no padded copy.  The lq-1 farthest diagonals (e < lq-1) are a tiny triangle."""
+    R, lq, N = p.shape
+    p = p.contiguous()
+    out = torch.zeros(R, N, dtype=p.dtype, device=p.device)
+    if N >= lq:
+        view = p.as_strided((R, lq, N - lq + 1), (lq * N, N + 1, 1), p.storage_offset())
+        out[:, lq - 1:] = view.sum(1)
+    e = torch.arange(min(lq - 1, N), device=p.device)
+    if e.numel():
+        i = torch.arange(lq, device=p.device)
+        kk = e[:, None] - (lq - 1) + i[None, :]                                      # (lq-1, lq)
+        ok = (kk >= 0) & (kk < N)
+        g = p[:, i[None, :].expand_as(kk), kk.clamp(min=0, max=N - 1)]
+        out[:, :e.numel()] = (g * ok).sum(-1)
+    return out.flip(-1)                                                               # index d
 
 
 def estimate_vertical_slash(q, k, v: int, s: int, last_q: int = 64, scale: float | None = None):
@@ -167,14 +194,9 @@ def estimate_vertical_slash(q, k, v: int, s: int, last_q: int = 64, scale: float
         vert = torch.topk(col, vv, dim=-1, sorted=False).indices.sort(-1).values
     else:
         vert = torch.zeros(B, Hq, 0, dtype=torch.int64, device=q.device)
-    # slashes: diagonal sums via a strided view.  Row i sits at position N-lq+i; pad it on the left
-    # by (lq-1) so that element [i, e+i] of the padded row is key e-(lq-1)+i; a view with row
-    # stride W+1 then lines diagonals up in columns e, and diagonal d = N-1-e.
-    W = N + lq - 1
-    padded = torch.nn.functional.pad(p, (lq - 1, 0)).reshape(B * Hq, lq, W)
-    diag = padded.as_strided((B * Hq, lq, N), (lq * W, W + 1, 1)).sum(1)      # (B*Hq, N) by e
-    diag = diag.flip(-1).view(B, Hq, N)                                         # by d = N-1-e
-    del padded, p
+    # slashes: diagonal sums (strided view, see _diagonal_sums)
+    diag = _diagonal_sums(p.view(B * Hq, lq, N)).view(B, Hq, N)
+    del p
     nk = min(SLASH_KEEP, N)  # nearest first, so s < SLASH_KEEP still keeps the main diagonal
     diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=diag.dtype)
     slash = torch.topk(diag, ss, dim=-1, sorted=False).indices.sort(-1).values
@@ -255,44 +277,64 @@ def vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, n: int,
     off = rel.gather(1, idx.view(R, -1)).view(R, M, MB) + r0[None, :, None]
     off = torch.where(jj < count[:, :, None], off, torch.zeros_like(off))
 
-    # columns
+    # columns: a column c is covered for block m iff relative offset c - r0 lies in a tile.  The tiles
+    # are the same for every m in relative coordinates, so one bitmap per head over relative offsets
+    # [-n, block_m + block_n) answers all (m, c) with one gather.
     V = vertical.shape[-1]
     if V == 0:
-        ccount = torch.zeros(R, M, dtype=torch.int64, device=dev)
-        cidx = torch.zeros(R, M, 1, dtype=torch.int64, device=dev)
+        ccount = torch.zeros(R, M, dtype=torch.int32, device=dev)
+        cidx = torch.zeros(R, M, 1, dtype=torch.int32, device=dev)
     else:
+        span = n + block_m + block_n
+        ok_t = rel < _BIG
+        diff = torch.zeros(R, span + 1, dtype=torch.int32, device=dev)
+        lo = torch.where(ok_t, (rel + n).clamp(0, span), span)
+        hi = torch.where(ok_t, (rel + n + block_n).clamp(0, span), span)
+        diff.scatter_add_(1, lo, torch.ones_like(lo, dtype=torch.int32))
+        diff.scatter_add_(1, hi, -torch.ones_like(hi, dtype=torch.int32))
+        cover = torch.cumsum(diff, 1)[:, :span] > 0                                   # (R, span)
         c = vertical.reshape(R, V).to(torch.int64)
         c = torch.where((c < 0) | (c >= n), torch.full_like(c, _BIG), c).sort(-1).values
-        ccount = torch.empty(R, M, dtype=torch.int64, device=dev)
-        parts = []
-        step = max(1, (1 << 25) // max(1, R * V))     # bound the (R, Mc, V) temporaries
+        # causal: only columns <= r1-1 matter, and they are a prefix of the sorted list
+        ncaus = torch.searchsorted(c, (r1 - 1)[None, :].expand(R, M).contiguous(), right=True)  # (R, M)
+        MCc = max(int(ncaus.max().item()), 1)
+        c = c[:, :MCc]
+        if c.shape[1] < MCc:
+            c = torch.nn.functional.pad(c, (0, MCc - c.shape[1]), value=_BIG)
+        ccount = torch.empty(R, M, dtype=torch.int32, device=dev)
+        cidx = torch.empty(R, M, MCc, dtype=torch.int32, device=dev)
+        step = max(1, (1 << 26) // max(1, R * MCc))   # bound the (R, Mc, V) temporaries
+        c32 = c.clamp(max=n).to(torch.int32)
+        jj = torch.arange(MCc, device=dev)
         for m0 in range(0, M, step):
             m1 = min(M, m0 + step)
-            relc = c[:, None, :] - r0[None, m0:m1, None]                      # (R, Mc, V)
-            pos = torch.searchsorted(rel, relc.reshape(R, -1), right=True) - 1
-            st = rel.gather(1, pos.clamp(min=0)).view_as(relc)
-            covered = (pos.view_as(relc) >= 0) & (relc < st + block_n)
-            keep = (c[:, None, :] <= (r1[None, m0:m1, None] - 1)) & ~covered
-            cnt, packed = _compact(keep, c[:, None, :].expand_as(keep), max_out=V)
-            ccount[:, m0:m1] = cnt
-            parts.append(packed)
+            relc = (c[:, None, :] - r0[None, m0:m1, None] + n).clamp(0, span - 1)    # (R, Mc, V)
+            covered = cover.gather(1, relc.view(R, -1)).view_as(relc)
+            keep = (jj[None, None, :] < ncaus[:, m0:m1, None]) & ~covered
+            pos = torch.cumsum(keep, -1, dtype=torch.int32) - 1
+            ccount[:, m0:m1] = pos[..., -1] + 1
+            pos = torch.where(keep, pos, MCc).to(torch.int64)
+            buf = torch.zeros(R, m1 - m0, MCc + 1, dtype=torch.int32, device=dev)
+            buf.scatter_(-1, pos, c32[:, None, :].expand(R, m1 - m0, MCc))
+            cidx[:, m0:m1] = buf[..., :MCc]
         MC = max(int(ccount.max().item()), 1)
-        cidx = torch.cat([p_[..., :MC] for p_ in parts], 1)
+        cidx = cidx[..., :MC]
     return (count.view(B, H, M).to(torch.int32), off.view(B, H, M, MB).to(torch.int32),
-            ccount.view(B, H, M).to(torch.int32), cidx.reshape(B, H, M, -1).to(torch.int32))
+            ccount.view(B, H, M), cidx.reshape(B, H, M, -1).contiguous())
 
 
 # --------------------------------------------------------------------------------------------
 # block-sparse
 # --------------------------------------------------------------------------------------------
-def _pool(x, block):  # (B, H, N, D) -> (B, H, ceil(N/block), D) mean over each block (ragged last)
+def _pool(x, block):  # (B, H, N, D) -> (B, H, ceil(N/block), D) fp32 mean per block (ragged last)
     B, H, N, D = x.shape
-    nb = triton_cdiv(N, block)
-    pad = nb * block - N
-    xs = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(B, H, nb, block, D).sum(3)
-    cnt = torch.full((nb,), float(block), device=x.device)
-    cnt[-1] = block - pad
-    return xs / cnt[:, None]
+    full = N // block
+    parts = []
+    if full:  # sum in fp32 straight from the bf16/fp16 input: no fp32 copy of q or k
+        parts.append(x[:, :, :full * block].reshape(B, H, full, block, D).sum(3, dtype=torch.float32) / block)
+    if N % block:
+        parts.append(x[:, :, full * block:].sum(2, keepdim=True, dtype=torch.float32) / (N % block))
+    return torch.cat(parts, 2) if len(parts) > 1 else parts[0]
 
 
 def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):

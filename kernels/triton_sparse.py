@@ -30,7 +30,7 @@ def _sparse_attn_fwd(
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     N, Hq, G, M, MAX_B, MAX_C, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-    HEAVY_FIRST: tl.constexpr, ALWAYS_MASK: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr, ALWAYS_MASK: tl.constexpr, K_ROWS: tl.constexpr,
 ):
     bh = tl.program_id(0)
     pm = tl.program_id(1)
@@ -61,8 +61,12 @@ def _sparse_attn_fwd(
         start = tl.load(BO + meta * MAX_B + i)
         offs_n = start + tl.arange(0, BLOCK_N)
         kv_ok = (offs_n >= 0) & (offs_n < N)
-        k = tl.load(k_base + offs_n[None, :].to(tl.int64) * skn + offs_d[:, None],
-                    mask=kv_ok[None, :], other=0.0)                          # (D, BN)
+        if K_ROWS:  # load (BN, D) rows (contiguous D) and transpose in shared memory
+            k = tl.trans(tl.load(k_base + offs_n[:, None].to(tl.int64) * skn + offs_d[None, :],
+                                 mask=kv_ok[:, None], other=0.0))
+        else:
+            k = tl.load(k_base + offs_n[None, :].to(tl.int64) * skn + offs_d[:, None],
+                        mask=kv_ok[None, :], other=0.0)                      # (D, BN)
         qk = tl.dot(q, k) * qk_scale                                          # (BM, BN) log2 units
         # only blocks crossing the diagonal (or hanging off either end) need the mask
         if ALWAYS_MASK or (start + BLOCK_N - 1 > row_lo) or (start < 0):
@@ -83,8 +87,12 @@ def _sparse_attn_fwd(
         offs_c = j + tl.arange(0, BLOCK_N)
         c_ok = offs_c < nc
         cols = tl.load(CI + meta * MAX_C + offs_c, mask=c_ok, other=0)
-        k = tl.load(k_base + cols[None, :].to(tl.int64) * skn + offs_d[:, None],
-                    mask=c_ok[None, :], other=0.0)
+        if K_ROWS:
+            k = tl.trans(tl.load(k_base + cols[:, None].to(tl.int64) * skn + offs_d[None, :],
+                                 mask=c_ok[:, None], other=0.0))
+        else:
+            k = tl.load(k_base + cols[None, :].to(tl.int64) * skn + offs_d[:, None],
+                        mask=c_ok[None, :], other=0.0)
         qk = tl.dot(q, k) * qk_scale
         qk = tl.where(c_ok[None, :] & (cols[None, :] <= offs_m[:, None]), qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -114,7 +122,8 @@ def _default_config(block_m: int, d: int):
 
 def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = None, *,
                             num_warps: int | None = None, num_stages: int | None = None,
-                            heavy_first: bool = True, always_mask: bool = False, dense_sdpa: bool = True):
+                            heavy_first: bool = True, always_mask: bool = False, k_rows: bool = True,
+                            dense_sdpa: bool = True):
     """q (B,Hq,N,D), k/v (B,Hkv,N,D) -> (B,Hq,N,D); keys per `index` (causal)."""
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
@@ -144,7 +153,7 @@ def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = N
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         N, Hq, Hq // Hkv, M, bo.shape[-1], ci.shape[-1], scale * 1.4426950408889634,
         BLOCK_M=index.block_m, BLOCK_N=index.block_n, HEAD_D=D,
-        HEAVY_FIRST=heavy_first, ALWAYS_MASK=always_mask, num_warps=nw, num_stages=ns,
+        HEAVY_FIRST=heavy_first, ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns,
     )
     if dense_sdpa and bool(index.dense_heads.any()):
         from .attention import dense_heads_sdpa

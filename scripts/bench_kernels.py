@@ -164,6 +164,7 @@ def main():
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--out", default="results/kernels-bench.json")
     ap.add_argument("--selftest", action="store_true")
+    ap.add_argument("--profile-index", action="store_true")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     import triton
@@ -181,10 +182,11 @@ def main():
         meta["selftest_worst_rel_err"] = selftest()
     configs = []
     for c in args.configs.split(","):
-        mn, rest = c.split("w")
+        krows = not c.endswith("T")          # ...T: load K as (D, BN) columns instead of rows
+        mn, rest = c.rstrip("T").split("w")
         bm, bn = map(int, mn.split("x"))
         nw, ns = map(int, rest.split("s"))
-        configs.append((bm, bn, nw, ns))
+        configs.append((bm, bn, nw, ns, krows))
     flex = None
     if not args.no_flex:
         from torch.nn.attention.flex_attention import flex_attention
@@ -211,35 +213,45 @@ def main():
                    "dense_cudnn_tflops": d_tf, "variants": []}
             best = None
             idx_cache = {}
-            for (bm, bn, nw, ns) in configs:
+            if pname == "vertical_and_slash" and args.profile_index:
+                from accel.kernels.index import estimate_vertical_slash, vertical_slash_index
+                e_ms, _ = cuda_time(lambda: estimate_vertical_slash(q, k, 1000, 6096), warmup=1, reps=3)
+                vv, ss = estimate_vertical_slash(q, k, 1000, 6096)
+                c_ms, _ = cuda_time(lambda: vertical_slash_index(vv, ss, n, 64, 64), warmup=1, reps=3)
+                from accel.kernels.index import _gqa_last_scores
+                s_ms, _ = cuda_time(lambda: _gqa_last_scores(q, k, 64, D ** -0.5), warmup=1, reps=3)
+                rec["index_profile_ms"] = {"estimate": e_ms, "scores_softmax": s_ms, "convert": c_ms}
+                print(f"  index profile: estimate {e_ms:.2f} (scores+softmax {s_ms:.2f}) convert {c_ms:.2f} ms")
+            for (bm, bn, nw, ns, krows) in configs:
                 if (bm, bn) not in idx_cache:
                     build = lambda: build_index(q, k, pats, block_m=bm, block_n=bn)
                     i_ms, _ = cuda_time(build, warmup=1, reps=args.reps)
                     idx_cache[(bm, bn)] = (build(), i_ms)
                 index, i_ms = idx_cache[(bm, bn)]
-                run = lambda: sparse_attention_triton(q, k, v, index, num_warps=nw, num_stages=ns)
+                run = lambda: sparse_attention_triton(q, k, v, index, num_warps=nw, num_stages=ns, k_rows=krows)
                 try:
                     k_ms, _ = cuda_time(run, warmup=2, reps=args.reps)
                 except Exception as e:  # a config that does not compile (shared memory) is skipped
-                    print(f"  config {bm}x{bn}w{nw}s{ns} failed: {type(e).__name__}: {str(e)[:200]}")
+                    print(f"  config {bm}x{bn}w{nw}s{ns}{'' if krows else 'T'} failed: {type(e).__name__}: {str(e)[:200]}")
                     continue
                 total = lambda: sparse_attention_triton(q, k, v, build_index(q, k, pats, block_m=bm, block_n=bn),
-                                                        num_warps=nw, num_stages=ns)
+                                                        num_warps=nw, num_stages=ns, k_rows=krows)
                 t_ms, _ = cuda_time(total, warmup=1, reps=args.reps)
                 cost = kernel_cost(index, n, D)
-                var = {"block_m": bm, "block_n": bn, "num_warps": nw, "num_stages": ns,
+                var = {"block_m": bm, "block_n": bn, "num_warps": nw, "num_stages": ns, "k_rows": krows,
                        "total_ms": t_ms, "kernel_ms": k_ms, "index_ms": i_ms,
                        "kernel_flops": cost, "density": index.density(),
                        "kernel_tflops": tflops(cost, k_ms)}
                 rec["variants"].append(var)
-                print(f"  {pname} {bm}x{bn} w{nw} s{ns}: total {t_ms:.2f} kernel {k_ms:.2f} index {i_ms:.2f} ms "
+                print(f"  {pname} {bm}x{bn} w{nw} s{ns}{'' if krows else 'T'}: total {t_ms:.2f} kernel {k_ms:.2f} index {i_ms:.2f} ms "
                       f"density {var['density']:.3f} {var['kernel_tflops']:.0f} TFLOP/s", flush=True)
                 if best is None or t_ms < best["total_ms"]:
                     best = var
             if best is None:
                 continue
             index = idx_cache[(best["block_m"], best["block_n"])][0]
-            out = sparse_attention_triton(q, k, v, index, num_warps=best["num_warps"], num_stages=best["num_stages"])
+            out = sparse_attention_triton(q, k, v, index, num_warps=best["num_warps"], num_stages=best["num_stages"],
+                                          k_rows=best["k_rows"])
             M = index.num_q_blocks
             rec["max_rel_err_sampled_blocks"] = check_rows(out, q, k, v, index, n, [0, 1, M // 3, M - 2, M - 1])
             rec["nan"] = bool(torch.isnan(out).any())
@@ -257,7 +269,8 @@ def main():
             table.append((n, pname, d_ms, best["total_ms"], best["kernel_ms"], best["index_ms"],
                           best["density"], rec["speedup_vs_cudnn"], rec["kernel_eff_vs_cudnn"],
                           rec.get("flex_ms", float("nan")), rec["max_rel_err_sampled_blocks"],
-                          f"{best['block_m']}x{best['block_n']}w{best['num_warps']}s{best['num_stages']}"))
+                          f"{best['block_m']}x{best['block_n']}w{best['num_warps']}s{best['num_stages']}"
+                          + ("" if best["k_rows"] else "T")))
             with open(args.out, "w") as f:
                 json.dump({"meta": meta, "results": results}, f, indent=1)
         del q, k, v
