@@ -315,6 +315,8 @@ class CompactLM(nn.Module):
         if T <= _SHORT_T:  # fold GQA groups into the query axis once for all layers: (B, 1, G*T, S)
             G = self.n_head // self.n_kv
             dense_mask = dense_mask[:, :, None].expand(B, 1, G, T, dense_mask.shape[-1]).reshape(B, 1, G * T, -1)
+        # additive mask once per forward: SDPA would convert a bool mask again in every layer
+        dense_mask = torch.full_like(dense_mask, float("-inf"), dtype=dt).masked_fill_(dense_mask, 0.0)
         x = F.embedding(input_ids, self.tok_embeddings)  # (B, T, H)
         # sparse prefill only for an unpadded prompt chunk that starts at slot 0 (the caller's contract)
         sparse = self.patterns is not None and mask is None and T >= self.sparse_min_len
