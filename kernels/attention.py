@@ -62,6 +62,17 @@ def _resolve_impl(impl: str, q: torch.Tensor) -> str:
     return impl
 
 
+def default_blocks(patterns, q) -> tuple[int, int]:
+    """Tile sizes.  Measured on an H200 (Llama-3-8B shape, results/kernels-h200-run2-configs.json):
+    128x128 tiles (8 warps, 3 stages) are fastest for vertical-slash and A-shape; block-sparse keeps
+    64-key blocks (128-key blocks double its density at the same top-k budget).  CPU / small D: 64x64."""
+    if not q.is_cuda or q.shape[-1] < 64:
+        return 64, 64
+    if any(p.name == "block_sparse" for p in patterns):
+        return 128, 64
+    return 128, 128
+
+
 def normalize_patterns(patterns, num_heads: int) -> list[HeadPattern]:
     if isinstance(patterns, (HeadPattern, str)) or (
             isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], str)):
@@ -75,7 +86,7 @@ def normalize_patterns(patterns, num_heads: int) -> list[HeadPattern]:
 
 
 def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | None = None,
-                     return_index: bool = False, block_m: int = 64, block_n: int = 64,
+                     return_index: bool = False, block_m: int | None = None, block_n: int | None = None,
                      last_q: int = 64, **kernel_kwargs):
     """Causal prefill attention with per-head sparse patterns.
 
@@ -86,6 +97,9 @@ def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | No
     B, Hq, N, D = q.shape
     pats = normalize_patterns(patterns, Hq)
     impl = _resolve_impl(impl, q)
+    if block_m is None or block_n is None:
+        bm, bn = default_blocks(pats, q)
+        block_m, block_n = block_m or bm, block_n or bn
     if all(p.name == "dense" for p in pats):
         out = dense_causal_sdpa(q, k, v, scale)
         if return_index:

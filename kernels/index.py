@@ -141,6 +141,10 @@ def _gqa_last_scores(q, k, last_q: int, scale: float):
     future = torch.arange(N - lq, N, device=q.device)[None, :] > rows[:, None]      # (lq, lq) tail
     # chunk over kv heads so the fp32 score slab stays ~<= 1 GiB even at 256K+
     per = max(1, (1 << 28) // max(1, G * lq * N))
+    if per >= Hkv:  # one chunk: return the softmax buffer itself (saves a GB-sized copy at 128K)
+        s = torch.matmul(qt, k.to(mm_dtype).transpose(-1, -2)).view(B, Hkv, G, lq, N)
+        s[..., N - lq:].masked_fill_(future, float("-inf"))
+        return torch.softmax(s, dim=-1, dtype=torch.float32).view(B, Hq, lq, N)
     for h0 in range(0, Hkv, per):
         h1 = min(Hkv, h0 + per)
         s = torch.matmul(qt[:, h0:h1], k[:, h0:h1].to(mm_dtype).transpose(-1, -2))
@@ -285,6 +289,22 @@ def vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, n: int,
         ccount = torch.zeros(R, M, dtype=torch.int32, device=dev)
         cidx = torch.zeros(R, M, 1, dtype=torch.int32, device=dev)
     else:
+        c = vertical.reshape(R, V).to(torch.int64)
+        c = torch.where((c < 0) | (c >= n), torch.full_like(c, _BIG), c).sort(-1).values
+        # Fast path (the usual shape): every head's tiles form ONE contiguous run [a, e) relative to
+        # r0 that reaches past the block's last row (it holds diagonal 0).  Then the kept columns of
+        # block m are exactly the sorted columns < r0 + a: a prefix of one list, so no per-(m, c) work.
+        nt = total
+        a_h = rel[:, 0]
+        contiguous = bool(((rel[:, 1:] - rel[:, :-1] == block_n) | (rel[:, 1:] >= _BIG)).all()) \
+            and bool((a_h + nt * block_n >= block_m).all())
+        if contiguous:
+            ccount = torch.searchsorted(c, (r0[None, :] + a_h[:, None]).contiguous(), right=False)  # (R, M)
+            MC = max(int(ccount.max().item()), 1)
+            c32 = torch.nn.functional.pad(c, (0, max(0, MC - V)), value=0)[:, :MC].clamp(max=n).to(torch.int32)
+            cidx = c32[:, None, :].expand(R, M, MC).contiguous()
+            return (count.view(B, H, M).to(torch.int32), off.view(B, H, M, MB).to(torch.int32),
+                    ccount.view(B, H, M).to(torch.int32), cidx.view(B, H, M, MC))
         span = n + block_m + block_n
         ok_t = rel < _BIG
         diff = torch.zeros(R, span + 1, dtype=torch.int32, device=dev)
@@ -293,8 +313,6 @@ def vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, n: int,
         diff.scatter_add_(1, lo, torch.ones_like(lo, dtype=torch.int32))
         diff.scatter_add_(1, hi, -torch.ones_like(hi, dtype=torch.int32))
         cover = torch.cumsum(diff, 1)[:, :span] > 0                                   # (R, span)
-        c = vertical.reshape(R, V).to(torch.int64)
-        c = torch.where((c < 0) | (c >= n), torch.full_like(c, _BIG), c).sort(-1).values
         # causal: only columns <= r1-1 matter, and they are a prefix of the sorted list
         ncaus = torch.searchsorted(c, (r1 - 1)[None, :].expand(R, M).contiguous(), right=True)  # (R, M)
         MCc = max(int(ncaus.max().item()), 1)

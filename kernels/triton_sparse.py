@@ -115,8 +115,10 @@ def _sparse_attn_fwd(
 def _default_config(block_m: int, d: int):
     # Hopper: one warpgroup (4 warps) per 64 query rows keeps wgmma M=64 tiles; deeper pipelining
     # only pays when a key tile is small enough to double/triple buffer in shared memory.
+    # measured on H200, D=128 (results/kernels-h200-run2-configs.json): 128-row tiles want 8 warps and
+    # 3 stages (128x128: 409 TFLOP/s vs 394 with 2 stages); 64-row tiles 4 warps, 3 stages.
     num_warps = 4 if block_m <= 64 else 8
-    num_stages = 3 if d <= 64 else 2
+    num_stages = 3
     return num_warps, num_stages
 
 
