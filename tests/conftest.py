@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 
-import pytest
-import torch
-
+# Triton kernels run on the CPU through the interpreter where there is no GPU. The variable must be
+# set before anything imports triton (the @triton.jit decorators read it), hence here, first.
+if "TRITON_INTERPRET" not in os.environ and shutil.which("nvidia-smi") is None:
+    os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
