@@ -153,7 +153,8 @@ def generate_plain(model, prompts: list[list[int]], max_new_tokens: int, tempera
                    check_every: int = 16) -> list[GenerationResult]:
     """Generate for a batch of prompts (token id lists); one GenerationResult per prompt, in order.
 
-    ``compile``: None -> CUDA graph on CUDA, eager on CPU; also 'graph', 'compile', 'eager'.
+    ``compile``: None -> 'graph' on CUDA, 'eager' on CPU; 'inductor' (fastest on CUDA, compiles one layer
+    function first, ~2-6 s), 'compile' (torch.compile reduce-overhead of the whole step), 'eager'.
     """
     check_sampling_args(temperature, top_p)
     if not prompts or any(len(p) == 0 for p in prompts):
