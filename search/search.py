@@ -33,7 +33,7 @@ from .score import recall_of_indexes, score_rows
 __all__ = ["SearchConfig", "SearchResult", "SearchError", "run_search", "search_layer", "validate",
            "scale_pattern", "scale_layers", "DEFAULT_LADDER", "SCALING_RULES"]
 
-DEFAULT_LADDER = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
+DEFAULT_LADDER = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7)
 SCALING_RULES = ("proportional", "absolute")
 _IMPL = "accel_search"
 RECALL_TIE = 1e-3
