@@ -107,7 +107,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def layer_forward(x, cos, sin, rows, write_pos, mask, kc, vc, attn_norm, wqkv, bqkv, wo, bo, mlp_norm, w13, w2,
-                  eps: float, n_head: int, n_kv: int, patterns=None):
+                  eps: float, n_head: int, n_kv: int, patterns=None, causal_self: bool = False):
     """One decoder layer as a pure function of its tensors, so one ``torch.compile`` serves all layers.
 
     x (B, T, H); cos/sin (B, T, 1, D); rows (B, 1); write_pos (B, T); mask (B, 1, G*T, S) when
@@ -127,6 +127,9 @@ def layer_forward(x, cos, sin, rows, write_pos, mask, kc, vc, attn_norm, wqkv, b
     if patterns is not None:
         from accel.kernels import sparse_attention  # lazy: optional Triton dependency
         y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns)  # prompt chunk at slot 0
+    elif causal_self:  # a prompt chunk at slot 0 sees only itself: causal SDPA (cuDNN), no (T, S) mask
+        from accel.kernels.attention import dense_causal_sdpa
+        y = dense_causal_sdpa(q, k.transpose(1, 2), v.transpose(1, 2))
     elif T <= _SHORT_T:
         G = n_head // n_kv
         qg = q.reshape(B, n_kv, G * T, D)  # heads sharing a kv head become extra queries
@@ -304,8 +307,16 @@ class CompactLM(nn.Module):
         if B > self.max_batch:
             raise ValueError(f"batch {B} > cache batch {self.max_batch}: call setup_cache with a larger max_batch")
         write_pos = input_pos if write_pos is None else write_pos
+        # An unmasked chunk of more than _SHORT_T tokens starting at slot 0 is a prompt prefill: it attends
+        # causally to itself only, so no (T, S) mask is built (16 GB of bool at 128K) and SDPA takes its
+        # is_causal path (cuDNN). One host read of write_pos; prefill is never graph-captured.
+        sparse_ok = self.patterns is not None and T >= self.sparse_min_len
+        at_zero = mask is None and (T > _SHORT_T or sparse_ok) and int(write_pos[0, 0]) == 0
+        from_zero = at_zero and T > _SHORT_T
         dense_mask = mask
-        if mask is None:
+        if from_zero:
+            pass
+        elif mask is None:
             slots = torch.arange(self.max_seq_len, device=input_ids.device)
             dense_mask = (slots <= write_pos[..., None])[:, None]  # (B, 1, T, S)
         dt = self.dtype
@@ -315,15 +326,18 @@ class CompactLM(nn.Module):
         if T <= _SHORT_T:  # fold GQA groups into the query axis once for all layers: (B, 1, G*T, S)
             G = self.n_head // self.n_kv
             dense_mask = dense_mask[:, :, None].expand(B, 1, G, T, dense_mask.shape[-1]).reshape(B, 1, G * T, -1)
-        # additive mask once per forward: SDPA would convert a bool mask again in every layer
-        dense_mask = torch.full_like(dense_mask, float("-inf"), dtype=dt).masked_fill_(dense_mask, 0.0)
+        if dense_mask is not None:  # additive mask once per forward: SDPA would convert a bool mask per layer
+            dense_mask = torch.full_like(dense_mask, float("-inf"), dtype=dt).masked_fill_(dense_mask, 0.0)
         x = F.embedding(input_ids, self.tok_embeddings)  # (B, T, H)
         # sparse prefill only for an unpadded prompt chunk that starts at slot 0 (the caller's contract)
-        sparse = self.patterns is not None and mask is None and T >= self.sparse_min_len
+        sparse = sparse_ok and at_zero
         for i, layer in enumerate(self.layers):
             if sparse:
                 x = layer_forward(x, cos, sin, rows, write_pos, dense_mask, *layer.args(B), self.n_head, self.n_kv,
                                   patterns=self.patterns[i])
+            elif from_zero:
+                x = layer_forward(x, cos, sin, rows, write_pos, None, *layer.args(B), self.n_head, self.n_kv,
+                                  causal_self=True)
             else:
                 x = self.layer_fn(x, cos, sin, rows, write_pos, dense_mask, *layer.args(B), self.n_head, self.n_kv)
         hidden = self.norm(x)
