@@ -257,7 +257,7 @@ def decode(
                                        num_prompts=prompts, hf_baseline=hf_baseline, device=device, dtype=dtype,
                                        log=err.print)
         out.print(_table(f"decode: {extra['model']} ({extra['dtype']}, {extra['device']})", rows,
-                         ["engine", "tokens_per_s", "speedup_vs_hf", "speedup_vs_plain", "mean_accepted", "bandwidth_util"]))
+                         ["engine", "tokens_per_s", "speedup_vs_hf", "speedup_vs_plain", "mean_accepted", "identical_to_plain", "bandwidth_util"]))
         _save(json_path, {"bench": "decode", **extra, "rows": rows})
         if plot is not None and extra.get("accept_lengths"):
             from accel.runtime.plots import histogram

@@ -28,6 +28,8 @@ def train_heads(
     data: Optional[Path] = typer.Option(None, "--data", help="Train on this text / JSONL conversations instead of self-distillation."),
     distill_tokens: int = typer.Option(256, "--distill-tokens", min=1, help="New tokens per self-distilled answer."),
     distill_batch_size: int = typer.Option(64, "--distill-batch-size", min=1),
+    distill_samples: int = typer.Option(0, "--distill-samples", min=0, help="Extra sampled answers per prompt (more, varied data) besides the greedy one."),
+    distill_temperature: float = typer.Option(0.7, "--distill-temperature", min=0.0),
     tree_nodes: int = typer.Option(63, "--tree-nodes", min=1, help="Size of the Medusa candidate tree built from the measured accuracies."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Default: OUTPUT.ckpt/"),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", min=1),
@@ -70,11 +72,14 @@ def train_heads(
         else:
             plist = load_prompt_file(prompts) if prompts is not None else load_builtin_prompts()
             err.print(f"self-distilling {len(plist)} prompts ({distill_tokens} new tokens each; cached)")
-            examples = self_distill(lm.model, lm.tokenizer, plist, max_new_tokens=distill_tokens,
-                                    batch_size=distill_batch_size, fingerprint=lm.fingerprint, seed=seed,
-                                    progress=True)
+            examples = []
+            for i in range(1 + distill_samples):  # the greedy answers, then sampled ones (each cached)
+                examples += self_distill(lm.model, lm.tokenizer, plist, max_new_tokens=distill_tokens,
+                                         batch_size=distill_batch_size, fingerprint=lm.fingerprint, seed=seed + i,
+                                         temperature=0.0 if i == 0 else distill_temperature, progress=True)
             data_info = {"source": "self-distillation", "prompts": str(prompts) if prompts else "built-in",
-                         "num_prompts": len(plist), "new_tokens": distill_tokens}
+                         "num_prompts": len(plist), "new_tokens": distill_tokens, "sampled_answers": distill_samples,
+                         "sample_temperature": distill_temperature, "examples": len(examples)}
         result = run_training(lm.model, lm.tokenizer, examples, cfg, fingerprint=lm.fingerprint, progress=True)
         medusa = {**result.heads.config.to_dict(), "rank_acceptance": result.rank_acceptance}
         medusa["tree"] = _tree_from(result.rank_acceptance, tree_nodes)

@@ -229,6 +229,8 @@ class CompactLM(nn.Module):
         self.output = _linear(self.tok_embeddings if tied else hf_model.lm_head.weight)  # tied: one Parameter
         self.sliding_window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
         self.register_buffer("inv_freq", rope_inv_freq(cfg, head_dim).to(self.output.weight.device), persistent=False)
+        self.logits_fp32 = False  # see forward: fp32 vocab projection for tie-robust greedy decoding
+        self._w32: torch.Tensor | None = None
         self.patterns: list | None = None  # per layer: list[HeadPattern] for the sparse prefill kernel
         self.sparse_min_len = 1024
         self.max_batch = self.max_seq_len = 0
@@ -341,5 +343,13 @@ class CompactLM(nn.Module):
             else:
                 x = self.layer_fn(x, cos, sin, rows, write_pos, dense_mask, *layer.args(B), self.n_head, self.n_kv)
         hidden = self.norm(x)
-        logits = self.output(hidden[:, -1:] if last_only else hidden)
+        h = hidden[:, -1:] if last_only else hidden
+        if self.logits_fp32 and self.dtype != torch.float32:
+            # bf16 logits tie often (8-bit mantissa); fp32 logits make greedy argmax far less sensitive
+            # to the small rounding differences between a 1-token decode step and a 64-node verify step
+            if self._w32 is None:
+                self._w32 = self.output.weight.float()
+            logits = F.linear(h.float(), self._w32)
+        else:
+            logits = self.output(h)
         return logits, hidden

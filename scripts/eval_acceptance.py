@@ -4,7 +4,7 @@ Runs the real pipeline (``Generator``: compact engine, greedy) with Medusa and w
 the outputs are identical, and reports accepted length, tokens/s and the pack's size, so projection
 kinds can be compared by accepted length per byte of pack.
 
-  python scripts/eval_acceptance.py --model smollm2-135m --prompts examples/heldout_chat.jsonl \
+  python scripts/eval_acceptance.py --model smollm2-135m --prompts heads/heldout_prompts.jsonl \
       --out results/acceptance.json pack-shared.safetensors pack-own.safetensors
 """
 
@@ -26,14 +26,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("packs", nargs="+")
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--prompts", default="examples/heldout_chat.jsonl")
+    ap.add_argument("--prompts", default="heads/heldout_prompts.jsonl")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--dtype", default=None, help="bf16 | fp32 (default: bf16 on CUDA)")
+    ap.add_argument("--fp32-logits", action="store_true", help="project to the vocab in fp32")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    lm = load_model(args.model)
+    lm = load_model(args.model, dtype=args.dtype)
     prompts = read_prompt_file(args.prompts)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
     plain = Generator(lm, None, cfg)
+    if plain.engine == "compact":
+        from accel.runtime.engine import _compact
+
+        _compact(plain).logits_fp32 = args.fp32_logits
     plain.run(prompts[:1])  # warm-up (graph capture)
     base = plain.run(prompts)
     rows = []
@@ -62,7 +68,7 @@ def main(argv=None):
               f"medusa {row['medusa_tok_s']:.0f} tok/s vs plain {row['plain_tok_s']:.0f} tok/s, {row['bytes'] / 1e6:.1f} MB",
               flush=True)
     env = environment(" ".join(["python scripts/eval_acceptance.py"] + (argv or sys.argv[1:])))
-    write_json(args.out, {"env": env, "model": lm.name, "prompts": args.prompts,
+    write_json(args.out, {"env": env, "model": lm.name, "dtype": str(lm.model.dtype), "fp32_logits": args.fp32_logits, "prompts": args.prompts,
                           "max_new_tokens": args.max_new_tokens, "rows": rows})
 
 

@@ -8,7 +8,7 @@ steps=${STEPS:-2000}
 common=(--model smollm2-135m --steps "$steps" --batch-size 16 --seq-len 512 --lr 1e-3 --num-heads 4
         --distill-tokens 512 --distill-batch-size 96 --checkpoint-every 500)
 base=()
-[[ -f results/smollm2-patterns.safetensors ]] && base=(--pack results/smollm2-patterns.safetensors)
+[[ -f results/smollm2-patterns-r95.safetensors ]] && base=(--pack results/smollm2-patterns-r95.safetensors)
 t0=$(date +%s)
 accel train-heads "${common[@]}" "${base[@]}" --output "$OUT/pack-shared.safetensors" 2>&1 | tee "$OUT/train-shared.log"
 t1=$(date +%s)
