@@ -4,8 +4,12 @@ For each length N: one prompt of N tokens (real text for a real model, random id
 one) is prefilled with dense attention (SDPA, cuDNN where available) and with the per-head patterns
 (the Triton kernels); both produce the first token's logits. Reported beside the times:
 
-- ``attention_work``: the share of dense causal attention FLOPs the sparse kernels execute, from the
-  kernel-aware cost model (block padding included), averaged over heads and layers;
+- ``predicted_work``: the share of dense causal attention FLOPs the sparse kernels execute by the
+  kernel-aware cost model (block padding included), averaged over heads and layers; and
+  ``index_density_random_qk``: the density of the index the online estimation builds for layer 0's
+  patterns on random q/k — what a random-weight model produces. Vertical-slash estimation on diffuse
+  (random) attention spreads its diagonals over the whole sequence and keeps most of the work;
+  A-shape and block-sparse cost what their sizes say on any data;
 - ``index_ms``: online index estimation alone (all layers), timed on inputs of the layer shape, and
   its share of the sparse prefill time.
 """
@@ -62,9 +66,11 @@ def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, wa
         k = torch.randn(1, Hkv, n, D, device=dev, dtype=compact.dtype)
         index_ms = sum(time_ms(lambda p=p: build_index(q, k, p), warmup=1, rep=rep, device=dev)
                        for p in pats[:1]) * len(pats)
+        density = build_index(q, k, pats[0]).density()  # on random q/k: what random weights produce
         del q, k
         row = dict(length=n, dense_ms=dense_ms, sparse_ms=sparse_ms, speedup=dense_ms / sparse_ms,
-                   attention_work=_work_share(pats, n, D), index_ms=index_ms, index_share=index_ms / sparse_ms)
+                   predicted_work=_work_share(pats, n, D), index_density_random_qk=density,
+                   index_ms=index_ms, index_share=index_ms / sparse_ms)
         rows.append(row)
         if progress:
             progress(row)
