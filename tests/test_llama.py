@@ -86,7 +86,7 @@ def test_sparse_prefill_hook(monkeypatch):
     import accel.kernels as kernels
     calls = []
 
-    def fake(q, k, v, patterns):
+    def fake(q, k, v, patterns, **kw):
         calls.append((q.shape, k.shape, patterns))
         return _dense_causal(q, k, v)
     monkeypatch.setattr(kernels, "sparse_attention", fake, raising=False)
