@@ -191,7 +191,7 @@ def quality(
         from accel.search.calibration import held_out_ids
 
         n_ppl = parse_length(ppl_length)
-        ids = held_out_ids(tok, n_ppl).reshape(1, -1)[:, :n_ppl].to(compact.device)
+        ids = held_out_ids(tok, n_ppl)[0].reshape(1, -1)[:, :n_ppl].to(compact.device)
         ppl = {"length": n_ppl, "dense": perplexity(compact, ids), "sparse": perplexity(compact, ids, patterns_for(n_ppl))}
         result = {"bench": "quality", "model": name, "lengths": lens, "depths": dps, "trials": trials,
                   "needle": grid, "perplexity": ppl}
