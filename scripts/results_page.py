@@ -1,0 +1,260 @@
+"""Write docs/results.md (and its plots) from the committed JSON under results/.
+
+Every table on the page is read from a results file, and names that file, its device, date and command.
+
+  .venv/bin/python scripts/results_page.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+R = ROOT / "results"
+IMG = ROOT / "docs" / "img"
+
+
+def load(name):
+    p = R / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def env_line(name, env):
+    env = env or {}
+    return (f"*Source: [`results/{name}`](../results/{name}) — {env.get('device', '?')}, {str(env.get('date', '?'))[:10]}, "
+            f"torch {env.get('torch', '?')}, triton {env.get('triton', '?')}; command: `{env.get('command', '?')}`*")
+
+
+def table(rows, cols, fmt=None):
+    fmt = fmt or {}
+    out = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for _, key in cols:
+            v = key(r) if callable(key) else r.get(key)
+            if isinstance(v, float):
+                v = f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+            cells.append("—" if v is None else str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def kernels_section():
+    d = load("kernels-h200.json")
+    if not d:
+        return ""
+    rows = [dict(N=r["n"], pattern=r["pattern"][0], cudnn=r["dense_cudnn_ms"], ours=r["best"]["total_ms"],
+                 kernel=r["best"]["kernel_ms"], index=r["best"]["index_ms"], density=r["best"]["density"],
+                 x=r["speedup_vs_cudnn"], eff=r["kernel_eff_vs_cudnn"], flex=r.get("flex_ms"),
+                 idx_share=r["best"]["index_ms"] / r["best"]["total_ms"]) for r in d["results"]]
+    try:
+        from accel.runtime.plots import line_plot
+
+        ns = sorted({r["N"] for r in rows})
+        pats = sorted({r["pattern"] for r in rows})
+        line_plot(IMG / "kernels-speedup.png", ns, {p: [next(r["x"] for r in rows if r["N"] == n and r["pattern"] == p) for n in ns] for p in pats},
+                  xlabel="tokens", ylabel="speed-up vs cuDNN SDPA", title="sparse attention, one layer (H200)")
+    except Exception:
+        pass
+    m = d["meta"]
+    return f"""## Sparse attention kernels (one layer, Llama-3-8B attention shape)
+
+32 query heads, 8 KV heads, d=128, bf16, causal, B=1. "ours" = online index estimation + one Triton
+launch; "kernel" = the launch alone; "eff" = our kernel's TFLOP/s over the work it computes ÷ cuDNN's
+dense TFLOP/s; FlexAttention (compiled) gets the same kept blocks (without vertical-slash's single
+columns, which it cannot gather). Inputs are random with a planted vertical-slash structure in the
+estimation window (see `kernels/bench.py`); speed depends only on the index, whose density is given.
+Times in ms, medians of CUDA-event timings after warm-up.
+
+{table(rows, [("N", "N"), ("pattern", "pattern"), ("cuDNN", "cudnn"), ("ours", "ours"), ("kernel", "kernel"), ("index", "index"),
+              ("index share", "idx_share"), ("density", "density"), ("× cuDNN", "x"), ("eff", "eff"), ("Flex", "flex")])}
+
+{env_line("kernels-h200.json", {**m, "torch": m.get("torch"), "triton": m.get("triton")})}
+
+![kernel speed-up](img/kernels-speedup.png)
+"""
+
+
+def prefill_section():
+    parts = ["## Prefill: time to first token, dense vs sparse (end to end)\n",
+             "The compact engine's whole prefill (all layers, MLPs included) of one prompt; dense = cuDNN SDPA "
+             "causal attention. `predicted work` is the kernel-aware cost model's share of dense attention "
+             "work; `index density` is what the online estimation actually kept on this model's data.\n"]
+    for name, title in (("prefill-llama3-8b-stream_llm-h200.json", "Llama-3-8B-shaped (random weights), every head A-shape 1024 sink + 4096 window"),
+                        ("prefill-llama3-8b-block_sparse-h200.json", "Llama-3-8B-shaped (random weights), every head block-sparse top-64 blocks"),
+                        ("prefill-llama3-8b-vertical_and_slash-h200.json", "Llama-3-8B-shaped (random weights), every head vertical-slash v=1000, s=6096"),
+                        ("prefill-smollm2-h200.json", "SmolLM2-135M-Instruct (real weights), the default pack's searched patterns")):
+        d = load(name)
+        if not d:
+            continue
+        parts.append(f"### {title}\n")
+        parts.append(table(d["rows"], [("tokens", "length"), ("dense ms", "dense_ms"), ("sparse ms", "sparse_ms"),
+                                       ("speed-up", "speedup"), ("predicted work", lambda r: r.get("predicted_work", r.get("attention_work"))),
+                                       ("index density", "index_density_random_qk"), ("index ms (all layers)", "index_ms")]))
+        parts.append("\n" + env_line(name, d.get("env")) + "\n")
+    parts.append("""Reading these: with random weights, attention is diffuse, so vertical-slash estimation spreads its
+6096 diagonals over the whole sequence and keeps ~99 % of the work; the runtime then falls back to
+dense (an index above 60 % density runs cuDNN), which is why that row is ~1.0× (before the fallback
+it was 0.8×: `results/prefill-llama3-8b-vertical_and_slash-nofallback-h200.json`). A-shape and
+block-sparse cost what their sizes say on any data: 1.2× at 32K and 2.6× at 128K end to end, where
+the MLPs and projections (~3 s of the 4.5 s at 128K) are untouched. On the 135M default model sparse
+prefill is 11-30× *slower* up to its 8K context: the per-layer index building (~3-5 ms, host syncs
+and small launches) dwarfs 0.5 ms of dense attention, so the runtime uses dense attention below
+32K tokens (`runtime/engine.py`).
+""")
+    return "\n".join(parts)
+
+
+def decode_section():
+    parts = ["## Decode: tokens per second, batch 1, greedy\n",
+             "transformers `generate` (eager) vs our plain decode (static cache; step captured as a CUDA graph, "
+             "or `torch.compile`d layers then captured — \"inductor\") vs Medusa tree decoding. Bandwidth "
+             "utilisation = weight bytes per token × tokens/s ÷ the copy bandwidth measured in the same run.\n"]
+    for name, title in (("decode-smollm2-h200.json", "SmolLM2-135M-Instruct (real weights) with the default pack's heads, 8 held-out chat prompts × 256 tokens"),
+                        ("decode-llama3-8b-h200.json", "Llama-3-8B-shaped (random weights; Medusa heads random, so ~1 token/step: speed of the machinery only)")):
+        d = load(name)
+        if not d:
+            continue
+        parts.append(f"### {title}\n")
+        parts.append(table(d["rows"], [("engine", "engine"), ("tokens/s", "tokens_per_s"), ("× transformers", "speedup_vs_hf"),
+                                       ("× our plain", "speedup_vs_plain"), ("accepted/step", "mean_accepted"),
+                                       ("identical to plain", "identical_to_plain"), ("bandwidth util.", "bandwidth_util")]))
+        bw = d.get("copy_bandwidth_gbs")
+        parts.append(f"\nCopy bandwidth measured: {bw:.0f} GB/s; weight bytes/token: {d.get('weight_bytes', 0) / 1e9:.2f} GB.\n" if bw else "")
+        parts.append(env_line(name, d.get("env")) + "\n")
+    return "\n".join(parts)
+
+
+def acceptance_section():
+    r1 = load("acceptance-h200-run1.json")
+    parts = ["## Medusa heads on the default model\n"]
+    if r1:
+        parts.append("### Shared vs own vocab projection (run 1: greedy self-distillation only, 1500 steps)\n")
+        parts.append(table(r1["rows"], [("projection", "projection"), ("pack MB", lambda r: r["bytes"] / 1e6),
+                                        ("accepted/step", "mean_accepted"), ("accepted per MB", "accepted_per_mb"),
+                                        ("held-out top-1 (heads 1-4)", lambda r: " / ".join(f"{x:.2f}" for x in r["top1"] or []))]))
+        parts.append("\nOwn projections accept 6 % more tokens per step but make the pack 86× larger "
+                     "(458 MB vs 5.3 MB; over the 10 MB budget), so the default is the shared projection.\n")
+        parts.append(env_line("acceptance-h200-run1.json", r1.get("env")) + "\n")
+    rows = []
+    for name, label in (("acceptance-bf16-h200-run2.json", "bf16"), ("acceptance-bf16-fp32logits-h200-run2.json", "bf16, fp32 logits"),
+                        ("acceptance-fp32-h200-run2.json", "fp32")):
+        d = load(name)
+        if d:
+            for r in d["rows"]:
+                rows.append(dict(numerics=label, file=name, **r))
+    if rows:
+        parts.append("### The shipped pack (run 2: greedy + 3 sampled answers per prompt, 2500 steps), 24 held-out prompts × 256 tokens\n")
+        parts.append(table(rows, [("numerics", "numerics"), ("accepted/step", "mean_accepted"),
+                                  ("identical to plain greedy", lambda r: f"{r['identical_to_plain']}/{r['prompts']}"),
+                                  ("Medusa tok/s", "medusa_tok_s"), ("plain tok/s", "plain_tok_s"), ("× plain", "speedup")]))
+        parts.append("""
+Greedy Medusa is token-for-token plain greedy in fp32 (24/24, and in every CPU test). In bf16 on the
+GPU only 5/24 prompts stay identical over 256 tokens: the 64-node verify step and the 1-token decode
+step use different GEMM/attention kernels, whose bf16 roundings differ enough to flip near-tied
+argmaxes (fp32 logits alone do not help: the difference is in the hidden states). Use `--dtype fp32`
+where bit-exactness matters; making the bf16 path batch-invariant is open work.
+""")
+        parts.append(env_line("acceptance-fp32-h200-run2.json", load("acceptance-fp32-h200-run2.json").get("env")) + "\n")
+    return "\n".join(parts)
+
+
+def search_section():
+    s = load("search-smollm2.json")
+    t = load("search-time-8b-4layers-h200.json")
+    parts = ["## Pattern search\n"]
+    if s:
+        rows = []
+        for key, run in s["runs"].items():
+            v = run.get("validation", {})
+            rows.append(dict(run=key, seconds=run.get("seconds"), counts=json.dumps(run["summary"]["counts"]),
+                             recall=run["summary"]["mean_recall"], min_recall=run["summary"]["min_recall"],
+                             density=run["summary"]["mean_density"], top1=v.get("top1_agreement"), kl=v.get("kl")))
+        parts.append("Default model at 4096 tokens on the 2-core CPU (validation: dense vs sparse next-token top-1 "
+                     "agreement and KL on held-out text):\n")
+        parts.append(table(rows, [("run", "run"), ("search s", "seconds"), ("patterns", "counts"), ("mean recall", "recall"),
+                                  ("min recall", "min_recall"), ("density", "density"), ("top-1 agreement", "top1"), ("KL", "kl")]))
+        parts.append(f"\n*Source: [`results/search-smollm2.json`](../results/search-smollm2.json) — {s.get('torch')}, CPU. "
+                     "The shipped pack uses the `--target-recall 0.95` patterns.*\n\n![patterns](img/smollm2-patterns-r95.png)\n")
+    if t:
+        per_layer = t["search_s"] / t["layers"]
+        parts.append(f"""Llama-3-8B-shaped model (random weights) at {t['seq_len']} tokens on one {t['device']}: the search of
+{t['layers']} layers took {t['search_s']:.1f} s ({per_layer:.2f} s/layer, {t['candidates_per_layer']} candidates per layer) plus
+{t['validate_s']:.1f} s of validation and {t['build_model_s']:.1f} s to build the model; peak memory {t['peak_memory_gib']} GiB.
+Layers are searched independently, so all 32 layers take about {32 * per_layer:.0f} s — well inside the
+15-minute target (MInference: ~15 min on an A100). Only 4 layers were run (device time); the
+32-layer figure is that extrapolation, not a measurement.
+
+*Source: [`results/search-time-8b-4layers-h200.json`](../results/search-time-8b-4layers-h200.json); command: `{t['command']}`*
+""")
+    return "\n".join(parts)
+
+
+def training_section():
+    from safetensors import safe_open
+
+    p = ROOT / "runtime" / "default_pack.safetensors"
+    if not p.exists():
+        return ""
+    with safe_open(str(p), "pt") as f:
+        meta = f.metadata()
+    prov = json.loads(meta["accel.provenance"])
+    m = prov["train_heads"]["metrics"]
+    d = prov["train_heads"]["data"]
+    return f"""## Training the default pack's heads
+
+{m['steps']} steps × {m['batch_size']} × {m['seq_len']} tokens on one H200 (bf16 autocast, base frozen):
+{m['train_wall_s']:.0f} s of training at {m['tokens_per_s']:,.0f} tokens/s, on {d['examples']} self-distilled examples
+({d['num_prompts']} built-in prompts: the greedy answer plus {d['sampled_answers']} sampled at T={d['sample_temperature']}).
+Held-out per-head top-1 / top-5: {' / '.join(f'{x:.2f}' for x in m['top1'])} and {' / '.join(f'{x:.2f}' for x in m['top5'])}
+(Medusa's Vicuna-7B: 0.56 / 0.32 / 0.20 / 0.15 top-1). The pack records the exact commands:
+
+```
+{prov['commands']['search_patterns']}
+{prov['commands']['train_heads']}
+```
+"""
+
+
+def quality_section():
+    d = load("quality-smollm2-cpu.json")
+    if not d:
+        return ""
+    lens, deps = d["lengths"], d["depths"]
+    rows = [dict(length=n, dense=sum(d["needle"]["dense"][i][j] for i in range(len(deps))) / len(deps),
+                 sparse=sum(d["needle"]["sparse"][i][j] for i in range(len(deps))) / len(deps)) for j, n in enumerate(lens)]
+    out = f"""## Fidelity on the default model (CPU, fp32, the shipped pack)
+
+Needle in a haystack (share of needles retrieved; {len(deps)} depths × {d['trials']} trial(s) per length), dense vs the
+pack's sparse patterns (forced on at every length for this measurement):
+
+{table(rows, [("context tokens", "length"), ("dense", "dense"), ("sparse", "sparse")])}
+
+Perplexity of the last half of a {d['perplexity']['length']}-token held-out text: dense {d['perplexity']['dense']:.3f}, sparse {d['perplexity']['sparse']:.3f}.
+"""
+    if "medusa" in d:
+        m = d["medusa"]
+        out += f"\nGreedy Medusa == plain greedy on {m['identical']}/{m['prompts']} prompts (fp32), mean accepted {m['mean_accepted']:.2f} tokens/step.\n"
+    out += "\n" + env_line("quality-smollm2-cpu.json", d.get("env")) + "\n\n![needle dense](img/needle-dense.png) ![needle sparse](img/needle-sparse.png)\n"
+    return out
+
+
+def main():
+    IMG.mkdir(parents=True, exist_ok=True)
+    head = """# Results
+
+Every figure here comes from a committed JSON file under `results/` (named under each table, with its
+device, date and command) and is regenerated by `python scripts/results_page.py`. **Real weights**:
+SmolLM2-135M-Instruct (the default model). **Random weights of real shapes**: the Llama-3-8B-shaped
+model — its timings are real, its acceptance/quality figures are meaningless and not given. GPU runs
+were on one NVIDIA H200 (the device tool's machine); none on an H100.
+"""
+    body = [head, kernels_section(), prefill_section(), decode_section(), acceptance_section(), training_section(),
+            search_section(), quality_section()]
+    (ROOT / "docs" / "results.md").write_text("\n".join(b for b in body if b))
+    print("wrote docs/results.md")
+
+
+if __name__ == "__main__":
+    main()
