@@ -3,7 +3,8 @@
 # so no generation step), then one GPU for comparison. Expects /root/smollm2.gguf.
 set -uo pipefail
 export ACCEL_SMOLLM2_GGUF=/root/smollm2.gguf PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-args=(train-heads --model smollm2-135m --data search/haystack.txt --steps 200 --batch-size 16 --seq-len 512
+cat search/haystack.txt docs/*.md README.md heads/prompts.jsonl > /root/text.txt
+args=(train-heads --model smollm2-135m --data /root/text.txt --steps 200 --batch-size 16 --seq-len 512
       --num-heads 4 --checkpoint-every 100 --warmup 20)
 nvidia-smi -L
 t0=$(date +%s)
