@@ -92,8 +92,24 @@ def train_heads(
                    patterns=base.patterns if base is not None else None,
                    patterns_info=base.patterns_info if base is not None else {},
                    medusa=medusa, heads=result.heads.state_dict(), provenance=provenance)
-        save_pack(out, output)
-        err.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {num_heads} heads, tree of {len(medusa['tree'])} nodes")
+        if _is_main_process():  # under `accelerate launch` every rank trained the same heads; one writes
+            save_pack(out, output)
+            err.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {num_heads} heads, tree of {len(medusa['tree'])} nodes")
+        _finish_distributed()
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _finish_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # nobody exits before rank 0 has written the pack
+        dist.destroy_process_group()
 
 
 def _tree_from(rank_acceptance, nodes: int) -> list[list[int]]:
