@@ -160,6 +160,23 @@ where bit-exactness matters; making the bf16 path batch-invariant is open work.
     return "\n".join(parts)
 
 
+def multigpu_section():
+    d = load("train-heads-multigpu-h200x2.json")
+    if not d:
+        return ""
+    rows = [dict(gpus=r["world_size"], tps=r["tokens_per_s"], wall=r["train_wall_s"],
+                 top1=" / ".join(f"{x:.2f}" for x in r["top1"])) for r in d["rows"]]
+    return f"""### Data-parallel training through `accelerate launch` (2 × H200)
+
+The same `accel train-heads` command (200 steps × 16 sequences × 512 tokens per GPU, plain-text data),
+once under `accelerate launch --multi_gpu --num_processes 2` and once on one GPU of the same machine:
+
+{table(rows, [("GPUs", "gpus"), ("tokens/s", "tps"), ("training s", "wall"), ("held-out top-1 (heads 1-4)", "top1")])}
+
+{env_line("train-heads-multigpu-h200x2.json", d.get("env"))} (`scripts/gpu/run5_multigpu.sh`).
+"""
+
+
 def search_section():
     s = load("search-smollm2.json")
     t = load("search-time-8b-4layers-h200.json")
@@ -250,7 +267,7 @@ SmolLM2-135M-Instruct (the default model). **Random weights of real shapes**: th
 model — its timings are real, its acceptance/quality figures are meaningless and not given. GPU runs
 were on one NVIDIA H200 (the device tool's machine); none on an H100.
 """
-    body = [head, kernels_section(), prefill_section(), decode_section(), acceptance_section(), training_section(),
+    body = [head, kernels_section(), prefill_section(), decode_section(), acceptance_section(), training_section(), multigpu_section(),
             search_section(), quality_section()]
     (ROOT / "docs" / "results.md").write_text("\n".join(b for b in body if b))
     print("wrote docs/results.md")
