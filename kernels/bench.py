@@ -158,7 +158,7 @@ def tflops(flops, ms):
 
 def run_kernel_bench(sizes, patterns=("vertical_and_slash", "block_sparse", "stream_llm"),
                      configs="128x128w8s3,128x64w8s3,64x64w4s3", reps=5, use_flex=True, selftest_first=False,
-                     profile_index=False, out=None, log=print, command=None):
+                     profile_index=False, out_path=None, log=print, command=None):
     """Time every pattern at every N against cuDNN (and FlexAttention); -> (meta, results, table)."""
     if not torch.cuda.is_available():
         from accel.runtime.errors import AccelError
@@ -270,8 +270,8 @@ def run_kernel_bench(sizes, patterns=("vertical_and_slash", "block_sparse", "str
                           rec.get("flex_ms", float("nan")), rec["max_rel_err_sampled_blocks"],
                           f"{best['block_m']}x{best['block_n']}w{best['num_warps']}s{best['num_stages']}"
                           + ("" if best["k_rows"] else "T")))
-            if out:
-                with open(out, "w") as f:
+            if out_path:
+                with open(out_path, "w") as f:
                     json.dump({"meta": meta, "results": results}, f, indent=1)
         del q, k, v
         torch.cuda.empty_cache()
