@@ -71,7 +71,7 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
                 for mode in ("dense", "sparse"):
                     compact.patterns = patterns_for(len(ids)) if mode == "sparse" else None
                     compact.sparse_min_len = 1
-                    [r] = generate_plain(compact, [ids], 12, eos_ids=eos_ids)
+                    [r] = generate_plain(compact, [ids], 32, eos_ids=eos_ids)  # digits are single tokens
                     answer = tokenizer.decode(r.tokens, skip_special_tokens=True)
                     out[mode][i][j] += (number in answer.replace(",", "")) / trials
                 if progress:
