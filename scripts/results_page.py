@@ -235,26 +235,32 @@ Held-out per-head top-1 / top-5: {' / '.join(f'{x:.2f}' for x in m['top1'])} and
 
 
 def quality_section():
-    d = load("quality-smollm2-cpu.json")
-    if not d:
-        return ""
-    lens, deps = d["lengths"], d["depths"]
-    rows = [dict(length=n, dense=sum(d["needle"]["dense"][i][j] for i in range(len(deps))) / len(deps),
-                 sparse=sum(d["needle"]["sparse"][i][j] for i in range(len(deps))) / len(deps)) for j, n in enumerate(lens)]
-    out = f"""## Fidelity on the default model (CPU, fp32, the shipped pack)
+    parts = []
+    for name, title in (("quality-smollm2-h200.json", "H200, bf16"), ("quality-smollm2-cpu.json", "2-core CPU, fp32")):
+        d = load(name)
+        if not d:
+            continue
+        lens, deps = d["lengths"], d["depths"]
+        rows = [dict(length=n, dense=sum(d["needle"]["dense"][i][j] for i in range(len(deps))) / len(deps),
+                     sparse=sum(d["needle"]["sparse"][i][j] for i in range(len(deps))) / len(deps)) for j, n in enumerate(lens)]
+        out = f"""### {title}
 
-Needle in a haystack (share of needles retrieved; {len(deps)} depths × {d['trials']} trial(s) per length), dense vs the
-pack's sparse patterns (forced on at every length for this measurement):
+Needle in a haystack (share of needles retrieved; {len(deps)} depths × {d['trials']} trial(s) per length), dense vs
+the shipped pack's sparse patterns (forced on at every length for this measurement):
 
 {table(rows, [("context tokens", "length"), ("dense", "dense"), ("sparse", "sparse")])}
 
 Perplexity of the last half of a {d['perplexity']['length']}-token held-out text: dense {d['perplexity']['dense']:.3f}, sparse {d['perplexity']['sparse']:.3f}.
 """
-    if "medusa" in d:
-        m = d["medusa"]
-        out += f"\nGreedy Medusa == plain greedy on {m['identical']}/{m['prompts']} prompts (fp32), mean accepted {m['mean_accepted']:.2f} tokens/step.\n"
-    out += "\n" + env_line("quality-smollm2-cpu.json", d.get("env")) + "\n\n![needle dense](img/needle-dense.png) ![needle sparse](img/needle-sparse.png)\n"
-    return out
+        if "medusa" in d:
+            m = d["medusa"]
+            out += f"\nGreedy Medusa == plain greedy on {m['identical']}/{m['prompts']} held-out prompts; mean accepted {m['mean_accepted']:.2f} tokens/step.\n"
+        out += "\n" + env_line(name, d.get("env")) + "\n"
+        parts.append(out)
+    if not parts:
+        return ""
+    return ("## Fidelity on the default model (the shipped pack)\n\n" + "\n".join(parts)
+            + "\n![needle dense](img/needle-dense.png) ![needle sparse](img/needle-sparse.png) ![accepted](img/medusa-accepted.png)\n")
 
 
 def main():
