@@ -244,7 +244,6 @@ def decode(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     prompts: int = typer.Option(8, "--prompts", min=1, help="Held-out built-in chat prompts to average over."),
     hf_baseline: bool = typer.Option(True, "--hf/--no-hf", help="Also time transformers' eager generate."),
-    exact: bool = typer.Option(False, "--exact/--no-exact", help="Fixed-shape decode/verify steps (bit-exact greedy Medusa in bf16)."),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype"),
     json_path: Optional[Path] = typer.Option(None, "--json"),
@@ -255,7 +254,7 @@ def decode(
         from accel.runtime.bench_decode import run_decode_bench
 
         rows, extra = run_decode_bench(model=model, synthetic=synthetic, pack=pack, max_new_tokens=max_new_tokens,
-                                       num_prompts=prompts, hf_baseline=hf_baseline, device=device, dtype=dtype, exact=exact,
+                                       num_prompts=prompts, hf_baseline=hf_baseline, device=device, dtype=dtype,
                                        log=err.print)
         out.print(_table(f"decode: {extra['model']} ({extra['dtype']}, {extra['device']})", rows,
                          ["engine", "tokens_per_s", "speedup_vs_hf", "speedup_vs_plain", "mean_accepted", "identical_to_plain", "bandwidth_util"]))

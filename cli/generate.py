@@ -26,7 +26,6 @@ def generate(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the chat template to plain prompts (default: when the model has one)."),
     truncate: Optional[str] = typer.Option(None, "--truncate", help="'left' drops the oldest prompt tokens that do not fit the context."),
     sparse_min_len: Optional[int] = typer.Option(None, "--sparse-min-len", min=1, help="Prompt length from which sparse prefill is used (default: measured threshold on CUDA; off on CPU)."),
-    exact: Optional[bool] = typer.Option(None, "--exact/--no-exact", help="Run every decode/verify step at one fixed shape so greedy Medusa equals plain greedy bit for bit in bf16 (default: on with CUDA)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON line per prompt here instead of text on stdout."),
     stats: bool = typer.Option(False, "--stats", help="Print prefill time, tokens/s, accepted tokens/step, attention density."),
     force: bool = typer.Option(False, "--force", help="Use a pack whose fingerprint does not match the model."),
@@ -53,7 +52,7 @@ def generate(
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                seed=seed, medusa=not no_medusa, dense_prefill=dense_prefill,
                                acceptance=acceptance, tree_file=tree, chat=chat, truncate=truncate,
-                               sparse_min_len=sparse_min_len, exact=exact)
+                               sparse_min_len=sparse_min_len)
         gen = Generator.load(model, pack=pack, device=device, dtype=dtype, force=force, config=cfg)
         completions = gen.run(prompts)
         if output is not None:

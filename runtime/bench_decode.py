@@ -161,7 +161,7 @@ def heldout_prompts() -> list[dict]:
 
 @torch.no_grad()
 def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_tokens=256, num_prompts=8,
-                     hf_baseline=True, device=None, dtype=None, modes=None, exact=False, log=print):
+                     hf_baseline=True, device=None, dtype=None, modes=None, log=print):
     """-> (rows, extra): one row per engine (hf, plain-<mode>, medusa-<mode>) and shared facts."""
     from .errors import AccelError
     from .generate import default_pack_path
@@ -190,7 +190,6 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
             if not pk.has_heads:
                 pk = None
     cm = CompactLM.from_hf(hf)
-    cm.exact_steps = exact
     longest = max(map(len, prompts))
     cm.setup_cache(1, longest + max_new_tokens + 512)
     bw = copy_bandwidth_gbs() if dev.type == "cuda" else None
@@ -219,7 +218,7 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
             plain_best = (mode, tps)
     extra = dict(model=name, dtype=str(dt), device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
                  copy_bandwidth_gbs=bw, weight_bytes=wb, max_new_tokens=max_new_tokens, prompts=len(prompts),
-                 plain_best_mode=plain_best[0], exact_steps=exact)
+                 plain_best_mode=plain_best[0])
     heads, tree = (heads_from_pack_obj(pk, cm) if pk is not None else (random_heads(cm, 4), None))
     extra["heads"] = "pack" if pk is not None else "random (speed only)"
     tree = tree or default_tree(heads.config.num_heads)

@@ -77,9 +77,6 @@ def run(gen, ids: list[list[int]]) -> list[dict]:
 
     c = gen.config
     compact = _compact(gen)
-    # exact steps cost nothing measurable on a GPU (batch-1 GEMMs are weight-bound) but 64x the FLOPs of a
-    # decode step on a CPU, where fp32 arithmetic is already exact enough: on by default only on CUDA
-    compact.exact_steps = c.exact if c.exact is not None else compact.device.type == "cuda"
     eos = gen.loaded.eos_ids
     threshold = sparse_min_len(gen, compact.device) if gen.use_sparse else None
 

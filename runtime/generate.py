@@ -42,7 +42,6 @@ class GenerationConfig:
     chat: bool | None = None
     truncate: str | None = None
     sparse_min_len: int | None = None  # None: the measured default on CUDA, off on the CPU
-    exact: bool | None = None  # pad decode/verify steps to one shape (bf16 Medusa == plain); None: on for CUDA
 
 
 @dataclass

@@ -231,11 +231,6 @@ class CompactLM(nn.Module):
         self.sliding_window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
         self.register_buffer("inv_freq", rope_inv_freq(cfg, head_dim).to(self.output.weight.device), persistent=False)
         self.logits_fp32 = False  # see forward: fp32 vocab projection for tie-robust greedy decoding
-        # Exact mode: every masked step of <= _SHORT_T tokens (a decode step, a Medusa verify) is padded to
-        # exactly _SHORT_T rows, so both run the same GEMM / attention shapes and kernels. Row results
-        # then do not depend on how many real rows a step has, and greedy Medusa == plain greedy in
-        # bf16 too, not only in fp32. GEMMs at batch 1 are weight-bound, so the padding is nearly free.
-        self.exact_steps = False
         self._w32: torch.Tensor | None = None
         self.patterns: list | None = None  # per layer: list[HeadPattern] for the sparse prefill kernel
         self.sparse_min_len = 1024
@@ -281,8 +276,7 @@ class CompactLM(nn.Module):
         if max_batch <= self.max_batch and max_seq_len <= self.max_seq_len:
             return
         max_batch, max_seq_len = max(max_batch, self.max_batch), max(max_seq_len, self.max_seq_len)
-        # +1: the last slot is scratch, written by the padding rows of exact-mode steps (see forward)
-        max_seq_len = -(-(max_seq_len + 1) // 64) * 64  # aligned mask rows keep SDPA on its fused kernels
+        max_seq_len = -(-max_seq_len // 64) * 64  # aligned mask rows keep SDPA on its fused kernels
         if self.sliding_window is not None:
             max_seq_len = min(max_seq_len, self.sliding_window)
         shape = (max_batch, self.n_kv, max_seq_len, self.head_dim)  # (B, Hkv, S, D)
@@ -309,19 +303,6 @@ class CompactLM(nn.Module):
             for c in (l.attn.k_cache, l.attn.v_cache):
                 c[row, :, dst] = c[row, :, src]
 
-    def _pad_step(self, input_ids, input_pos, write_pos, mask):
-        """Pad a masked step to _SHORT_T rows: the extra rows repeat the last token, write the scratch
-        slot (S-1, never attended by real rows) and attend only to it, so they stay finite."""
-        B, T = input_ids.shape
-        pad, S = _SHORT_T - T, self.max_seq_len
-        input_ids = torch.cat([input_ids, input_ids[:, -1:].expand(B, pad)], 1)
-        input_pos = torch.cat([input_pos, input_pos[:, -1:].expand(B, pad)], 1)
-        write_pos = torch.cat([write_pos, torch.full((B, pad), S - 1, dtype=write_pos.dtype, device=write_pos.device)], 1)
-        scratch = torch.zeros(B, 1, pad, S, dtype=torch.bool, device=mask.device)
-        scratch[..., S - 1] = True
-        mask = torch.cat([mask.expand(B, 1, T, S), scratch], 2)  # (B, 1, _SHORT_T, S)
-        return input_ids, input_pos, write_pos, mask
-
     def forward(self, input_ids, input_pos, *, mask=None, write_pos=None, last_only: bool = False):
         if self.max_seq_len == 0:
             raise RuntimeError("call model.setup_cache(max_batch, max_seq_len) before forward")
@@ -329,10 +310,6 @@ class CompactLM(nn.Module):
         if B > self.max_batch:
             raise ValueError(f"batch {B} > cache batch {self.max_batch}: call setup_cache with a larger max_batch")
         write_pos = input_pos if write_pos is None else write_pos
-        T_real = T
-        if self.exact_steps and mask is not None and T < _SHORT_T:
-            input_ids, input_pos, write_pos, mask = self._pad_step(input_ids, input_pos, write_pos, mask)
-            T = _SHORT_T
         # An unmasked chunk of more than _SHORT_T tokens starting at slot 0 is a prompt prefill: it attends
         # causally to itself only, so no (T, S) mask is built (16 GB of bool at 128K) and SDPA takes its
         # is_causal path (cuDNN). One host read of write_pos; prefill is never graph-captured.
@@ -367,8 +344,6 @@ class CompactLM(nn.Module):
             else:
                 x = self.layer_fn(x, cos, sin, rows, write_pos, dense_mask, *layer.args(B), self.n_head, self.n_kv)
         hidden = self.norm(x)
-        if T != T_real:
-            hidden = hidden[:, :T_real]
         h = hidden[:, -1:] if last_only else hidden
         if self.logits_fp32 and self.dtype != torch.float32:
             # bf16 logits tie often (8-bit mantissa); fp32 logits make greedy argmax far less sensitive

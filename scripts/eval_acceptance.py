@@ -30,12 +30,11 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--dtype", default=None, help="bf16 | fp32 (default: bf16 on CUDA)")
     ap.add_argument("--fp32-logits", action="store_true", help="project to the vocab in fp32")
-    ap.add_argument("--exact", choices=["on", "off"], default="off", help="exact (fixed-shape) decode/verify steps")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     lm = load_model(args.model, dtype=args.dtype)
     prompts = read_prompt_file(args.prompts)
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, exact=args.exact == "on")
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
     plain = Generator(lm, None, cfg)
     if plain.engine == "compact":
         from accel.runtime.engine import _compact
@@ -69,7 +68,7 @@ def main(argv=None):
               f"medusa {row['medusa_tok_s']:.0f} tok/s vs plain {row['plain_tok_s']:.0f} tok/s, {row['bytes'] / 1e6:.1f} MB",
               flush=True)
     env = environment(" ".join(["python scripts/eval_acceptance.py"] + (argv or sys.argv[1:])))
-    write_json(args.out, {"env": env, "model": lm.name, "dtype": str(lm.model.dtype), "fp32_logits": args.fp32_logits, "exact": args.exact, "prompts": args.prompts,
+    write_json(args.out, {"env": env, "model": lm.name, "dtype": str(lm.model.dtype), "fp32_logits": args.fp32_logits, "prompts": args.prompts,
                           "max_new_tokens": args.max_new_tokens, "rows": rows})
 
 

@@ -82,39 +82,3 @@ def test_real_model_medusa_greedy_is_exact(smollm2, tmp_path):
     plain = Generator(smollm2, None, cfg)
     assert medusa.use_medusa and not plain.use_medusa
     assert medusa.run(prompts)[0].tokens == plain.run(prompts)[0].tokens
-
-
-def test_exact_steps_keep_greedy_medusa_equal_to_plain(tiny_model_dir, tmp_path):
-    """Exact mode pads every decode/verify step to one shape; outputs stay those of plain greedy."""
-    lm = load_model(str(tiny_model_dir), device="cpu")
-    from accel.runtime.pack import load_pack
-
-    pack = load_pack(_random_heads_pack(lm, tmp_path / "p.safetensors", num_heads=3))
-    prompts = [Prompt("a", prompt="hello world"), Prompt("b", prompt="the cat sat")]
-    outs = {}
-    for exact in (False, True):
-        for name, pk in (("plain", None), ("medusa", pack)):
-            g = Generator(lm, pk, GenerationConfig(max_new_tokens=20, exact=exact, chat=False))
-            outs[(name, exact)] = [c.tokens for c in g.run(prompts)]
-    assert outs[("medusa", True)] == outs[("plain", True)] == outs[("plain", False)] == outs[("medusa", False)]
-
-
-def test_padded_step_rows_equal_unpadded():
-    from accel.runtime.llama import CompactLM
-    from tests.conftest import make_tiny_llama
-
-    torch.manual_seed(0)
-    cm = CompactLM.from_hf(make_tiny_llama())
-    cm.setup_cache(1, 40)
-    ids = torch.randint(0, 300, (1, 12))
-    with torch.no_grad():
-        cm(ids, torch.arange(12)[None])  # prefill
-        S = cm.max_seq_len
-        step = torch.tensor([[5, 7]])
-        pos = torch.tensor([[12, 13]])
-        mask = (torch.arange(S)[None, :] <= pos[0][:, None])[None, None]  # (1, 1, 2, S)
-        ref, _ = cm(step, pos, mask=mask)
-        cm.exact_steps = True
-        got, _ = cm(step, pos, mask=mask)
-    assert got.shape == ref.shape == (1, 2, 300)
-    assert torch.allclose(got, ref, atol=1e-5)
