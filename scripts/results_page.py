@@ -153,8 +153,10 @@ def acceptance_section():
 Greedy Medusa is token-for-token plain greedy in fp32 (24/24, and in every CPU test). In bf16 on the
 GPU only 5/24 prompts stay identical over 256 tokens: the 64-node verify step and the 1-token decode
 step use different GEMM/attention kernels, whose bf16 roundings differ enough to flip near-tied
-argmaxes (fp32 logits alone do not help: the difference is in the hidden states). Use `--dtype fp32`
-where bit-exactness matters; making the bf16 path batch-invariant is open work.
+argmaxes (fp32 logits alone do not help: the difference is in the hidden states; padding both steps
+to one GEMM shape did not help either — [results/experiments/](../results/experiments/README.md) —
+the remaining difference is the attention over tree keys at scattered cache slots). Use
+`--dtype fp32` where bit-exactness matters.
 """)
         parts.append(env_line("acceptance-fp32-h200-run2.json", load("acceptance-fp32-h200-run2.json").get("env")) + "\n")
     return "\n".join(parts)
@@ -236,7 +238,7 @@ Held-out per-head top-1 / top-5: {' / '.join(f'{x:.2f}' for x in m['top1'])} and
 
 def quality_section():
     parts = []
-    for name, title in (("quality-smollm2-h200.json", "H200, bf16"), ("quality-smollm2-cpu.json", "2-core CPU, fp32")):
+    for name, title in (("quality-smollm2-h200.json", "H200, bf16 (the images below)"), ("quality-smollm2-cpu.json", "2-core CPU, fp32")):
         d = load(name)
         if not d:
             continue
