@@ -19,7 +19,7 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (exact Medusa)."),
     top_p: float = typer.Option(1.0, "--top-p"),
     seed: int = typer.Option(0, "--seed"),
-    no_medusa: bool = typer.Option(False, "--no-medusa", help="Plain decoding even if the pack has heads."),
+    medusa: Optional[bool] = typer.Option(None, "--medusa/--no-medusa", help="Medusa tree decoding with the pack's heads (default: on with CUDA; on a CPU the 64-node verify step is compute-bound and plain decoding is faster)."),
     dense_prefill: bool = typer.Option(False, "--dense-prefill", help="Dense attention for prefill even if the pack has patterns."),
     acceptance: str = typer.Option("typical", "--acceptance", help="Sampling with Medusa: typical (fast, Medusa's) or speculative (distribution-exact)."),
     tree: Optional[str] = typer.Option(None, "--tree", help="JSON file with a Medusa tree (list of paths of top-k indices)."),
@@ -50,7 +50,7 @@ def generate(
             raise AccelError(f"--output {output} is a folder; give a file name like out.jsonl")
         prompts = read_prompt_file(prompt_file)  # validate before the slow model load
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                               seed=seed, medusa=not no_medusa, dense_prefill=dense_prefill,
+                               seed=seed, medusa=medusa, dense_prefill=dense_prefill,
                                acceptance=acceptance, tree_file=tree, chat=chat, truncate=truncate,
                                sparse_min_len=sparse_min_len)
         gen = Generator.load(model, pack=pack, device=device, dtype=dtype, force=force, config=cfg)

@@ -35,7 +35,7 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-    medusa: bool = True
+    medusa: bool | None = None  # None: on when the model runs on CUDA (on a CPU plain decoding is faster)
     dense_prefill: bool = False
     acceptance: str = "typical"  # sampling with Medusa: "typical" | "speculative"
     tree_file: str | None = None
@@ -93,7 +93,10 @@ class Generator:
 
     @property
     def use_medusa(self) -> bool:
-        return bool(self.config.medusa and self.pack is not None and self.pack.has_heads
+        want = self.config.medusa
+        if want is None:
+            want = next(self.loaded.model.parameters()).device.type == "cuda"
+        return bool(want and self.pack is not None and self.pack.has_heads
                     and self.engine == "compact")
 
     @property

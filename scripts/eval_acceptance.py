@@ -34,7 +34,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     lm = load_model(args.model, dtype=args.dtype)
     prompts = read_prompt_file(args.prompts)
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, medusa=True)
     plain = Generator(lm, None, cfg)
     if plain.engine == "compact":
         from accel.runtime.engine import _compact

@@ -41,7 +41,7 @@ def test_cli_medusa_greedy_equals_plain(tiny_model_dir, tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps({"id": i, "prompt": t}) + "\n" for i, t in enumerate(["hello", "abc", "a much longer prompt here"])))
     common = ["generate", "--prompt-file", f, "--model", tiny_model_dir, "-n", 24]
-    _gen([*common, "--pack", pack, "-o", tmp_path / "medusa.jsonl"])
+    _gen([*common, "--pack", pack, "--medusa", "-o", tmp_path / "medusa.jsonl"])
     _gen([*common, "--pack", pack, "--no-medusa", "-o", tmp_path / "plain.jsonl"])
     _gen([*common, "-o", tmp_path / "nopack.jsonl"])
     rows = {k: [json.loads(l) for l in (tmp_path / f"{k}.jsonl").read_text().splitlines()]
@@ -77,8 +77,8 @@ def test_sparse_prefill_keep_all_equals_dense_and_sparse_runs(tiny_model_dir, tm
 def test_real_model_medusa_greedy_is_exact(smollm2, tmp_path):
     pack = _random_heads_pack(smollm2, tmp_path / "p.safetensors", num_heads=4, scale=0.02)
     prompts = [Prompt("a", messages=[{"role": "user", "content": "List three primary colours."}])]
-    cfg = GenerationConfig(max_new_tokens=24)
-    medusa = Generator(smollm2, __import__("accel.runtime.pack", fromlist=["load_pack"]).load_pack(pack), cfg)
-    plain = Generator(smollm2, None, cfg)
+    load_pack = __import__("accel.runtime.pack", fromlist=["load_pack"]).load_pack
+    medusa = Generator(smollm2, load_pack(pack), GenerationConfig(max_new_tokens=24, medusa=True))
+    plain = Generator(smollm2, None, GenerationConfig(max_new_tokens=24))
     assert medusa.use_medusa and not plain.use_medusa
     assert medusa.run(prompts)[0].tokens == plain.run(prompts)[0].tokens
