@@ -155,7 +155,7 @@ def quality(
     depths: str = typer.Option("0,0.25,0.5,0.75,1", "--depths"),
     trials: int = typer.Option(2, "--trials", min=1),
     ppl_length: str = typer.Option("4k", "--ppl-length"),
-    medusa_prompts: int = typer.Option(8, "--medusa-prompts", min=0, help="Held-out chat prompts for the Medusa exactness check (0 skips)."),
+    medusa_prompts: int = typer.Option(8, "--medusa-prompts", min=0, help="Held-out chat prompts (heads/heldout_prompts.jsonl) for the Medusa exactness check (0 skips)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype"),
@@ -196,19 +196,13 @@ def quality(
         result = {"bench": "quality", "model": name, "lengths": lens, "depths": dps, "trials": trials,
                   "needle": grid, "perplexity": ppl}
         if medusa_prompts and pk is not None and pk.has_heads:
-            from accel.heads.data import load_builtin_prompts
-            from accel.runtime.engine import _heads
+            from accel.runtime.bench_decode import heldout_prompts
+            from accel.runtime.engine import load_heads
 
-            class _G:  # the engine's head loader wants a Generator-like holder
-                pass
-
-            g = _G()
-            g._heads, g.pack = None, pk
-            heads = _heads(g, compact)
-            prompts = load_builtin_prompts()[-medusa_prompts:]  # the tail: never in the default pack's training
+            heads, tree = load_heads(pk, compact)
+            prompts = heldout_prompts()[:medusa_prompts]  # not among the training prompts of the default pack
             enc = [tok(tok.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True),
                        add_special_tokens=False)["input_ids"] for p in prompts]
-            tree = [tuple(p) for p in pk.medusa.get("tree") or []] or None
             result["medusa"] = medusa_exactness(compact, heads, tree, enc, max_new_tokens, eos_ids=eos)
         t = Table(title=f"needle in a haystack: {name} (share correct)")
         t.add_column("length", justify="right")

@@ -76,17 +76,13 @@ def random_heads(model: CompactLM, num_heads: int) -> MedusaHeads:
 
 
 def heads_from_pack(path: str, model: CompactLM):
-    from accel.runtime.pack import load_pack
+    from .engine import load_heads
+    from .pack import load_pack
 
     pack = load_pack(path)
     if not pack.has_heads:
         raise SystemExit(f"--pack {path} holds no Medusa heads")
-    heads = MedusaHeads(MedusaConfig.from_dict(pack.medusa), model.output.weight)
-    heads.load_state_dict(pack.heads, strict=False)
-    heads = heads.to(model.device, model.dtype).eval().requires_grad_(False)
-    heads.attach_lm_head(model.output.weight)
-    tree = pack.medusa.get("tree")
-    return heads, [tuple(p) for p in tree] if tree else None
+    return load_heads(pack, model)
 
 
 def bench_model(name, hf, prompt_ids, args, bw, heads=None, tree=None, eos_ids=()):
@@ -219,7 +215,9 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
     extra = dict(model=name, dtype=str(dt), device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
                  copy_bandwidth_gbs=bw, weight_bytes=wb, max_new_tokens=max_new_tokens, prompts=len(prompts),
                  plain_best_mode=plain_best[0])
-    heads, tree = (heads_from_pack_obj(pk, cm) if pk is not None else (random_heads(cm, 4), None))
+    from .engine import load_heads
+
+    heads, tree = (load_heads(pk, cm) if pk is not None else (random_heads(cm, 4), None))
     extra["heads"] = "pack" if pk is not None else "random (speed only)"
     tree = tree or default_tree(heads.config.num_heads)
     accept_all = []
@@ -242,15 +240,6 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
             r["speedup_vs_hf"] = r["tokens_per_s"] / hf_tok_s
     extra.update(tree_nodes=len(tree), accept_lengths=accept_all)
     return rows, extra
-
-
-def heads_from_pack_obj(pack, model: CompactLM):
-    heads = MedusaHeads(MedusaConfig.from_dict(pack.medusa), model.output.weight)
-    heads.load_state_dict(pack.heads, strict=False)
-    heads = heads.to(model.device, model.dtype).eval().requires_grad_(False)
-    heads.attach_lm_head(model.output.weight)
-    tree = pack.medusa.get("tree")
-    return heads, [tuple(p) for p in tree] if tree else None
 
 
 def main(argv=None):

@@ -33,14 +33,22 @@ def _compact(gen):
     return gen._compact
 
 
+def load_heads(pack, compact):
+    """The pack's Medusa heads on the compact model's device and dtype, and its tree (or None)."""
+    from accel.heads import MedusaConfig, MedusaHeads
+
+    cfg = MedusaConfig.from_dict(pack.medusa)
+    heads = MedusaHeads(cfg, lm_head_weight=compact.output.weight if cfg.projection == "shared" else None)
+    heads.load_state_dict(pack.heads, strict=True)
+    heads = heads.to(device=compact.device, dtype=compact.dtype).eval().requires_grad_(False)
+    heads.attach_lm_head(compact.output.weight)  # .to() may have copied the shared lm_head
+    tree = pack.medusa.get("tree")
+    return heads, ([tuple(p) for p in tree] if tree else None)
+
+
 def _heads(gen, compact):
     if gen._heads is None:
-        from accel.heads import MedusaConfig, MedusaHeads
-
-        cfg = MedusaConfig.from_dict(gen.pack.medusa)
-        heads = MedusaHeads(cfg, lm_head_weight=compact.output.weight if cfg.projection == "shared" else None)
-        heads.load_state_dict(gen.pack.heads, strict=True)
-        gen._heads = heads.to(device=compact.device, dtype=compact.dtype).eval().requires_grad_(False)
+        gen._heads = load_heads(gen.pack, compact)
     return gen._heads
 
 
@@ -90,8 +98,8 @@ def run(gen, ids: list[list[int]]) -> list[dict]:
 
     outs = []
     if gen.use_medusa:
-        heads = _heads(gen, compact)
-        tree = gen.tree or [tuple(p) for p in gen.pack.medusa.get("tree") or []] or None
+        heads, pack_tree = _heads(gen, compact)
+        tree = gen.tree or pack_tree
         acceptance = "greedy" if c.temperature == 0 else c.acceptance
         for x in ids:
             work = set_patterns(len(x))

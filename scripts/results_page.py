@@ -256,7 +256,10 @@ Perplexity of the last half of a {d['perplexity']['length']}-token held-out text
 """
         if "medusa" in d:
             m = d["medusa"]
-            out += f"\nGreedy Medusa == plain greedy on {m['identical']}/{m['prompts']} held-out prompts; mean accepted {m['mean_accepted']:.2f} tokens/step.\n"
+            out += (f"\nGreedy Medusa == plain greedy on {m['identical']}/{m['prompts']} chat prompts; mean accepted "
+                    f"{m['mean_accepted']:.2f} tokens/step. (These runs drew the prompts from the tail of the built-in "
+                    "*training* set, so this accepted length is optimistic; the held-out figures are in the decode "
+                    "and Medusa sections above. `bench quality` now uses the held-out prompts.)\n")
         out += "\n" + env_line(name, d.get("env")) + "\n"
         parts.append(out)
     if not parts:
