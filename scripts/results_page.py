@@ -93,6 +93,25 @@ def prefill_section():
                                        ("speed-up", "speedup"), ("predicted work", lambda r: r.get("predicted_work", r.get("attention_work"))),
                                        ("index density", "index_density_random_qk"), ("index ms (all layers)", "index_ms")]))
         parts.append("\n" + env_line(name, d.get("env")) + "\n")
+    try:  # latency and speed-up vs length, from the same files
+        from accel.runtime.plots import line_plot
+
+        series_ms, series_x, x = {}, {}, None
+        for pat in ("stream_llm", "block_sparse", "vertical_and_slash"):
+            d = load(f"prefill-llama3-8b-{pat}-h200.json")
+            if d:
+                x = [r["length"] for r in d["rows"]]
+                series_ms.setdefault("dense (cuDNN)", [r["dense_ms"] for r in d["rows"]])
+                series_ms[pat] = [r["sparse_ms"] for r in d["rows"]]
+                series_x[pat] = [r["speedup"] for r in d["rows"]]
+        if x:
+            line_plot(IMG / "prefill-latency.png", x, series_ms, xlabel="prompt tokens", ylabel="time to first token (ms)",
+                      title="prefill, Llama-3-8B-shaped, H200", logy=True)
+            line_plot(IMG / "prefill-speedup.png", x, series_x, xlabel="prompt tokens", ylabel="speed-up vs dense",
+                      title="prefill speed-up, Llama-3-8B-shaped, H200")
+            parts.append("![prefill latency](img/prefill-latency.png) ![prefill speed-up](img/prefill-speedup.png)\n")
+    except Exception:
+        pass
     parts.append("""Reading these: with random weights, attention is diffuse, so vertical-slash estimation spreads its
 6096 diagonals over the whole sequence and keeps ~99 % of the work; the runtime then falls back to
 dense (an index above 60 % density runs cuDNN), which is why that row is ~1.0× (before the fallback
