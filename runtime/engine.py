@@ -64,11 +64,13 @@ def layer_patterns(pack, length: int):
         from accel.search import scale_pattern
     except ImportError:  # pragma: no cover - search is part of the package
         scale_pattern = None
-    searched = int((pack.patterns_info or {}).get("seq_len", length))
+    info = pack.patterns_info or {}
+    searched = int(info.get("seq_len", length))
+    rule = info.get("scaling", "proportional")
     layers = [pack.layer_patterns(i) for i in range(len(pack.patterns))]
     if scale_pattern is None or searched == length:
         return layers
-    return [[scale_pattern(p, searched, length) for p in layer] for layer in layers]
+    return [[scale_pattern(p, searched, length, rule=rule) for p in layer] for layer in layers]
 
 
 def _work_share(patterns, n: int, d: int) -> float:

@@ -82,3 +82,16 @@ def test_real_model_medusa_greedy_is_exact(smollm2, tmp_path):
     plain = Generator(smollm2, None, GenerationConfig(max_new_tokens=24))
     assert medusa.use_medusa and not plain.use_medusa
     assert medusa.run(prompts)[0].tokens == plain.run(prompts)[0].tokens
+
+
+def test_runtime_scales_pack_patterns_to_prompt_length():
+    from accel.runtime.engine import layer_patterns
+
+    pats = [{"0": ["vertical_and_slash", 100, 400, 0.9], "1": ["stream_llm", 64, 512, 0.9]}]
+    prop = Pack("m", "fp", patterns=pats, patterns_info={"seq_len": 4096, "scaling": "proportional"})
+    absolute = Pack("m", "fp", patterns=pats, patterns_info={"seq_len": 4096, "scaling": "absolute"})
+    vs, a = layer_patterns(prop, 8192)[0]
+    assert (vs.size_1, vs.size_2) == (200, 800) and (a.size_1, a.size_2) == (64, 1024)  # sink stays absolute
+    vs, a = layer_patterns(absolute, 8192)[0]
+    assert (vs.size_1, vs.size_2, a.size_2) == (100, 400, 512)
+    assert layer_patterns(prop, 4096)[0][0].size_1 == 100
