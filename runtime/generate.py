@@ -130,10 +130,14 @@ class Generator:
         """transformers' generate, batched with left padding; sparse prefill through the hook."""
         model, tok, c = self.loaded.model, self.loaded.tokenizer, self.config
         dev = next(model.parameters()).device
-        if self.use_sparse:
+        from .engine import layer_patterns, sparse_min_len
+
+        threshold = sparse_min_len(self, dev) if self.use_sparse else None
+        if threshold is not None and max(map(len, ids)) >= threshold:
             from accel.kernels import enable_sparse_prefill
 
-            enable_sparse_prefill(model, [self.pack.layer_patterns(i) for i in range(len(self.pack.patterns))])
+            # same threshold and length scaling as the compact engine; the hook keeps short/padded/decode steps dense
+            enable_sparse_prefill(model, layer_patterns(self.pack, max(map(len, ids))), min_len=threshold)
         width = max(map(len, ids))
         pad = tok.pad_token_id if tok.pad_token_id is not None else self.loaded.eos_ids[0]
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=dev)

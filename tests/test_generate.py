@@ -95,3 +95,24 @@ def test_runtime_scales_pack_patterns_to_prompt_length():
     vs, a = layer_patterns(absolute, 8192)[0]
     assert (vs.size_1, vs.size_2, a.size_2) == (100, 400, 512)
     assert layer_patterns(prop, 4096)[0][0].size_1 == 100
+
+
+def test_transformers_fallback_with_sparse_hook(tiny_model_dir, tmp_path):
+    """Architectures the compact engine does not cover run transformers' generate with the kernels' hook."""
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    L, H = lm.model.config.num_hidden_layers, lm.model.config.num_attention_heads
+    keep_all = [{str(h): ["stream_llm", 4096, 4096, 1.0] for h in range(H)} for _ in range(L)]
+    pack = Pack(lm.name, lm.fingerprint, patterns=keep_all, patterns_info={"seq_len": 64})
+    prompt = [Prompt("x", prompt="the quick brown fox jumps over the lazy dog " * 3)]
+    cfg = GenerationConfig(max_new_tokens=6, sparse_min_len=16, chat=False)
+    dense = Generator(lm, None, cfg)
+    dense.engine = "hf"
+    want = dense.run(prompt)[0].tokens
+    sparse = Generator(lm, pack, cfg)
+    sparse.engine = "hf"
+    got = sparse.run(prompt)[0].tokens
+    from accel.kernels.hook import disable_sparse_prefill, sparse_calls
+
+    assert sparse_calls(lm.model) > 0  # the prompt really went through the sparse kernels
+    disable_sparse_prefill(lm.model)
+    assert got == want
