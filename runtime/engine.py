@@ -106,13 +106,13 @@ def run(gen, ids: list[list[int]]) -> list[dict]:
         for x in ids:
             work = set_patterns(len(x))
             r = generate_medusa(compact, heads, x, c.max_new_tokens, tree=tree, temperature=c.temperature,
-                                top_p=c.top_p, seed=c.seed, eos_ids=eos, acceptance=acceptance)
+                                top_p=c.top_p, seed=c.seed, eos_ids=eos, acceptance=acceptance, compile=c.compile)
             outs.append((r, work))
     else:
         # one batch; sparse prefill needs an unpadded prompt, so it applies when all lengths agree
         work = set_patterns(len(ids[0])) if len({len(x) for x in ids}) == 1 else set_patterns(0)
         for r in generate_plain(compact, ids, c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
-                                seed=c.seed, eos_ids=eos):
+                                seed=c.seed, eos_ids=eos, compile=c.compile):
             outs.append((r, work))
     compact.patterns = None
     eos_set = set(eos)

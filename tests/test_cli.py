@@ -76,6 +76,7 @@ def test_generate_text_to_stdout(tiny_model_dir, tmp_path):
     ("ok", ["--temperature", "-1"], "--temperature"),
     ("ok", ["--top-p", "0"], "--top-p"),
     ("ok", ["--truncate", "right"], "--truncate"),
+    ("ok", ["--compile", "turbo"], "--compile"),
     ("ok", ["--pack", "missing.safetensors"], "pack not found"),
 ])
 def test_generate_bad_input(tmp_path, tiny_model_dir, setup, args, needle):
