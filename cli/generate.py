@@ -32,6 +32,7 @@ def generate(
     force: bool = typer.Option(False, "--force", help="Use a pack whose fingerprint does not match the model."),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model folder's own Python code (off unless asked for)."),
 ):
     """Generate text for every prompt in a file: sparse prefill + Medusa decoding when a pack allows."""
     with user_errors():
@@ -56,7 +57,8 @@ def generate(
                                seed=seed, medusa=medusa, dense_prefill=dense_prefill,
                                acceptance=acceptance, tree_file=tree, chat=chat, truncate=truncate,
                                sparse_min_len=sparse_min_len, compile=compile)
-        gen = Generator.load(model, pack=pack, device=device, dtype=dtype, force=force, config=cfg)
+        gen = Generator.load(model, pack=pack, device=device, dtype=dtype, force=force, config=cfg,
+                             trust_remote_code=trust_remote_code)
         completions = gen.run(prompts)
         if output is not None:
             rows = [json.dumps(c.to_json(), ensure_ascii=False) for c in completions]

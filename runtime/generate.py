@@ -77,9 +77,10 @@ class Generator:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def load(cls, model: str | None, *, pack: str | None = None, device=None, dtype=None,
-             force: bool = False, config: GenerationConfig | None = None) -> "Generator":
+             force: bool = False, config: GenerationConfig | None = None,
+             trust_remote_code: bool = False) -> "Generator":
         config = config or GenerationConfig()
-        loaded = load_model(model, device=device, dtype=dtype)
+        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         pk = None
         if pack is not None:
             pk = load_pack(pack)
