@@ -176,6 +176,34 @@ def _diagonal_sums(p: torch.Tensor) -> torch.Tensor:
     return out.flip(-1)                                                               # index d
 
 
+def vertical_slash_scores(q, k, last_q: int = 64, scale: float | None = None):
+    """Column and diagonal scores of the last `last_q` queries' softmax, forced keys on top.
+
+    -> (col (B,Hq,N), diag (B,Hq,N)); diag[..., d] scores diagonal offset d = q_pos - k_pos. The first
+    VERTICAL_KEEP columns and SLASH_KEEP diagonals get scores above any real one (a sum is <= lq), in
+    their own order, so every top-k keeps them.
+    """
+    B, Hq, N, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    p = _gqa_last_scores(q, k, last_q, scale)                                  # (B, Hq, lq, N)
+    lq = p.shape[2]
+    col = p.sum(2)                                                              # (B, Hq, N)
+    nk = min(VERTICAL_KEEP, N)
+    col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=col.dtype)
+    diag = _diagonal_sums(p.view(B * Hq, lq, N)).view(B, Hq, N)               # strided view sums
+    del p
+    nk = min(SLASH_KEEP, N)  # nearest first, so s < SLASH_KEEP still keeps the main diagonal
+    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=diag.dtype)
+    return col, diag
+
+
+def _top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the top-k scores along the last axis, ascending (B, H, k)."""
+    if k <= 0:
+        return torch.zeros(*scores.shape[:-1], 0, dtype=torch.int64, device=scores.device)
+    return torch.topk(scores, k, dim=-1, sorted=False).indices.sort(-1).values
+
+
 def estimate_vertical_slash(q, k, v: int, s: int, last_q: int = 64, scale: float | None = None):
     """Online vertical-slash estimation (MInference): from the last `last_q` queries' softmax,
     column sums pick the top-`v` key columns (the first VERTICAL_KEEP keys always kept) and diagonal
@@ -184,27 +212,9 @@ def estimate_vertical_slash(q, k, v: int, s: int, last_q: int = 64, scale: float
     q (B,Hq,N,D), k (B,Hkv,N,D).  Returns (vertical (B,Hq,v') int64 ascending key positions,
     slash (B,Hq,s') int64 ascending diagonal offsets), v' = min(v, N), s' = min(s, N).
     """
-    B, Hq, N, D = q.shape
-    scale = D ** -0.5 if scale is None else scale
-    p = _gqa_last_scores(q, k, last_q, scale)                                  # (B, Hq, lq, N)
-    lq = p.shape[2]
-    vv, ss = min(v, N), min(max(s, 1), N)
-    # verticals: column sums
-    if vv > 0:
-        col = p.sum(2)                                                          # (B, Hq, N)
-        # forced keys outrank every real score (a column sum is <= lq) and keep their order
-        nk = min(VERTICAL_KEEP, N)
-        col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=col.dtype)
-        vert = torch.topk(col, vv, dim=-1, sorted=False).indices.sort(-1).values
-    else:
-        vert = torch.zeros(B, Hq, 0, dtype=torch.int64, device=q.device)
-    # slashes: diagonal sums (strided view, see _diagonal_sums)
-    diag = _diagonal_sums(p.view(B * Hq, lq, N)).view(B, Hq, N)
-    del p
-    nk = min(SLASH_KEEP, N)  # nearest first, so s < SLASH_KEEP still keeps the main diagonal
-    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=diag.dtype)
-    slash = torch.topk(diag, ss, dim=-1, sorted=False).indices.sort(-1).values
-    return vert, slash
+    N = q.shape[2]
+    col, diag = vertical_slash_scores(q, k, last_q, scale)
+    return _top_sorted(col, min(v, N)), _top_sorted(diag, min(max(s, 1), N))
 
 
 def _merge_slash_ranges(d: torch.Tensor, block_m: int, block_n: int):
@@ -432,7 +442,9 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
 
     if "block_sparse" in groups:
         hs = groups["block_sparse"]
-        tk = [patterns[h].size_1 for h in range(Hq)]  # estimate for all heads (cheap), keep ours
+        # estimate for all heads (one batched op) but only block-sparse heads' top-k matter: others get 1,
+        # so a vertical-slash head's v=1000 never inflates the selection tensors
+        tk = [patterns[h].size_1 if patterns[h].name == "block_sparse" else 1 for h in range(Hq)]
         cnt, sel = estimate_block_sparse(q, k, [max(t, 1) for t in tk], block_m, block_n)
         hsel = torch.as_tensor(hs, device=dev)
         parts.append((hs, cnt[:, hsel].to(torch.int32), (sel[:, hsel] * block_n).to(torch.int32),
@@ -441,20 +453,22 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
 
     if "vertical_and_slash" in groups:
         hs = groups["vertical_and_slash"]
-        vmax = max(patterns[h].size_1 for h in hs)
-        smax = max(patterns[h].size_2 for h in hs)
-        vert, sl = estimate_vertical_slash(q, k, vmax, smax, last_q=last_q, scale=scale)
+        # one softmax for all heads; each head then takes its own top-v / top-s from the same scores
+        col, diag = vertical_slash_scores(q, k, last_q=last_q, scale=scale)
         hsel = torch.as_tensor(hs, device=dev)
-        vert, sl = vert[:, hsel], sl[:, hsel]
-        # heads with a smaller budget: re-take their own top-v / top-s (rare; only when sizes differ)
-        if any(patterns[h].size_1 != vmax or patterns[h].size_2 != smax for h in hs):
-            vl, sll = [], []
-            for i, h in enumerate(hs):
-                vi, si = estimate_vertical_slash(q[:, h:h + 1], k[:, h // (Hq // k.shape[1]):][:, :1],
-                                                 patterns[h].size_1, patterns[h].size_2, last_q, scale)
-                vl.append(torch.nn.functional.pad(vi, (0, vert.shape[-1] - vi.shape[-1]), value=-1))
-                sll.append(torch.nn.functional.pad(si, (0, sl.shape[-1] - si.shape[-1]), value=-1))
-            vert, sl = torch.cat(vl, 1), torch.cat(sll, 1)
+        col, diag = col[:, hsel], diag[:, hsel]
+        vmax = min(max(patterns[h].size_1 for h in hs), N)
+        smax = min(max(max(patterns[h].size_2, 1) for h in hs), N)
+        sizes = [(min(patterns[h].size_1, N), min(max(patterns[h].size_2, 1), N)) for h in hs]
+        if all(sz == (vmax, smax) for sz in sizes):
+            vert, sl = _top_sorted(col, vmax), _top_sorted(diag, smax)
+        else:  # heads with smaller budgets: group equal sizes, pad with -1 (ignored by the converter)
+            vert = torch.full((B, len(hs), vmax), -1, dtype=torch.int64, device=dev)
+            sl = torch.full((B, len(hs), smax), -1, dtype=torch.int64, device=dev)
+            for (vv, ss) in set(sizes):
+                idx = torch.as_tensor([i for i, sz in enumerate(sizes) if sz == (vv, ss)], device=dev)
+                vert[:, idx, :vv] = _top_sorted(col[:, idx], vv)
+                sl[:, idx, :ss] = _top_sorted(diag[:, idx], ss)
         parts.append((hs, *vertical_slash_index(vert, sl, N, block_m, block_n)))
 
     MB = max([p[2].shape[-1] for p in parts] + [1])

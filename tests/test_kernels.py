@@ -295,3 +295,18 @@ def test_index_density_keep_everything_is_one():
     q, k, _ = rand_qkv(1, 2, 1, 256, 16, seed=0)
     idx = build_index(q, k, [HeadPattern("block_sparse", 100)] * 2, block_m=32, block_n=32)
     assert abs(idx.density() - 1.0) < 1e-9
+
+
+def test_mixed_vertical_slash_sizes_equal_per_head_indexes():
+    """One shared softmax for a layer's vertical-slash heads gives each head exactly the keys its own
+    estimation would keep, whatever its budget (and block-sparse heads' top-k stay their own)."""
+    from accel.kernels import HeadPattern, build_index, kept_mask
+
+    torch.manual_seed(3)
+    q, k = torch.randn(1, 4, 200, 16), torch.randn(1, 2, 200, 16)
+    pats = [HeadPattern("vertical_and_slash", 40, 60), HeadPattern("vertical_and_slash", 10, 20),
+            HeadPattern("block_sparse", 2, 0), HeadPattern("vertical_and_slash", 0, 5)]
+    joint = kept_mask(build_index(q, k, pats, 32, 32), 200)
+    for h, p in enumerate(pats):
+        alone = kept_mask(build_index(q, k, [p] * 4, 32, 32), 200)
+        assert torch.equal(joint[:, h], alone[:, h]), (h, p)
