@@ -201,6 +201,24 @@ once under `accelerate launch --multi_gpu --num_processes 2` and once on one GPU
 """
 
 
+def cpu_tree_section():
+    d = load("cpu-tree-sizes.json")
+    if not d:
+        return ""
+    return f"""### Medusa on a CPU
+
+The shipped pack on the 2-core CPU (fp32, {d['prompts']} held-out prompts × {d['new_tokens']} tokens), plain decoding
+vs Medusa with trees of several sizes built from the same measured acceptance:
+
+{table(d["rows"], [("engine", "engine"), ("tokens/s", "tokens_per_s"), ("× plain", "speedup"), ("accepted/step", "mean_accepted"), ("identical", "identical")])}
+
+Every tree size loses on the CPU, where the verify step is compute-bound and the per-step machinery is
+not amortised; so `accel generate` turns Medusa on by default only with CUDA (`--medusa` forces it).
+
+{env_line("cpu-tree-sizes.json", d.get("env"))}
+"""
+
+
 def search_section():
     s = load("search-smollm2.json")
     t = load("search-time-8b-4layers-h200.json")
@@ -300,7 +318,7 @@ SmolLM2-135M-Instruct (the default model). **Random weights of real shapes**: th
 model — its timings are real, its acceptance/quality figures are meaningless and not given. GPU runs
 were on one NVIDIA H200 (the device tool's machine); none on an H100.
 """
-    body = [head, kernels_section(), prefill_section(), decode_section(), acceptance_section(), training_section(), multigpu_section(),
+    body = [head, kernels_section(), prefill_section(), decode_section(), acceptance_section(), training_section(), multigpu_section(), cpu_tree_section(),
             search_section(), quality_section()]
     (ROOT / "docs" / "results.md").write_text("\n".join(b for b in body if b))
     print("wrote docs/results.md")
