@@ -116,3 +116,22 @@ def test_transformers_fallback_with_sparse_hook(tiny_model_dir, tmp_path):
     assert sparse_calls(lm.model) > 0  # the prompt really went through the sparse kernels
     disable_sparse_prefill(lm.model)
     assert got == want
+
+
+@pytest.mark.model
+def test_shipped_default_pack_fits_the_default_model(smollm2):
+    """The committed pack: patterns for all 30x9 heads, 4 heads, a tree, the exact commands, and the
+    fingerprint of the embedded weights (so `accel generate` picks it up with no --pack)."""
+    from accel.runtime.generate import default_pack_path
+    from accel.runtime.pack import load_pack, validate_for_model
+
+    path = default_pack_path()
+    assert path is not None and path.stat().st_size <= 10_000_000
+    pack = load_pack(path)
+    validate_for_model(pack, smollm2.model, smollm2.fingerprint)
+    assert len(pack.patterns) == 30 and all(len(layer) == 9 for layer in pack.patterns)
+    assert pack.medusa["num_heads"] == 4 and len(pack.medusa["tree"]) == 63
+    assert "accel train-heads" in pack.provenance["commands"]["train_heads"]
+    assert "accel search-patterns" in pack.provenance["commands"]["search_patterns"]
+    gen = Generator.load("smollm2-135m", device="cpu", config=GenerationConfig(max_new_tokens=4))
+    assert gen.pack is not None and gen.pack.fingerprint == smollm2.fingerprint
