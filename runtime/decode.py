@@ -113,14 +113,28 @@ def get_step(model, key, fn, inputs_init: list[torch.Tensor], mode: str) -> Step
     return step
 
 
-def prefill(model, input_ids, input_pos, mask=None, write_pos=None):
-    """Prompt forward. Returns (last-position logits (B, V), final hidden states (B, T, H))."""
-    logits, hidden = model(input_ids, input_pos, mask=mask, write_pos=write_pos, last_only=True)
+def prefill(model, input_ids, input_pos, mask=None, write_pos=None, pads=None):
+    """Prompt forward. Returns (last-position logits (B, V), final hidden states (B, T, H)).
+
+    ``pads`` (B,): left padding per row (needed by the exact path, which takes key ranges, not masks)."""
+    if model.exact:
+        B, T = input_ids.shape
+        write_pos = input_pos if write_pos is None else write_pos
+        start = torch.zeros(B, dtype=torch.long, device=input_ids.device) if pads is None else pads
+        # row b's prompt holds slots [pad_b, T); its token at position p sees logical keys 0..p
+        logits, hidden = model.forward_exact(input_ids, input_pos, write_pos, start, T - start, input_pos + 1,
+                                             last_only=True)
+    else:
+        logits, hidden = model(input_ids, input_pos, mask=mask, write_pos=write_pos, last_only=True)
     return logits[:, -1], hidden
 
 
 def decode_one_token(model, token, input_pos, write_pos, kv_start):
     """One step for (B, 1) tokens; attends to cache slots kv_start <= s <= write_pos. -> logits (B, V)."""
+    if model.exact:  # keys are the contiguous slots kv_start..write_pos, in logical order
+        n = (write_pos - kv_start + 1)[:, 0]  # (B,)
+        logits, _ = model.forward_exact(token, input_pos, write_pos, kv_start[:, 0], n, n[:, None])
+        return logits[:, -1]
     slots = torch.arange(model.max_seq_len, device=token.device)
     mask = ((slots >= kv_start) & (slots <= write_pos))[:, None, None]  # (B, 1, 1, S)
     logits, _ = model(token, input_pos, mask=mask, write_pos=write_pos)
@@ -175,7 +189,7 @@ def generate_plain(model, prompts: list[list[int]], max_new_tokens: int, tempera
 
     _sync(device)
     t0 = time.perf_counter()
-    logits, _ = prefill(model, ids, pos, mask=mask, write_pos=write)
+    logits, _ = prefill(model, ids, pos, mask=mask, write_pos=write, pads=pads)
     nxt = sample(logits, temperature, top_p, gen)  # (B,)
     _sync(device)
     t1 = time.perf_counter()

@@ -142,6 +142,23 @@ def layer_forward(x, cos, sin, rows, write_pos, mask, kc, vc, attn_norm, wqkv, b
     return x + F.linear(F.silu(g) * u, w2)
 
 
+def layer_forward_exact(x, pos, rows, write_pos, kv_layout, rope_cos, rope_sin, kc, vc, attn_norm, wqkv, bqkv,
+                        wo, bo, mlp_norm, w13, w2, eps: float, n_head: int, n_kv: int):
+    """``layer_forward`` through the batch-invariant kernels (accel.kernels.invariant_linear and
+    tree_attention): every row's arithmetic is independent of how many rows the step has and of
+    where its keys sit in the cache, so decode, Medusa verify and batched steps agree bit for bit.
+    x (B, T, H); pos, write_pos (B, T); rows (B,); kv_layout = (start, n_prefix, n_keys, ancestors)."""
+    from accel.kernels.invariant_linear import linear, linear_silu_mul, rms_norm
+    from accel.kernels.tree_attention import rope_write, tree_attention
+
+    B, T, _ = x.shape
+    qkv = linear(rms_norm(x, attn_norm, eps), wqkv, bqkv)  # (B, T, (Hq + 2Hkv) * D)
+    q = rope_write(qkv, rope_cos, rope_sin, pos, rows, write_pos, kc, vc, n_head, n_kv)  # (B, T, Hq, D)
+    y = tree_attention(q, kc, vc, *kv_layout)  # (B, T, Hq, D)
+    x = linear(y.reshape(B, T, -1), wo, bo, residual=x)
+    return linear(linear_silu_mul(rms_norm(x, mlp_norm, eps), w13), w2, residual=x)
+
+
 def _linear(weight, bias=None) -> nn.Linear:
     lin = nn.Linear(1, 1, bias=bias is not None, device="meta")
     # detach(): share storage with the HF weights without touching their requires_grad
@@ -234,6 +251,7 @@ class CompactLM(nn.Module):
         self._w32: torch.Tensor | None = None
         self.patterns: list | None = None  # per layer: list[HeadPattern] for the sparse prefill kernel
         self.sparse_min_len = 1024
+        self.exact = False  # decode / verify / prefill through forward_exact (set by the generators' callers)
         self.max_batch = self.max_seq_len = 0
         self.step_graphs: dict = {}  # decode/verify steps captured by runtime.decode.StepGraph
         self.layer_fn = layer_forward  # swapped for a torch.compile'd copy by ``compiled_layers``
@@ -302,6 +320,40 @@ class CompactLM(nn.Module):
         for l in self.layers:
             for c in (l.attn.k_cache, l.attn.v_cache):
                 c[row, :, dst] = c[row, :, src]
+
+    @property
+    def exact_supported(self) -> str | None:
+        """None if ``forward_exact`` can run this model, else why not."""
+        from accel.kernels.tree_attention import supports_tree_attention
+        return supports_tree_attention(self.n_head, self.n_kv, self.head_dim)
+
+    def forward_exact(self, input_ids, input_pos, write_pos, start, n_prefix, n_keys, ancestors=None,
+                      last_only: bool = False):
+        """``forward`` through the batch-invariant kernels (see ``layer_forward_exact``).
+
+        The keys of query (b, t) are given in logical order instead of a mask: logical position
+        j < n_prefix[b] is cache slot start[b] + j, the next ones are ancestors[b, t, :] (tree nodes),
+        n_keys[b, t] in all. start, n_prefix (B,); n_keys (B, T); ancestors (B, T, A) or None.
+        A prompt long enough for the sparse kernels (batch 1, slot 0) still takes the sparse path.
+        """
+        if self.max_seq_len == 0:
+            raise RuntimeError("call model.setup_cache(max_batch, max_seq_len) before forward")
+        B, T = input_ids.shape
+        if self.patterns is not None and T >= self.sparse_min_len and B == 1:
+            return self.forward(input_ids, input_pos, write_pos=write_pos, last_only=last_only)
+        rows = torch.arange(B, device=input_ids.device)
+        layout = (start, n_prefix, n_keys, ancestors)
+        x = F.embedding(input_ids, self.tok_embeddings)  # (B, T, H)
+        for layer in self.layers:
+            a, m = layer.attn, layer.mlp
+            x = layer_forward_exact(x, input_pos, rows, write_pos, layout, self.rope_cos, self.rope_sin,
+                                    a.k_cache, a.v_cache, layer.attn_norm.weight, a.wqkv.weight, a.wqkv.bias,
+                                    a.wo.weight, a.wo.bias, layer.mlp_norm.weight, m.w13.weight, m.w2.weight,
+                                    layer.attn_norm.eps, self.n_head, self.n_kv)
+        from accel.kernels.invariant_linear import linear, rms_norm
+        hidden = rms_norm(x, self.norm.weight, self.norm.eps)
+        h = hidden[:, -1:] if last_only else hidden
+        return linear(h, self.output.weight, self.output.bias), hidden
 
     def forward(self, input_ids, input_pos, *, mask=None, write_pos=None, last_only: bool = False):
         if self.max_seq_len == 0:

@@ -70,6 +70,11 @@ def _verify(model, tb: TreeBuffers, st: _State):
     model.copy_kv(st.src, st.dst)
     n = tb.num_nodes
     ar = torch.arange(n, device=st.prefix.device)
+    if model.exact:  # node i sees the prefix, then its ancestors' slots in depth order
+        logits, hidden = model.forward_exact(st.tree_tokens[None], (st.prefix + tb.depth)[None], (st.prefix + ar)[None],
+                                             torch.zeros_like(st.prefix), st.prefix, (st.prefix + tb.depth + 1)[None],
+                                             (st.prefix + tb.ancestors)[None])
+        return logits[0], hidden[0]
     slots = torch.arange(model.max_seq_len, device=st.prefix.device)
     cols = slots - st.prefix  # tree node held by each slot, if any
     in_tree = (cols >= 0) & (cols < n)
@@ -208,7 +213,12 @@ def generate_medusa(model, heads, prompt_ids: list[int], max_new_tokens: int, tr
     _sync(device)
     t0 = time.perf_counter()
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    logits, hidden = model(ids, torch.arange(L, device=device)[None], last_only=True)
+    pos = torch.arange(L, device=device)[None]
+    if model.exact:
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        logits, hidden = model.forward_exact(ids, pos, pos, zero, zero + L, pos + 1, last_only=True)
+    else:
+        logits, hidden = model(ids, pos, last_only=True)
     st = _State(tb, L, max_new_tokens + (check_every + 1) * D1, max_steps, device)
     root = logits[0, -1].argmax(-1) if acceptance == "greedy" else \
         sample_from_probs(logits_to_probs(logits[0, -1], temperature, top_p), gen)

@@ -72,6 +72,8 @@ class TreeBuffers:
     - ``retrieve`` (P, D+1): node ids along each leaf path, padded with 0; ``retrieve_valid`` marks
       the real entries.
     - ``children`` (N+1, C): child node ids in rank order, padded with -1.
+    - ``ancestors`` (N+1, D+1): node ids from the root down to the node itself, padded with 0 (the
+      exact attention kernel reads a node's keys in this order).
     """
 
     def __init__(self, paths, topk: int | None = None, device="cpu"):
@@ -110,7 +112,11 @@ class TreeBuffers:
         children = torch.full((n, C), -1, dtype=torch.long)
         for i, k in enumerate(kids):
             children[i, : len(k)] = torch.tensor(k, dtype=torch.long)
+        ancestors = torch.zeros(n, D + 1, dtype=torch.long)
+        for i, p in enumerate(nodes):
+            ancestors[i, : len(p) + 1] = torch.tensor([index[p[:d]] for d in range(len(p) + 1)])
         to = dict(device=device)
+        self.ancestors = ancestors.to(**to)
         self.tree_indices = torch.tensor(tree_idx, **to)
         self.mask = mask.to(**to)
         self.depth = torch.tensor([len(p) for p in nodes], **to)

@@ -1,0 +1,157 @@
+"""Batch-invariant linear layers and RMSNorm for exact greedy decoding.
+
+Why: cuBLAS picks a different kernel (GEMV, split-K, another tile) for a 1-token decode step than
+for a 64-node Medusa verify step, so the same row comes out with different rounding and greedy
+Medusa drifts from plain greedy in bf16. Here every output row is computed by the same instruction
+sequence whatever the number of rows M: the tile sizes depend only on the weight's shape (N, K),
+never on M, there is no split-K, and the K loop always runs in the same order. Row i of ``linear(x)``
+is therefore bit-identical whether x holds 1 row or 64 (tested on the GPU in tests/test_exact.py).
+
+Epilogues keep transformers' rounding order (each op rounds to the activation dtype):
+- ``residual``: ``r + bf16(x @ w.T + b)``, the attention / MLP output plus the skip connection;
+- ``linear_silu_mul``: ``bf16(silu(bf16(x @ wg.T))) * bf16(x @ wu.T)`` from the fused gate/up weight,
+  so the MLP's activation never round-trips through memory.
+``rms_norm`` is one program per row (the row's sum of squares is one fixed-order reduction).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["linear", "linear_silu_mul", "rms_norm", "linear_reference", "rms_norm_reference"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_BM = 16  # rows per tile: fixed so a row's arithmetic never depends on how many rows there are
+
+
+@triton.jit
+def _linear_kernel(X, W, B, R, Y, M, N, K, sxm, swn, srm, sym,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # axis 0 = row tiles, so the programs sharing one weight tile run side by side (L2 serves it once)
+    pm = tl.program_id(0)
+    pn = tl.program_id(1)
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    m_ok = rm < M
+    n_ok = rn < N
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        k_ok = kk < K
+        x = tl.load(X + rm[:, None].to(tl.int64) * sxm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + rn[None, :].to(tl.int64) * swn + kk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        if UPCAST:  # TRITON_INTERPRET's tl.dot mishandles bf16; the upcast is exact
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc += tl.dot(x, w, input_precision=PREC)  # (BM, BK) @ (BK, BN)
+        if SILU_MUL:  # up-projection rows sit N rows below the gate rows in the fused weight
+            wu = tl.load(W + (rn[None, :] + N).to(tl.int64) * swn + kk[:, None],
+                         mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+            if UPCAST:
+                wu = wu.to(tl.float32)
+            acc_u += tl.dot(x, wu, input_precision=PREC)
+    out_ty = Y.dtype.element_ty
+    if HAS_BIAS:
+        acc += tl.load(B + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y = acc.to(out_ty)
+    if SILU_MUL:
+        g = y.to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(out_ty)
+        y = (act.to(tl.float32) * acc_u.to(out_ty).to(tl.float32)).to(out_ty)
+    if HAS_RES:
+        r = tl.load(R + rm[:, None].to(tl.int64) * srm + rn[None, :], mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+        y = (r.to(tl.float32) + y.to(tl.float32)).to(out_ty)
+    tl.store(Y + rm[:, None].to(tl.int64) * sym + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _tiles(N: int, K: int) -> tuple[int, int, int, int]:
+    """(BN, BK, num_warps, num_stages) from the weight's shape only (never from M)."""
+    BK = 64 if K >= 64 else max(16, triton.next_power_of_2(K))
+    BN = 64 if N >= 64 else max(16, triton.next_power_of_2(N))
+    return BN, BK, 4, 3
+
+
+def _launch(x, w, bias, residual, silu_mul: bool):
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"linear: x has {x.shape[-1]} features, weight expects {w.shape[1]}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    w = w if w.stride(-1) == 1 else w.contiguous()
+    M, K = x2.shape
+    N = w.shape[0] // 2 if silu_mul else w.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    r2 = residual.reshape(M, N) if residual is not None else y
+    if r2.stride(-1) != 1:
+        r2 = r2.contiguous()
+    BN, BK, warps, stages = _tiles(N, K)
+    grid = (triton.cdiv(M, _BM), triton.cdiv(N, BN))
+    _linear_kernel[grid](x2, w, bias if bias is not None else w, r2, y, M, N, K,
+                         x2.stride(0), w.stride(0), r2.stride(0), y.stride(0),
+                         HAS_BIAS=bias is not None, HAS_RES=residual is not None, SILU_MUL=silu_mul,
+                         BM=_BM, BN=BN, BK=BK, PREC="ieee" if x.dtype == torch.float32 else "tf32",
+                         UPCAST=_INTERPRET, num_warps=warps, num_stages=stages)
+    return y.reshape(*lead, N)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + (x @ w.T + bias)`` with row-invariant rounding. x (..., K), w (N, K) -> (..., N)."""
+    return _launch(x, w, bias, residual, False)
+
+
+def linear_silu_mul(x: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
+    """``silu(x @ wg.T) * (x @ wu.T)`` where w13 = cat([wg, wu]) is (2I, K). -> (..., I)."""
+    if w13.shape[0] % 2:
+        raise ValueError(f"linear_silu_mul needs the fused gate/up weight (2I, K), got {tuple(w13.shape)}")
+    return _launch(x, w13, None, None, True)
+
+
+@triton.jit
+def _rms_norm_kernel(X, W, Y, H, sx, sy, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    ok = offs < H
+    x = tl.load(X + row * sx + offs, mask=ok, other=0.0).to(tl.float32)
+    var = tl.sum(x * x, axis=0) / H
+    out_ty = Y.dtype.element_ty
+    xn = (x * (1.0 / tl.sqrt(var + eps))).to(out_ty)  # transformers: normalise in fp32, cast, then weight
+    w = tl.load(W + offs, mask=ok, other=0.0)
+    tl.store(Y + row * sy + offs, (w.to(tl.float32) * xn.to(tl.float32)).to(out_ty), mask=ok)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, one program per row. x (..., H), weight (H,)."""
+    H = x.shape[-1]
+    x2 = x.reshape(-1, H)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    _rms_norm_kernel[(x2.shape[0],)](x2, weight, y, H, x2.stride(0), y.stride(0), eps,
+                                     BLOCK=triton.next_power_of_2(H), num_warps=4 if H >= 1024 else 2)
+    return y.reshape(x.shape)
+
+
+def linear_reference(x, w, bias=None, residual=None, silu_mul: bool = False, dtype=torch.float64):
+    """The same math in ``dtype`` (float64 by default) without intermediate rounding."""
+    xd, wd = x.to(dtype), w.to(dtype)
+    if silu_mul:
+        g, u = (xd @ wd.T).chunk(2, dim=-1)
+        return torch.nn.functional.silu(g) * u
+    y = xd @ wd.T
+    if bias is not None:
+        y = y + bias.to(dtype)
+    return y if residual is None else residual.to(dtype) + y
+
+
+def rms_norm_reference(x, weight, eps, dtype=torch.float64):
+    xd = x.to(dtype)
+    return weight.to(dtype) * xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps)
