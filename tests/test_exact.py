@@ -164,18 +164,20 @@ def _heads(model, seed=1):
 
 
 def test_exact_bf16_medusa_equals_plain_and_batched(models):
-    """The property the exact path exists for: in bf16, greedy Medusa (63-node default tree and a
-    small one), plain batch-1 and a left-padded batch give the same tokens."""
+    """The property the exact path exists for: in bf16, greedy Medusa (an 11-node tree spanning three
+    attention tiles, and on a GPU the 63-node default tree), plain batch-1 and a left-padded batch
+    give the same tokens. Kept short on the CPU, where every kernel goes through the interpreter."""
     model = models[1]
     model.exact = True
+    n = 40 if DEV == "cuda" else 10
     try:
-        prompts = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3], [8] * 20]
+        prompts = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3]]
         heads = _heads(model)
-        singles = [generate_plain(model, [p], 24)[0].tokens for p in prompts]
-        batched = [r.tokens for r in generate_plain(model, prompts, 24)]
-        assert batched == singles
+        singles = [generate_plain(model, [p], n)[0].tokens for p in prompts]
+        assert [r.tokens for r in generate_plain(model, prompts, n)] == singles
         for p, ref in zip(prompts, singles):
-            for tree in (TREE, None):
-                assert generate_medusa(model, heads, p, 24, tree=tree).tokens == ref
+            assert generate_medusa(model, heads, p, n, tree=TREE).tokens == ref
+        if DEV == "cuda":  # the 63-node tree takes ~40 s in the interpreter
+            assert generate_medusa(model, heads, prompts[0], n).tokens == singles[0]
     finally:
         model.exact = False
