@@ -240,6 +240,7 @@ def decode(
     hf_baseline: bool = typer.Option(True, "--hf/--no-hf", help="Also time transformers' eager generate."),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype"),
+    modes: Optional[str] = typer.Option(None, "--modes", help="Decode-step modes to time, comma-separated (default on CUDA: exact,graph,inductor)."),
     json_path: Optional[Path] = typer.Option(None, "--json"),
     plot: Optional[Path] = typer.Option(None, "--plot"),
 ):
@@ -247,11 +248,19 @@ def decode(
     with user_errors():
         from accel.runtime.bench_decode import run_decode_bench
 
+        from accel.runtime.decode import _MODES
+        from accel.runtime.errors import AccelError
+
+        mode_list = [m.strip() for m in modes.split(",") if m.strip()] if modes else None
+        bad = [m for m in mode_list or [] if m not in _MODES or m == "compile"]
+        if bad:
+            raise AccelError(f"--modes: unknown {bad}; choose from exact, graph, inductor, eager")
         rows, extra = run_decode_bench(model=model, synthetic=synthetic, pack=pack, max_new_tokens=max_new_tokens,
                                        num_prompts=prompts, hf_baseline=hf_baseline, device=device, dtype=dtype,
-                                       log=err.print)
+                                       modes=mode_list, log=err.print)
         out.print(_table(f"decode: {extra['model']} ({extra['dtype']}, {extra['device']})", rows,
-                         ["engine", "tokens_per_s", "speedup_vs_hf", "speedup_vs_plain", "mean_accepted", "identical_to_plain", "bandwidth_util"]))
+                         ["engine", "tokens_per_s", "speedup_vs_hf", "speedup_vs_plain", "mean_accepted", "identical_to_plain",
+                          "batched_identical_to_single", "bandwidth_util"]))
         _save(json_path, {"bench": "decode", **extra, "rows": rows})
         if plot is not None and extra.get("accept_lengths"):
             from accel.runtime.plots import histogram

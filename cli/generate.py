@@ -48,8 +48,8 @@ def generate(
             raise AccelError(f"--truncate takes only 'left', got {truncate!r}")
         if acceptance not in ("typical", "speculative"):
             raise AccelError(f"--acceptance must be typical or speculative, got {acceptance!r}")
-        if compile not in (None, "graph", "inductor", "eager"):
-            raise AccelError(f"--compile must be graph, inductor or eager, got {compile!r}")
+        if compile not in (None, "exact", "graph", "inductor", "eager"):
+            raise AccelError(f"--compile must be exact, graph, inductor or eager, got {compile!r}")
         if output is not None and output.is_dir():
             raise AccelError(f"--output {output} is a folder; give a file name like out.jsonl")
         prompts = read_prompt_file(prompt_file)  # validate before the slow model load

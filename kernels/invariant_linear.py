@@ -27,7 +27,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _BM = 16  # rows per tile: fixed so a row's arithmetic never depends on how many rows there are
 
 
-@triton.jit
+# M is never specialised (Triton would compile M == 1 separately): one binary serves every row count
+@triton.jit(do_not_specialize=["M"])
 def _linear_kernel(X, W, B, R, Y, M, N, K, sxm, swn, srm, sym,
                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,

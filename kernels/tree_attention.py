@@ -107,7 +107,7 @@ def _online_update(m_i, l_i, acc, s, v, PREC: tl.constexpr, UPCAST: tl.constexpr
     return m_new, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "A"])  # one binary for 1 query or a 64-node tree
 def _tree_attn_kernel(Q, KC, VC, O, START, NPRE, NKEYS, ANC, T, A, qk_scale,
                       sqb, sqt, sqh, skb, skh, sks, svb, svh, svs, sob, sot, soh, snb, sab, sat,
                       G: tl.constexpr, NQ: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr,

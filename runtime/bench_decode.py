@@ -166,7 +166,7 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    modes = modes or (["graph", "inductor"] if dev.type == "cuda" else ["eager"])
+    modes = modes or (["exact", "graph", "inductor"] if dev.type == "cuda" else ["eager"])
     if synthetic:
         from .synthetic import build_synthetic
 
@@ -206,10 +206,16 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
             n, s = n + r.num_new, s + r.decode_s
         tps = n / s
         row = dict(engine=f"plain ({mode})", tokens_per_s=tps, step_ms=1e3 * s / n)
+        if mode == "exact" and len(prompts) > 1:  # batch invariance: one left-padded batch == one by one
+            batch = generate_plain(cm, prompts, max_new_tokens, compile=mode, eos_ids=eos)
+            same = sum(r.tokens == t for r, t in zip(batch, plain_tokens[mode]))
+            row["batched_identical_to_single"] = f"{same}/{len(prompts)}"
+            row["batched_tokens_per_s"] = sum(r.num_new for r in batch) / max(r.decode_s for r in batch)
         if bw:
             row["bandwidth_util"] = wb * tps / (bw * 1e9)
         rows.append(row)
-        log(f"plain {mode}: {tps:.1f} tok/s")
+        log(f"plain {mode}: {tps:.1f} tok/s" + (f", batched == single {row['batched_identical_to_single']}"
+                                                 if "batched_identical_to_single" in row else ""))
         if plain_best is None or tps > plain_best[1]:
             plain_best = (mode, tps)
     extra = dict(model=name, dtype=str(dt), device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",

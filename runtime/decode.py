@@ -13,6 +13,8 @@ Design points:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -43,11 +45,13 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-_MODES = ("graph", "inductor", "compile", "eager")
+_MODES = ("exact", "graph", "inductor", "compile", "eager")
 
 
 def resolve_mode(compile, device) -> str:
     """None/True -> 'graph' on CUDA (eager elsewhere); False -> 'eager'; else one of _MODES:
+    'exact' = the batch-invariant kernels (``CompactLM.forward_exact``) captured in a CUDA graph:
+    greedy Medusa, batched and single-prompt decoding then give identical tokens in any dtype;
     'graph' = eager kernels captured in a CUDA graph; 'inductor' = layers through one torch.compile'd
     layer function (fused elementwise ops), then captured the same way; 'compile' = torch.compile
     mode="reduce-overhead" of the whole step (gpt-fast's way)."""
@@ -57,9 +61,30 @@ def resolve_mode(compile, device) -> str:
         return "eager"
     if compile not in _MODES:
         raise ValueError(f"compile must be None, a bool or one of {_MODES}; got {compile!r}")
-    if compile != "eager" and torch.device(device).type != "cuda":
+    if compile == "exact" and torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("compile='exact' runs Triton kernels: it needs a CUDA model (or TRITON_INTERPRET=1 on a CPU)")
+    if compile not in ("eager", "exact") and torch.device(device).type != "cuda":
         raise ValueError(f"compile={compile!r} needs a CUDA model; use compile=None or 'eager' on {device}")
     return compile
+
+
+def capture_mode(mode: str, device) -> str:
+    """How a step of ``mode`` is run: 'exact' is captured like 'graph' (eager on a CPU)."""
+    if mode == "exact":
+        return "graph" if torch.device(device).type == "cuda" else "eager"
+    return mode
+
+
+@contextlib.contextmanager
+def exact_kernels(model, on: bool):
+    """Route the model's forwards through ``forward_exact`` within the block."""
+    if on and model.exact_supported:
+        raise ValueError(f"compile='exact' cannot run this model: {model.exact_supported}")
+    old, model.exact = model.exact, on
+    try:
+        yield
+    finally:
+        model.exact = old
 
 
 class StepGraph:
@@ -177,6 +202,12 @@ def generate_plain(model, prompts: list[list[int]], max_new_tokens: int, tempera
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = model.device
     mode = resolve_mode(compile, device)
+    with exact_kernels(model, mode == "exact"):
+        return _generate_plain(model, prompts, max_new_tokens, temperature, top_p, seed, eos_ids, mode, check_every)
+
+
+def _generate_plain(model, prompts, max_new_tokens, temperature, top_p, seed, eos_ids, mode, check_every):
+    device = model.device
     B = len(prompts)
     ids, pos, write, mask, pads, L = _left_pad(prompts, device)
     need = L + max_new_tokens
@@ -196,7 +227,7 @@ def generate_plain(model, prompts: list[list[int]], max_new_tokens: int, tempera
 
     lens = torch.tensor([len(p) for p in prompts], device=device)
     init = [nxt[:, None], lens[:, None], torch.full((B, 1), L, device=device), pads[:, None]]
-    step = get_step(model, ("plain", B), lambda *a: decode_one_token(model, *a), init, mode)
+    step = get_step(model, ("plain", B, mode), lambda *a: decode_one_token(model, *a), init, capture_mode(mode, device))
     tok, in_pos, w_pos, _ = step.inputs
     _sync(device)
     t2 = time.perf_counter()

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from .decode import GenerationResult, StepGraph, _sync, resolve_mode
+from .decode import GenerationResult, StepGraph, _sync, capture_mode, exact_kernels, resolve_mode
 from .sampling import check_sampling_args, logits_to_probs, make_generator, sample_from_probs
 from .tree import TreeBuffers, default_tree
 
@@ -194,7 +194,16 @@ def generate_medusa(model, heads, prompt_ids: list[int], max_new_tokens: int, tr
     mode = resolve_mode(compile, device)
     if mode == "compile":
         raise ValueError("generate_medusa captures its step with a manual CUDA graph: use compile=None, "
-                         "'graph' or 'inductor'")
+                         "'exact', 'graph' or 'inductor'")
+    with exact_kernels(model, mode == "exact"):
+        return _generate_medusa(model, heads, prompt_ids, max_new_tokens, tree, temperature, top_p, seed, eos_ids,
+                                acceptance, posterior_threshold, posterior_alpha, capture_mode(mode, device),
+                                check_every)
+
+
+def _generate_medusa(model, heads, prompt_ids, max_new_tokens, tree, temperature, top_p, seed, eos_ids,
+                     acceptance, posterior_threshold, posterior_alpha, mode, check_every):
+    device = model.device
     if temperature == 0:
         acceptance = "greedy"
     K = heads.config.num_heads

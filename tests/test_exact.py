@@ -168,16 +168,13 @@ def test_exact_bf16_medusa_equals_plain_and_batched(models):
     attention tiles, and on a GPU the 63-node default tree), plain batch-1 and a left-padded batch
     give the same tokens. Kept short on the CPU, where every kernel goes through the interpreter."""
     model = models[1]
-    model.exact = True
     n = 40 if DEV == "cuda" else 10
-    try:
-        prompts = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3]]
-        heads = _heads(model)
-        singles = [generate_plain(model, [p], n)[0].tokens for p in prompts]
-        assert [r.tokens for r in generate_plain(model, prompts, n)] == singles
-        for p, ref in zip(prompts, singles):
-            assert generate_medusa(model, heads, p, n, tree=TREE).tokens == ref
-        if DEV == "cuda":  # the 63-node tree takes ~40 s in the interpreter
-            assert generate_medusa(model, heads, prompts[0], n).tokens == singles[0]
-    finally:
-        model.exact = False
+    prompts = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3]]
+    heads = _heads(model)
+    singles = [generate_plain(model, [p], n, compile="exact")[0].tokens for p in prompts]
+    assert [r.tokens for r in generate_plain(model, prompts, n, compile="exact")] == singles
+    for p, ref in zip(prompts, singles):
+        assert generate_medusa(model, heads, p, n, tree=TREE, compile="exact").tokens == ref
+    if DEV == "cuda":  # the 63-node tree takes ~40 s in the interpreter
+        assert generate_medusa(model, heads, prompts[0], n, compile="exact").tokens == singles[0]
+    assert not model.exact  # the mode is scoped to the call

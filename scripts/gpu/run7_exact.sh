@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# GPU: the batch-invariant ("exact") decode path. The kernel/generation tests on the real GPU kernels,
+# then `accel bench decode` on the real SmolLM2 over the 24 held-out prompts, modes exact / graph / inductor
+# (tokens/s, Medusa accepted length, Medusa == plain and batched == single-prompt token identity).
+set -uo pipefail
+export ACCEL_SMOLLM2_GGUF=/root/smollm2.gguf PYTHONUNBUFFERED=1
+step() { local t=$1; shift; echo "== $*"; timeout "$t" "$@" 2>&1 | grep -v "━\|Ignoring" | tail -${TAIL:-16}; }
+step 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_exact.py tests/test_medusa.py tests/test_decode.py
+step 300 accel bench decode --model smollm2-135m --prompts 24 --json "$OUT/decode-smollm2-exact.json"
