@@ -99,7 +99,7 @@ def _launch(x, w, bias, residual, silu_mul: bool):
                          x2.stride(0), w.stride(0), r2.stride(0), y.stride(0),
                          HAS_BIAS=bias is not None, HAS_RES=residual is not None, SILU_MUL=silu_mul,
                          BM=_BM, BN=BN, BK=BK, PREC="ieee" if x.dtype == torch.float32 else "tf32",
-                         UPCAST=_INTERPRET, num_warps=warps, num_stages=stages)
+                         UPCAST=_INTERPRET, num_warps=warps, num_stages=stages, enable_fp_fusion=False)
     return y.reshape(*lead, N)
 
 
@@ -137,7 +137,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         x2 = x2.contiguous()
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     _rms_norm_kernel[(x2.shape[0],)](x2, weight, y, H, x2.stride(0), y.stride(0), eps,
-                                     BLOCK=triton.next_power_of_2(H), num_warps=4 if H >= 1024 else 2)
+                                     BLOCK=triton.next_power_of_2(H), num_warps=4 if H >= 1024 else 2,
+                                     enable_fp_fusion=False)
     return y.reshape(x.shape)
 
 

@@ -15,6 +15,10 @@ for all of them). Blocks below every query's key count are loaded once per tile 
 the last blocks are gathered per query (slot from START or from ANC) and applied to that query's
 rows only: for the other rows the update is an exact no-op (alpha = exp2(0) = 1, p = 0).
 
+All these kernels launch with ``enable_fp_fusion=False``: a multiply-add contracted into an FMA in
+the unmasked loop but not in the masked one (a select sits between them there) would change the
+last bit of a score depending on which loop a block went through.
+
 ``rope_write`` is the step before: RoPE on q and k with transformers' bf16 rounding order, k/v
 stored into the cache at each token's (row, slot), q returned. Both are plain row-wise code, so
 they are batch-invariant by construction.
@@ -83,7 +87,7 @@ def rope_write(qkv, cos_table, sin_table, pos, rows, slots, k_cache, v_cache, n_
     _rope_write_kernel[(B * T,)](
         qkv2, cos_table, sin_table, pos.reshape(-1).contiguous(), rows_bt, slots.reshape(-1).contiguous(), q, k_cache, v_cache,
         qkv2.stride(0), cos_table.stride(0), q.stride(0), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        n_head, n_kv, HP2=triton.next_power_of_2(n_head + 2 * n_kv), D=D, num_warps=2)
+        n_head, n_kv, HP2=triton.next_power_of_2(n_head + 2 * n_kv), D=D, num_warps=2, enable_fp_fusion=False)
     return q.view(B, T, n_head, D)
 
 
@@ -205,7 +209,8 @@ def tree_attention(q, k_cache, v_cache, start, n_prefix, n_keys, ancestors=None,
         q, k_cache, v_cache, o, start, n_prefix, n_keys, ancestors, T, A, scale * 1.4426950408889634,
         *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *o.stride()[:3],
         n_keys.stride(0), ancestors.stride(0), ancestors.stride(1),
-        G=G, NQ=NQ, ROWS=_ROWS, D=D, BN=_BN, PREC=prec, UPCAST=_INTERPRET, num_warps=4, num_stages=2)
+        G=G, NQ=NQ, ROWS=_ROWS, D=D, BN=_BN, PREC=prec, UPCAST=_INTERPRET, num_warps=4, num_stages=2,
+        enable_fp_fusion=False)
     return o
 
 

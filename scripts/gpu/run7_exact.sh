@@ -7,3 +7,4 @@ export ACCEL_SMOLLM2_GGUF=/root/smollm2.gguf PYTHONUNBUFFERED=1
 step() { local t=$1; shift; echo "== $*"; timeout "$t" "$@" 2>&1 | grep -v "━\|Ignoring" | tail -${TAIL:-16}; }
 step 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_exact.py tests/test_medusa.py tests/test_decode.py
 step 300 accel bench decode --model smollm2-135m --prompts 24 --json "$OUT/decode-smollm2-exact.json"
+step 200 accel bench decode --synthetic llama-3-8b --prompts 2 --max-new-tokens 128 --modes exact,inductor --no-hf --json "$OUT/decode-llama3-8b-exact.json"
