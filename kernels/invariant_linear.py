@@ -3,8 +3,9 @@
 Why: cuBLAS picks a different kernel (GEMV, split-K, another tile) for a 1-token decode step than
 for a 64-node Medusa verify step, so the same row comes out with different rounding and greedy
 Medusa drifts from plain greedy in bf16. Here every output row is computed by the same instruction
-sequence whatever the number of rows M: the tile sizes depend only on the weight's shape (N, K),
-never on M, there is no split-K, and the K loop always runs in the same order. Row i of ``linear(x)``
+sequence whatever the number of rows M: the tile sizes and the split-K chunks depend only on the
+weight's shape (N, K) and the GPU, never on M, the K loop always runs in the same order and the
+split-K partials are summed in chunk order. Row i of ``linear(x)``
 is therefore bit-identical whether x holds 1 row or 64 (tested on the GPU in tests/test_exact.py).
 
 Epilogues keep transformers' rounding order (each op rounds to the activation dtype):
@@ -15,6 +16,7 @@ Epilogues keep transformers' rounding order (each op rounds to the activation dt
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -27,37 +29,11 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _BM = 16  # rows per tile: fixed so a row's arithmetic never depends on how many rows there are
 
 
-# M is never specialised (Triton would compile M == 1 separately): one binary serves every row count
-@triton.jit(do_not_specialize=["M"])
-def _linear_kernel(X, W, B, R, Y, M, N, K, sxm, swn, srm, sym,
-                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                   PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # axis 0 = row tiles, so the programs sharing one weight tile run side by side (L2 serves it once)
-    pm = tl.program_id(0)
-    pn = tl.program_id(1)
-    rm = pm * BM + tl.arange(0, BM)
-    rn = pn * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
+@triton.jit
+def _epilogue(acc, acc_u, B, R, Y, rm, rn, M, N, srm, sym,
+              HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr):
     m_ok = rm < M
     n_ok = rn < N
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        kk = k0 + rk
-        k_ok = kk < K
-        x = tl.load(X + rm[:, None].to(tl.int64) * sxm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(W + rn[None, :].to(tl.int64) * swn + kk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-        if UPCAST:  # TRITON_INTERPRET's tl.dot mishandles bf16; the upcast is exact
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-        acc += tl.dot(x, w, input_precision=PREC)  # (BM, BK) @ (BK, BN)
-        if SILU_MUL:  # up-projection rows sit N rows below the gate rows in the fused weight
-            wu = tl.load(W + (rn[None, :] + N).to(tl.int64) * swn + kk[:, None],
-                         mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-            if UPCAST:
-                wu = wu.to(tl.float32)
-            acc_u += tl.dot(x, wu, input_precision=PREC)
     out_ty = Y.dtype.element_ty
     if HAS_BIAS:
         acc += tl.load(B + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -72,14 +48,89 @@ def _linear_kernel(X, W, B, R, Y, M, N, K, sxm, swn, srm, sym,
     tl.store(Y + rm[:, None].to(tl.int64) * sym + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _tiles(N: int, K: int) -> tuple[int, int, int, int]:
-    """(BN, BK, num_warps, num_stages) from the weight's shape only (never from M)."""
-    BK = 64 if K >= 64 else max(16, triton.next_power_of_2(K))
+# M is never specialised (Triton would compile M == 1 separately): one binary serves every row count
+@triton.jit(do_not_specialize=["M"])
+def _linear_kernel(X, W, B, R, Y, P, M, N, K, K_SPLIT, sxm, swn, srm, sym,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr, SPLIT: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # axis 0 = row tiles, so the programs sharing one weight tile run side by side (L2 serves it once)
+    pm = tl.program_id(0)
+    pn = tl.program_id(1)
+    ps = tl.program_id(2)  # K chunk (split-K); chunk bounds depend on K only, never on M
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    m_ok = rm < M
+    n_ok = rn < N
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+    k_end = tl.minimum(K, (ps + 1) * K_SPLIT)
+    for k0 in range(ps * K_SPLIT, k_end, BK):
+        kk = k0 + rk
+        k_ok = kk < k_end
+        x = tl.load(X + rm[:, None].to(tl.int64) * sxm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + rn[None, :].to(tl.int64) * swn + kk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        if UPCAST:  # TRITON_INTERPRET's tl.dot mishandles bf16; the upcast is exact
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc += tl.dot(x, w, input_precision=PREC)  # (BM, BK) @ (BK, BN)
+        if SILU_MUL:  # up-projection rows sit N rows below the gate rows in the fused weight
+            wu = tl.load(W + (rn[None, :] + N).to(tl.int64) * swn + kk[:, None],
+                         mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+            if UPCAST:
+                wu = wu.to(tl.float32)
+            acc_u += tl.dot(x, wu, input_precision=PREC)
+    if SPLIT == 1:
+        _epilogue(acc, acc_u, B, R, Y, rm, rn, M, N, srm, sym, HAS_BIAS, HAS_RES, SILU_MUL)
+    else:  # fp32 partials (SPLIT, 2, M, N); _splitk_reduce adds them in chunk order
+        offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+        ok = m_ok[:, None] & n_ok[None, :]
+        tl.store(P + (ps * 2).to(tl.int64) * M * N + offs, acc, mask=ok)
+        if SILU_MUL:
+            tl.store(P + (ps * 2 + 1).to(tl.int64) * M * N + offs, acc_u, mask=ok)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _splitk_reduce(P, B, R, Y, M, N, srm, sym,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr, SPLIT: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr):
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+    ok = (rm < M)[:, None] & (rn < N)[None, :]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):  # fixed order: the sum does not depend on scheduling
+        acc += tl.load(P + (2 * s) * M * N + offs, mask=ok, other=0.0)
+        if SILU_MUL:
+            acc_u += tl.load(P + (2 * s + 1) * M * N + offs, mask=ok, other=0.0)
+    _epilogue(acc, acc_u, B, R, Y, rm, rn, M, N, srm, sym, HAS_BIAS, HAS_RES, SILU_MUL)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _tiles(N: int, K: int, sms: int) -> tuple[int, int, int, int, int]:
+    """(BN, BK, split, num_warps, num_stages) from the weight's shape and the GPU only (never from M).
+
+    Split-K gives a 1-row decode step enough programs to stream the weight at full bandwidth
+    (e.g. Llama-3-8B's o_proj has 64 column tiles for 132 SMs); the chunks are fixed by K and summed
+    in a fixed order, so the rounding is still the same for any number of rows."""
+    BK = 128 if K >= 1024 else (64 if K >= 64 else max(16, triton.next_power_of_2(K)))
     BN = 64 if N >= 64 else max(16, triton.next_power_of_2(N))
-    return BN, BK, 4, 3
+    tiles = triton.cdiv(N, BN)
+    split = 1
+    while tiles * split < 3 * sms and K // (split * 2) >= 4 * BK:
+        split *= 2
+    return BN, BK, split, 4, 3
 
 
-def _launch(x, w, bias, residual, silu_mul: bool):
+def _launch(x, w, bias, residual, silu_mul: bool, split_k: int | None = None):
     if x.shape[-1] != w.shape[1]:
         raise ValueError(f"linear: x has {x.shape[-1]} features, weight expects {w.shape[1]}")
     lead = x.shape[:-1]
@@ -93,27 +144,36 @@ def _launch(x, w, bias, residual, silu_mul: bool):
     r2 = residual.reshape(M, N) if residual is not None else y
     if r2.stride(-1) != 1:
         r2 = r2.contiguous()
-    BN, BK, warps, stages = _tiles(N, K)
-    grid = (triton.cdiv(M, _BM), triton.cdiv(N, BN))
-    _linear_kernel[grid](x2, w, bias if bias is not None else w, r2, y, M, N, K,
-                         x2.stride(0), w.stride(0), r2.stride(0), y.stride(0),
-                         HAS_BIAS=bias is not None, HAS_RES=residual is not None, SILU_MUL=silu_mul,
-                         BM=_BM, BN=BN, BK=BK, PREC="ieee" if x.dtype == torch.float32 else "tf32",
-                         UPCAST=_INTERPRET, num_warps=warps, num_stages=stages, enable_fp_fusion=False)
+    BN, BK, split, warps, stages = _tiles(N, K, _num_sms(x.device))
+    split = split_k or split
+    k_split = triton.cdiv(triton.cdiv(K, split), BK) * BK  # chunk length, a multiple of BK
+    split = triton.cdiv(K, k_split)
+    part = torch.empty(split, 2, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
+    flags = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, SILU_MUL=silu_mul, SPLIT=split)
+    b = bias if bias is not None else w
+    _linear_kernel[(triton.cdiv(M, _BM), triton.cdiv(N, BN), split)](
+        x2, w, b, r2, y, part, M, N, K, k_split, x2.stride(0), w.stride(0), r2.stride(0), y.stride(0),
+        **flags, BM=_BM, BN=BN, BK=BK, PREC="ieee" if x.dtype == torch.float32 else "tf32",
+        UPCAST=_INTERPRET, num_warps=warps, num_stages=stages, enable_fp_fusion=False)
+    if split > 1:
+        _splitk_reduce[(triton.cdiv(M, _BM), triton.cdiv(N, BN))](
+            part, b, r2, y, M, N, r2.stride(0), y.stride(0), **flags, BM=_BM, BN=BN,
+            num_warps=4, enable_fp_fusion=False)
     return y.reshape(*lead, N)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
-           residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``residual + (x @ w.T + bias)`` with row-invariant rounding. x (..., K), w (N, K) -> (..., N)."""
-    return _launch(x, w, bias, residual, False)
+           residual: torch.Tensor | None = None, split_k: int | None = None) -> torch.Tensor:
+    """``residual + (x @ w.T + bias)`` with row-invariant rounding. x (..., K), w (N, K) -> (..., N).
+    ``split_k``: override the K-chunk count (default: from the weight's shape and the GPU)."""
+    return _launch(x, w, bias, residual, False, split_k)
 
 
-def linear_silu_mul(x: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
+def linear_silu_mul(x: torch.Tensor, w13: torch.Tensor, split_k: int | None = None) -> torch.Tensor:
     """``silu(x @ wg.T) * (x @ wu.T)`` where w13 = cat([wg, wu]) is (2I, K). -> (..., I)."""
     if w13.shape[0] % 2:
         raise ValueError(f"linear_silu_mul needs the fused gate/up weight (2I, K), got {tuple(w13.shape)}")
-    return _launch(x, w13, None, None, True)
+    return _launch(x, w13, None, None, True, split_k)
 
 
 @triton.jit

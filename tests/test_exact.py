@@ -55,6 +55,16 @@ def test_linear_rows_are_batch_invariant(dtype):
     assert torch.equal(linear(x[3:4], w), full[3:4])
     assert torch.equal(linear(x[:5], w), full[:5])
     assert torch.equal(linear_silu_mul(x[7:8], w), linear_silu_mul(x, w)[7:8])
+    # split-K (chunks fixed by K, partials summed in order): still invariant, and still the product
+    r = torch.randn(64, 200, generator=g).to(DEV, dtype)
+    split = linear(x, w, residual=r, split_k=2)
+    assert torch.equal(linear(x[3:4], w, residual=r[3:4], split_k=2), split[3:4])
+    ref = linear_reference(x, w, residual=r)
+    assert (split.double() - ref).abs().max() / ref.abs().max() < ulps(dtype)
+    su = linear_silu_mul(x, w, split_k=2)
+    assert torch.equal(linear_silu_mul(x[9:10], w, split_k=2), su[9:10])
+    assert torch.allclose(su.double(), linear_reference(x, w, silu_mul=True), rtol=ulps(dtype) * 4,
+                          atol=ulps(dtype) * 4)
 
 
 def _random_layout(B, T, S, A, g):
