@@ -133,7 +133,7 @@ def prefill(
         rows = bench_prefill(compact, lens, patterns_for, ids_for=ids_for, rep=rep,
                              progress=lambda r: err.print(f"  {r['length']}: dense {r['dense_ms']:.1f} ms, sparse {r['sparse_ms']:.1f} ms"))
         out.print(_table(f"prefill: {name} ({compact.dtype}, {compact.device})", rows,
-                         ["length", "dense_ms", "sparse_ms", "speedup", "predicted_work", "index_density_random_qk", "index_ms", "index_share"]))
+                         ["length", "dense_ms", "exact_ms", "sparse_ms", "speedup", "predicted_work", "index_density_random_qk", "index_ms", "index_share"]))
         _save(json_path, {"bench": "prefill", "model": name, "dtype": str(compact.dtype), "rows": rows})
         if plot is not None:
             from accel.runtime.plots import line_plot

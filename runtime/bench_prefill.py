@@ -10,6 +10,8 @@ one) is prefilled with dense attention (SDPA, cuDNN where available) and with th
   patterns on random q/k — what a random-weight model produces. Vertical-slash estimation on diffuse
   (random) attention spreads its diagonals over the whole sequence and keeps most of the work;
   A-shape and block-sparse cost what their sizes say on any data;
+- ``exact_ms``: the same prefill through the batch-invariant kernels (what ``--compile exact``
+  runs, so batched and single-prompt runs agree bit for bit), CUDA only;
 - ``index_ms``: online index estimation alone (all layers), timed on inputs of the layer shape, and
   its share of the sparse prefill time.
 """
@@ -55,6 +57,13 @@ def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, wa
         pos = torch.arange(n, device=dev)[None]
         compact.patterns = None
         dense_ms = time_ms(lambda: prefill(compact, ids, pos), warmup=warmup, rep=rep, device=dev)
+        exact_ms = None
+        if dev.type == "cuda" and compact.exact_supported is None:  # the batch-invariant kernels' prefill
+            compact.exact = True
+            try:
+                exact_ms = time_ms(lambda: prefill(compact, ids, pos), warmup=warmup, rep=rep, device=dev)
+            finally:
+                compact.exact = False
         pats = patterns_for(n)
         compact.patterns, min_len = pats, compact.sparse_min_len
         compact.sparse_min_len = 1
@@ -68,7 +77,7 @@ def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, wa
                        for p in pats[:1]) * len(pats)
         density = build_index(q, k, pats[0]).density()  # on random q/k: what random weights produce
         del q, k
-        row = dict(length=n, dense_ms=dense_ms, sparse_ms=sparse_ms, speedup=dense_ms / sparse_ms,
+        row = dict(length=n, dense_ms=dense_ms, exact_ms=exact_ms, sparse_ms=sparse_ms, speedup=dense_ms / sparse_ms,
                    predicted_work=_work_share(pats, n, D), index_density_random_qk=density,
                    index_ms=index_ms, index_share=index_ms / sparse_ms)
         rows.append(row)

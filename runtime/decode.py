@@ -48,15 +48,19 @@ def _sync(device) -> None:
 _MODES = ("exact", "graph", "inductor", "compile", "eager")
 
 
-def resolve_mode(compile, device) -> str:
-    """None/True -> 'graph' on CUDA (eager elsewhere); False -> 'eager'; else one of _MODES:
+def resolve_mode(compile, device, model=None) -> str:
+    """None/True -> 'exact' on CUDA when the model's attention shape allows it, else 'graph' (eager
+    on a CPU, where fp32 eager steps already agree); False -> 'eager'; else one of _MODES:
     'exact' = the batch-invariant kernels (``CompactLM.forward_exact``) captured in a CUDA graph:
     greedy Medusa, batched and single-prompt decoding then give identical tokens in any dtype;
     'graph' = eager kernels captured in a CUDA graph; 'inductor' = layers through one torch.compile'd
     layer function (fused elementwise ops), then captured the same way; 'compile' = torch.compile
     mode="reduce-overhead" of the whole step (gpt-fast's way)."""
     if compile is None or compile is True:
-        return "graph" if torch.device(device).type == "cuda" else "eager"
+        if torch.device(device).type != "cuda":
+            return "eager"
+        # exact is also the fastest step on the H200 (results/decode-*-exact.json)
+        return "exact" if model is None or model.exact_supported is None else "graph"
     if compile is False:
         return "eager"
     if compile not in _MODES:
@@ -201,7 +205,7 @@ def generate_plain(model, prompts: list[list[int]], max_new_tokens: int, tempera
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = model.device
-    mode = resolve_mode(compile, device)
+    mode = resolve_mode(compile, device, model)
     with exact_kernels(model, mode == "exact"):
         return _generate_plain(model, prompts, max_new_tokens, temperature, top_p, seed, eos_ids, mode, check_every)
 

@@ -42,7 +42,7 @@ class GenerationConfig:
     chat: bool | None = None
     truncate: str | None = None
     sparse_min_len: int | None = None  # None: the measured default on CUDA, off on the CPU
-    compile: str | None = None  # decode-step capture: None (CUDA graph on CUDA), "graph", "inductor", "eager"
+    compile: str | None = None  # decode steps: None ("exact" on CUDA, eager on CPU), "exact", "graph", "inductor", "eager"
 
 
 @dataclass

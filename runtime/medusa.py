@@ -191,7 +191,7 @@ def generate_medusa(model, heads, prompt_ids: list[int], max_new_tokens: int, tr
     if not prompt_ids or max_new_tokens < 1:
         raise ValueError("need a non-empty prompt and max_new_tokens >= 1")
     device = model.device
-    mode = resolve_mode(compile, device)
+    mode = resolve_mode(compile, device, model)
     if mode == "compile":
         raise ValueError("generate_medusa captures its step with a manual CUDA graph: use compile=None, "
                          "'exact', 'graph' or 'inductor'")
