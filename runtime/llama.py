@@ -254,6 +254,7 @@ class CompactLM(nn.Module):
         self.sparse_min_len = 1024
         self.exact = False  # decode / verify / prefill through forward_exact (set by the generators' callers)
         self.max_batch = self.max_seq_len = 0
+        self.kv: torch.Tensor | None = None  # (2, layers, B, Hkv, S, D), set by setup_cache
         self.step_graphs: dict = {}  # decode/verify steps captured by runtime.decode.StepGraph
         self.layer_fn = layer_forward  # swapped for a torch.compile'd copy by ``compiled_layers``
         self._compiled_layer_fn = None
@@ -299,9 +300,11 @@ class CompactLM(nn.Module):
         if self.sliding_window is not None:
             max_seq_len = min(max_seq_len, self.sliding_window)
         shape = (max_batch, self.n_kv, max_seq_len, self.head_dim)  # (B, Hkv, S, D)
-        for layer in self.layers:
-            layer.attn.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            layer.attn.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # one allocation for every layer's k and v: (2, layers, B, Hkv, S, D); layers get views, and
+        # Medusa's KV move is then one gather + one scatter for all layers instead of 4 per layer
+        self.kv = torch.zeros((2, len(self.layers)) + shape, dtype=self.dtype, device=self.device)
+        for i, layer in enumerate(self.layers):
+            layer.attn.k_cache, layer.attn.v_cache = self.kv[0, i], self.kv[1, i]
         pos = torch.arange(max_seq_len, device=self.device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)  # (S, D), rotate-half layout
@@ -316,11 +319,11 @@ class CompactLM(nn.Module):
     def copy_kv(self, src: torch.Tensor, dst: torch.Tensor, row: int = 0) -> None:
         """Copy cache slots ``src`` -> ``dst`` (1-D long, device) in every layer for one batch row.
 
-        Gather-then-scatter, so overlapping src/dst ranges are safe. No host sync.
+        Gather-then-scatter, so overlapping src/dst ranges are safe. No host sync; two kernels for all
+        layers (the caches are views of one tensor, see ``setup_cache``).
         """
-        for l in self.layers:
-            for c in (l.attn.k_cache, l.attn.v_cache):
-                c[row, :, dst] = c[row, :, src]
+        kv = self.kv[:, :, row]  # (2, layers, Hkv, S, D)
+        kv[:, :, :, dst] = kv[:, :, :, src]
 
     @property
     def exact_supported(self) -> str | None:
