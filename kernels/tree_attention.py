@@ -74,7 +74,8 @@ def _rope_write_kernel(QKV, COS, SIN, POS, ROW, SLOT, QO, KC, VC,
 
 def rope_write(qkv, cos_table, sin_table, pos, rows, slots, k_cache, v_cache, n_head: int, n_kv: int):
     """qkv (B, T, (Hq+2Hkv)*D) -> q (B, T, Hq, D) with RoPE; k (RoPE'd) and v are written to
-    ``k_cache/v_cache[rows, :, slots]``. cos/sin tables (S, D) fp32; pos, slots (B, T); rows (B,)."""
+    ``k_cache/v_cache[rows, :, slots]``. cos/sin tables (S, D) fp32; pos, slots (B, T); rows (B,) or
+    (B, T) contiguous (precomputed once per forward, it saves a copy per layer)."""
     B, T, W = qkv.shape
     D = k_cache.shape[-1]
     if W != (n_head + 2 * n_kv) * D:
@@ -83,7 +84,9 @@ def rope_write(qkv, cos_table, sin_table, pos, rows, slots, k_cache, v_cache, n_
     if qkv2.stride(-1) != 1:
         qkv2 = qkv2.contiguous()
     q = torch.empty(B * T, n_head, D, dtype=qkv.dtype, device=qkv.device)
-    rows_bt = rows.reshape(B, 1).expand(B, T).contiguous().reshape(-1)  # (an expand may reshape to stride 0)
+    if rows.numel() != B * T:  # (B,) -> one row per token (an expand may reshape to stride 0: copy)
+        rows = rows.reshape(B, 1).expand(B, T).contiguous()
+    rows_bt = rows.reshape(-1)
     _rope_write_kernel[(B * T,)](
         qkv2, cos_table, sin_table, pos.reshape(-1).contiguous(), rows_bt, slots.reshape(-1).contiguous(), q, k_cache, v_cache,
         qkv2.stride(0), cos_table.stride(0), q.stride(0), *k_cache.stride()[:3], *v_cache.stride()[:3],
@@ -170,6 +173,16 @@ def _tree_attn_kernel(Q, KC, VC, O, START, NPRE, NKEYS, ANC, T, A, qk_scale,
              out.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
+_PLACEHOLDERS: dict = {}
+
+
+def _placeholder(device) -> torch.Tensor:
+    t = _PLACEHOLDERS.get(device)
+    if t is None:
+        t = _PLACEHOLDERS[device] = torch.zeros(1, dtype=torch.long, device=device)
+    return t
+
+
 def supports_tree_attention(n_head: int, n_kv: int, head_dim: int) -> str | None:
     """None if the kernel handles this attention shape, else why not."""
     G = n_head // n_kv
@@ -191,15 +204,16 @@ def tree_attention(q, k_cache, v_cache, start, n_prefix, n_keys, ancestors=None,
     if why:
         raise ValueError(f"tree_attention does not support {why}")
     G = Hq // Hkv
-    if ancestors is None:
-        ancestors = torch.zeros(B, T, 1, dtype=torch.long, device=q.device)
-    A = ancestors.shape[-1]
+    if ancestors is None:  # A = 0: never read (a decode step launches no kernel to build it)
+        ancestors, A, sab, sat = _placeholder(q.device), 0, 0, 0
+    else:
+        if ancestors.stride(-1) != 1:
+            ancestors = ancestors.contiguous()
+        A, sab, sat = ancestors.shape[-1], ancestors.stride(0), ancestors.stride(1)
     o = torch.empty_like(q)
     n_keys = n_keys.expand(B, T) if n_keys.shape != (B, T) else n_keys
     if n_keys.stride(-1) != 1:
         n_keys = n_keys.contiguous()
-    if ancestors.stride(-1) != 1:
-        ancestors = ancestors.contiguous()
     start, n_prefix = start.reshape(B).contiguous(), n_prefix.reshape(B).contiguous()
     NQ = _ROWS // G
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -208,7 +222,7 @@ def tree_attention(q, k_cache, v_cache, start, n_prefix, n_keys, ancestors=None,
     _tree_attn_kernel[grid](
         q, k_cache, v_cache, o, start, n_prefix, n_keys, ancestors, T, A, scale * 1.4426950408889634,
         *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *o.stride()[:3],
-        n_keys.stride(0), ancestors.stride(0), ancestors.stride(1),
+        n_keys.stride(0), sab, sat,
         G=G, NQ=NQ, ROWS=_ROWS, D=D, BN=_BN, PREC=prec, UPCAST=_INTERPRET, num_warps=4, num_stages=2,
         enable_fp_fusion=False)
     return o

@@ -148,16 +148,16 @@ def layer_forward_exact(x, pos, rows, write_pos, kv_layout, rope_cos, rope_sin, 
     """``layer_forward`` through the batch-invariant kernels (accel.kernels.invariant_linear and
     tree_attention): every row's arithmetic is independent of how many rows the step has and of
     where its keys sit in the cache, so decode, Medusa verify and batched steps agree bit for bit.
-    x (B, T, H); pos, write_pos (B, T); rows (B,); kv_layout = (start, n_prefix, n_keys, ancestors)."""
-    from accel.kernels.invariant_linear import linear, linear_silu_mul, rms_norm
+    x (B, T, H); pos, write_pos (B, T); rows (B, T); kv_layout = (start, n_prefix, n_keys, ancestors)."""
+    from accel.kernels.invariant_linear import linear, linear_silu_mul
     from accel.kernels.tree_attention import rope_write, tree_attention
 
     B, T, _ = x.shape
-    qkv = linear(rms_norm(x, attn_norm, eps), wqkv, bqkv)  # (B, T, (Hq + 2Hkv) * D)
+    qkv = linear(x, wqkv, bqkv, norm=(attn_norm, eps))  # (B, T, (Hq + 2Hkv) * D), RMSNorm fused in
     q = rope_write(qkv, rope_cos, rope_sin, pos, rows, write_pos, kc, vc, n_head, n_kv)  # (B, T, Hq, D)
     y = tree_attention(q, kc, vc, *kv_layout)  # (B, T, Hq, D)
     x = linear(y.reshape(B, T, -1), wo, bo, residual=x)
-    return linear(linear_silu_mul(rms_norm(x, mlp_norm, eps), w13), w2, residual=x)
+    return linear(linear_silu_mul(x, w13, norm=(mlp_norm, eps)), w2, residual=x)  # 5 launches per layer
 
 
 def _linear(weight, bias=None) -> nn.Linear:
@@ -350,7 +350,9 @@ class CompactLM(nn.Module):
             # Medusa and plain share this prefill, so they still agree; only a left-padded batch of
             # such prompts may differ from the prompts run one by one.
             return self.forward(input_ids, input_pos, write_pos=write_pos, last_only=last_only)
-        rows = torch.arange(B, device=input_ids.device)
+        rows = torch.arange(B, device=input_ids.device)[:, None].expand(B, T).contiguous()  # (B, T)
+        input_pos, write_pos = input_pos.contiguous(), write_pos.contiguous()
+        start, n_prefix, n_keys = start.contiguous(), n_prefix.contiguous(), n_keys.contiguous()
         layout = (start, n_prefix, n_keys, ancestors)
         x = F.embedding(input_ids, self.tok_embeddings)  # (B, T, H)
         for layer in self.layers:
