@@ -12,9 +12,7 @@ Epilogues keep transformers' rounding order (each op rounds to the activation dt
 - ``residual``: ``r + bf16(x @ w.T + b)``, the attention / MLP output plus the skip connection;
 - ``linear_silu_mul``: ``bf16(silu(bf16(x @ wg.T))) * bf16(x @ wu.T)`` from the fused gate/up weight,
   so the MLP's activation never round-trips through memory.
-``rms_norm`` is one program per row (the row's sum of squares is one fixed-order reduction); ``norm=``
-fuses it into the linear that consumes it (each program recomputes its rows' sums of squares: K is
-small next to the weight it streams).
+``rms_norm`` is one program per row (the row's sum of squares is one fixed-order reduction).
 """
 from __future__ import annotations
 
@@ -52,9 +50,8 @@ def _epilogue(acc, acc_u, B, R, Y, rm, rn, M, N, srm, sym,
 
 # M is never specialised (Triton would compile M == 1 separately): one binary serves every row count
 @triton.jit(do_not_specialize=["M"])
-def _linear_kernel(X, W, B, R, Y, P, NW, M, N, K, K_SPLIT, sxm, swn, srm, sym, eps,
+def _linear_kernel(X, W, B, R, Y, P, M, N, K, K_SPLIT, sxm, swn, srm, sym,
                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SILU_MUL: tl.constexpr, SPLIT: tl.constexpr,
-                   NORM: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                    PREC: tl.constexpr, UPCAST: tl.constexpr):
     # axis 0 = row tiles, so the programs sharing one weight tile run side by side (L2 serves it once)
@@ -68,24 +65,12 @@ def _linear_kernel(X, W, B, R, Y, P, NW, M, N, K, K_SPLIT, sxm, swn, srm, sym, e
     n_ok = rn < N
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-    if NORM:  # RMSNorm fused in: each row's sum of squares over all of K, in one fixed order
-        ss = tl.zeros((BM,), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + rk
-            xs = tl.load(X + rm[:, None].to(tl.int64) * sxm + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :],
-                         other=0.0).to(tl.float32)
-            ss += tl.sum(xs * xs, axis=1)
-        rstd = 1.0 / tl.sqrt(ss / K + eps)
     k_end = tl.minimum(K, (ps + 1) * K_SPLIT)
     for k0 in range(ps * K_SPLIT, k_end, BK):
         kk = k0 + rk
         k_ok = kk < k_end
         x = tl.load(X + rm[:, None].to(tl.int64) * sxm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(W + rn[None, :].to(tl.int64) * swn + kk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-        if NORM:  # transformers' order: normalise in fp32, cast, times the weight, cast
-            xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
-            nw = tl.load(NW + kk, mask=k_ok, other=0.0)
-            x = (nw.to(tl.float32)[None, :] * xn.to(tl.float32)).to(x.dtype)
         if UPCAST:  # TRITON_INTERPRET's tl.dot mishandles bf16; the upcast is exact
             x = x.to(tl.float32)
             w = w.to(tl.float32)
@@ -145,7 +130,7 @@ def _tiles(N: int, K: int, sms: int) -> tuple[int, int, int, int, int]:
     return BN, BK, split, 4, 3
 
 
-def _launch(x, w, bias, residual, silu_mul: bool, split_k: int | None = None, norm=None):
+def _launch(x, w, bias, residual, silu_mul: bool, split_k: int | None = None, bm: int = _BM):
     if x.shape[-1] != w.shape[1]:
         raise ValueError(f"linear: x has {x.shape[-1]} features, weight expects {w.shape[1]}")
     lead = x.shape[:-1]
@@ -166,31 +151,29 @@ def _launch(x, w, bias, residual, silu_mul: bool, split_k: int | None = None, no
     part = torch.empty(split, 2, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     flags = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, SILU_MUL=silu_mul, SPLIT=split)
     b = bias if bias is not None else w
-    norm_w, eps = norm if norm is not None else (w, 0.0)
-    _linear_kernel[(triton.cdiv(M, _BM), triton.cdiv(N, BN), split)](
-        x2, w, b, r2, y, part, norm_w, M, N, K, k_split, x2.stride(0), w.stride(0), r2.stride(0), y.stride(0),
-        float(eps), **flags, NORM=norm is not None, BM=_BM, BN=BN, BK=BK, PREC="ieee" if x.dtype == torch.float32 else "tf32",
+    _linear_kernel[(triton.cdiv(M, bm), triton.cdiv(N, BN), split)](
+        x2, w, b, r2, y, part, M, N, K, k_split, x2.stride(0), w.stride(0), r2.stride(0), y.stride(0),
+        **flags, BM=bm, BN=BN, BK=BK, PREC="ieee" if x.dtype == torch.float32 else "tf32",
         UPCAST=_INTERPRET, num_warps=warps, num_stages=stages, enable_fp_fusion=False)
     if split > 1:
-        _splitk_reduce[(triton.cdiv(M, _BM), triton.cdiv(N, BN))](
-            part, b, r2, y, M, N, r2.stride(0), y.stride(0), **flags, BM=_BM, BN=BN,
+        _splitk_reduce[(triton.cdiv(M, bm), triton.cdiv(N, BN))](
+            part, b, r2, y, M, N, r2.stride(0), y.stride(0), **flags, BM=bm, BN=BN,
             num_warps=4, enable_fp_fusion=False)
     return y.reshape(*lead, N)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
-           residual: torch.Tensor | None = None, split_k: int | None = None, norm=None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, split_k: int | None = None) -> torch.Tensor:
     """``residual + (x @ w.T + bias)`` with row-invariant rounding. x (..., K), w (N, K) -> (..., N).
-    ``split_k``: override the K-chunk count (default: from the weight's shape and the GPU).
-    ``norm=(weight, eps)``: apply RMSNorm to x first, inside the kernel (one launch fewer)."""
-    return _launch(x, w, bias, residual, False, split_k, norm)
+    ``split_k``: override the K-chunk count (default: from the weight's shape and the GPU)."""
+    return _launch(x, w, bias, residual, False, split_k)
 
 
-def linear_silu_mul(x: torch.Tensor, w13: torch.Tensor, split_k: int | None = None, norm=None) -> torch.Tensor:
+def linear_silu_mul(x: torch.Tensor, w13: torch.Tensor, split_k: int | None = None) -> torch.Tensor:
     """``silu(x @ wg.T) * (x @ wu.T)`` where w13 = cat([wg, wu]) is (2I, K). -> (..., I)."""
     if w13.shape[0] % 2:
         raise ValueError(f"linear_silu_mul needs the fused gate/up weight (2I, K), got {tuple(w13.shape)}")
-    return _launch(x, w13, None, None, True, split_k, norm)
+    return _launch(x, w13, None, None, True, split_k)
 
 
 @triton.jit
@@ -219,11 +202,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return y.reshape(x.shape)
 
 
-def linear_reference(x, w, bias=None, residual=None, silu_mul: bool = False, norm=None, dtype=torch.float64):
+def linear_reference(x, w, bias=None, residual=None, silu_mul: bool = False, dtype=torch.float64):
     """The same math in ``dtype`` (float64 by default) without intermediate rounding."""
     xd, wd = x.to(dtype), w.to(dtype)
-    if norm is not None:
-        xd = rms_norm_reference(xd, norm[0], norm[1], dtype)
     if silu_mul:
         g, u = (xd @ wd.T).chunk(2, dim=-1)
         return torch.nn.functional.silu(g) * u

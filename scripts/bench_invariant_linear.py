@@ -15,7 +15,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from accel.kernels.invariant_linear import _num_sms, _tiles, linear, linear_silu_mul
+from accel.kernels.invariant_linear import _launch, _num_sms, _tiles, linear, linear_silu_mul
 from accel.runtime.benchmark import environment, write_json
 
 SHAPES = {  # name: (N, K, silu_mul)
@@ -47,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=list(SHAPES))
     ap.add_argument("--splits", type=int, nargs="*", default=[1, 2, 4, 8])
     ap.add_argument("--rows", type=int, nargs="*", default=[1, 64])
+    ap.add_argument("--tile-rows", type=int, nargs="*", default=[32, 64],
+                    help="also time these row-tile sizes (the shipped kernel uses 16 for every M)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     env = environment(" ".join(["scripts/bench_invariant_linear.py"] + (argv or sys.argv[1:])))
@@ -69,12 +71,15 @@ def main(argv=None):
                 r["ours_us"] = bench(ours)
                 for s in args.splits:
                     r[f"split{s}_us"] = bench(lambda: ours(s))
+                for bm in args.tile_rows:
+                    r[f"bm{bm}_us"] = bench(lambda: _launch(x, w, None, None, silu, None, bm))
                 r["cublas_gbs"] = wbytes / r["cublas_us"] / 1e3
                 r["ours_gbs"] = wbytes / r["ours_us"] / 1e3
                 rows.append(r)
                 print(f"{model:13s} {name:8s} M={M:3d} cuBLAS {r['cublas_us']:8.1f} us ({r['cublas_gbs']:6.0f} GB/s)  "
                       f"ours[split {r['default_split']}] {r['ours_us']:8.1f} us ({r['ours_gbs']:6.0f} GB/s)  "
-                      + " ".join(f"s{s}={r[f'split{s}_us']:.1f}" for s in args.splits), flush=True)
+                      + " ".join(f"s{s}={r[f'split{s}_us']:.1f}" for s in args.splits)
+                      + " " + " ".join(f"bm{b}={r[f'bm{b}_us']:.1f}" for b in args.tile_rows), flush=True)
     write_json(args.out, {**env, "results": rows})
 
 

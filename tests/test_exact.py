@@ -39,10 +39,6 @@ def test_linear_kernels_match_float64(dtype):
         err = (got.double() - ref).abs().max() / ref.abs().max()
         assert err < ulps(dtype), err
     nw = torch.randn(80, generator=g).to(DEV, dtype)
-    for got, ref in [(linear(x, w, b, r, norm=(nw, 1e-5)), linear_reference(x, w, b, r, norm=(nw, 1e-5))),
-                     (linear_silu_mul(x, w, norm=(nw, 1e-5)), linear_reference(x, w, silu_mul=True, norm=(nw, 1e-5)))]:
-        err = (got.double() - ref).abs().max() / ref.abs().max()
-        assert err < 2 * ulps(dtype), err  # + the normalised input's rounding
     ref = rms_norm_reference(x, nw, 1e-5)
     assert (rms_norm(x, nw, 1e-5).double() - ref).abs().max() / ref.abs().max() < ulps(dtype)
     with pytest.raises(ValueError, match="features"):
@@ -59,8 +55,6 @@ def test_linear_rows_are_batch_invariant(dtype):
     assert torch.equal(linear(x[3:4], w), full[3:4])
     assert torch.equal(linear(x[:5], w), full[:5])
     assert torch.equal(linear_silu_mul(x[7:8], w), linear_silu_mul(x, w)[7:8])
-    nw = torch.randn(96, generator=g).to(DEV, dtype)
-    assert torch.equal(linear(x[5:6], w, norm=(nw, 1e-6)), linear(x, w, norm=(nw, 1e-6))[5:6])
     # split-K (chunks fixed by K, partials summed in order): still invariant, and still the product
     r = torch.randn(64, 200, generator=g).to(DEV, dtype)
     split = linear(x, w, residual=r, split_k=2)
