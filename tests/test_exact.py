@@ -55,6 +55,11 @@ def test_linear_rows_are_batch_invariant(dtype):
     assert torch.equal(linear(x[3:4], w), full[3:4])
     assert torch.equal(linear(x[:5], w), full[:5])
     assert torch.equal(linear_silu_mul(x[7:8], w), linear_silu_mul(x, w)[7:8])
+    # the larger row tiles big weights get (_row_tile): still invariant
+    from accel.kernels.invariant_linear import _launch, _row_tile
+    assert (_row_tile(4096, 14336), _row_tile(14336, 4096), _row_tile(960, 576)) == (64, 32, 16)
+    for bm in (32, 64):
+        assert torch.equal(_launch(x[3:4], w, None, None, False, None, bm), _launch(x, w, None, None, False, None, bm)[3:4])
     # split-K (chunks fixed by K, partials summed in order): still invariant, and still the product
     r = torch.randn(64, 200, generator=g).to(DEV, dtype)
     split = linear(x, w, residual=r, split_k=2)
