@@ -125,6 +125,21 @@ and small launches) dwarfs 0.5 ms of dense attention, so the runtime uses dense 
     return "\n".join(parts)
 
 
+def decode_tables(files, cols) -> list[str]:
+    """One table per decode results file: (file, title) pairs, with its bandwidth and source lines."""
+    parts = []
+    for name, title in files:
+        d = load(name)
+        if not d:
+            continue
+        parts.append(f"### {title}\n")
+        parts.append(table(d["rows"], cols))
+        bw = d.get("copy_bandwidth_gbs")
+        parts.append(f"\nCopy bandwidth measured: {bw:.0f} GB/s; weight bytes/token: {d.get('weight_bytes', 0) / 1e9:.2f} GB.\n" if bw else "")
+        parts.append(env_line(name, d.get("env")) + "\n")
+    return parts
+
+
 def exact_section():
     parts = ["## Decode with the batch-invariant kernels (`--compile exact`, the CUDA default)\n",
              "Every step (1-token decode, 64-node Medusa verify, a left-padded batch, a prompt up to 8192 "
@@ -134,19 +149,12 @@ def exact_section():
              "greedy's tokens in bf16, and a batch gives each prompt's single-prompt tokens. All modes were "
              "timed in the same run; \"identical to plain\" compares Medusa with plain decoding of the same "
              "mode, \"batched == single\" one left-padded batch of all prompts with the prompts run one by one.\n"]
-    for name, title in (("decode-smollm2-exact.json", "SmolLM2-135M-Instruct (real weights), the shipped pack's heads, 24 held-out chat prompts × 256 tokens"),
-                        ("decode-llama3-8b-exact.json", "Llama-3-8B-shaped (random weights; random heads accept ~1 token/step, so Medusa here is the verify step's cost only)")):
-        d = load(name)
-        if not d:
-            continue
-        parts.append(f"### {title}\n")
-        parts.append(table(d["rows"], [("engine", "engine"), ("tokens/s", "tokens_per_s"), ("step ms", "step_ms"),
-                                       ("× transformers", "speedup_vs_hf"), ("× best plain", "speedup_vs_plain"),
-                                       ("accepted/step", "mean_accepted"), ("Medusa identical to plain", "identical_to_plain"),
-                                       ("batched == single", "batched_identical_to_single"), ("bandwidth util.", "bandwidth_util")]))
-        bw = d.get("copy_bandwidth_gbs")
-        parts.append(f"\nCopy bandwidth measured: {bw:.0f} GB/s; weight bytes/token: {d.get('weight_bytes', 0) / 1e9:.2f} GB.\n" if bw else "")
-        parts.append(env_line(name, d.get("env")) + "\n")
+    parts += decode_tables(
+        (("decode-smollm2-exact.json", "SmolLM2-135M-Instruct (real weights), the shipped pack's heads, 24 held-out chat prompts × 256 tokens"),
+         ("decode-llama3-8b-exact.json", "Llama-3-8B-shaped (random weights; random heads accept ~1 token/step, so Medusa here is the verify step's cost only)")),
+        [("engine", "engine"), ("tokens/s", "tokens_per_s"), ("step ms", "step_ms"), ("× transformers", "speedup_vs_hf"),
+         ("× best plain", "speedup_vs_plain"), ("accepted/step", "mean_accepted"), ("Medusa identical to plain", "identical_to_plain"),
+         ("batched == single", "batched_identical_to_single"), ("bandwidth util.", "bandwidth_util")])
     small, big = load("decode-smollm2-exact.json"), load("decode-llama3-8b-exact.json")
     if small and big:
         acc = next(r["mean_accepted"] for r in small["rows"] if r["engine"] == "medusa (exact)")
@@ -187,18 +195,11 @@ def decode_section():
              "transformers `generate` (eager) vs our plain decode (static cache; step captured as a CUDA graph, "
              "or `torch.compile`d layers then captured — \"inductor\") vs Medusa tree decoding. Bandwidth "
              "utilisation = weight bytes per token × tokens/s ÷ the copy bandwidth measured in the same run.\n"]
-    for name, title in (("decode-smollm2-h200.json", "SmolLM2-135M-Instruct (real weights) with the default pack's heads, 8 held-out chat prompts × 256 tokens"),
-                        ("decode-llama3-8b-h200.json", "Llama-3-8B-shaped (random weights; Medusa heads random, so ~1 token/step: speed of the machinery only)")):
-        d = load(name)
-        if not d:
-            continue
-        parts.append(f"### {title}\n")
-        parts.append(table(d["rows"], [("engine", "engine"), ("tokens/s", "tokens_per_s"), ("× transformers", "speedup_vs_hf"),
-                                       ("× our plain", "speedup_vs_plain"), ("accepted/step", "mean_accepted"),
-                                       ("identical to plain", "identical_to_plain"), ("bandwidth util.", "bandwidth_util")]))
-        bw = d.get("copy_bandwidth_gbs")
-        parts.append(f"\nCopy bandwidth measured: {bw:.0f} GB/s; weight bytes/token: {d.get('weight_bytes', 0) / 1e9:.2f} GB.\n" if bw else "")
-        parts.append(env_line(name, d.get("env")) + "\n")
+    parts += decode_tables(
+        (("decode-smollm2-h200.json", "SmolLM2-135M-Instruct (real weights) with the default pack's heads, 8 held-out chat prompts × 256 tokens"),
+         ("decode-llama3-8b-h200.json", "Llama-3-8B-shaped (random weights; Medusa heads random, so ~1 token/step: speed of the machinery only)")),
+        [("engine", "engine"), ("tokens/s", "tokens_per_s"), ("× transformers", "speedup_vs_hf"), ("× our plain", "speedup_vs_plain"),
+         ("accepted/step", "mean_accepted"), ("identical to plain", "identical_to_plain"), ("bandwidth util.", "bandwidth_util")])
     return "\n".join(parts)
 
 
