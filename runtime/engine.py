@@ -115,11 +115,15 @@ def run(gen, ids: list[list[int]]) -> list[dict]:
                                 seed=c.seed, eos_ids=eos, compile=c.compile):
             outs.append((r, work))
     compact.patterns = None
+    from .decode import resolve_mode
+
+    mode = resolve_mode(c.compile, compact.device, compact)
     eos_set = set(eos)
     results = []
     for r, work in outs:
         toks = r.tokens[:-1] if r.tokens and r.tokens[-1] in eos_set else r.tokens
-        stats = {"engine": "compact+medusa" if gen.use_medusa else "compact", "prefill_ms": r.prefill_s * 1e3,
+        stats = {"engine": "compact+medusa" if gen.use_medusa else "compact", "decode_mode": mode,
+                 "prefill_ms": r.prefill_s * 1e3,
                  "tokens_per_s": r.tokens_per_s, "attention_density": work}
         if r.accept_lengths:
             stats["accepted_per_step"] = statistics.mean(r.accept_lengths)

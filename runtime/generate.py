@@ -169,7 +169,7 @@ class Generator:
         from rich.table import Table
 
         t = Table(title="generation stats")
-        keys = ["engine", "prefill_ms", "tokens_per_s", "accepted_per_step", "attention_density"]
+        keys = ["engine", "decode_mode", "prefill_ms", "tokens_per_s", "accepted_per_step", "attention_density"]
         t.add_column("id")
         for k in keys:
             t.add_column(k, justify="right")
