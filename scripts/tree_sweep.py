@@ -32,6 +32,7 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=[15, 31, 63, 127, 255])
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--pack", help="pack with the heads (default: the shipped one)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     env = environment(" ".join(["scripts/tree_sweep.py"] + (argv or sys.argv[1:])))
@@ -41,7 +42,7 @@ def main(argv=None):
                    add_special_tokens=False)["input_ids"] for p in heldout_prompts()[: args.prompts]]
     cm = CompactLM.from_hf(lm.model)
     cm.setup_cache(1, max(map(len, prompts)) + args.max_new_tokens + 1024)
-    pack = load_pack(default_pack_path())
+    pack = load_pack(args.pack or default_pack_path())
     heads, _ = load_heads(pack, cm)
     acc = json.loads(pack.medusa["rank_acceptance"]) if isinstance(pack.medusa["rank_acceptance"], str) \
         else pack.medusa["rank_acceptance"]
@@ -64,7 +65,7 @@ def main(argv=None):
                        identical_to_plain=f"{sum(r.tokens == q.tokens for r, q in zip(res, plain))}/{len(prompts)}")
             rows.append(row)
             print(row, flush=True)
-    write_json(args.out, {**env, "model": "smollm2-135m", "dtype": "bf16", "plain_exact_tokens_per_s": plain_tps,
+    write_json(args.out, {**env, "model": "smollm2-135m", "pack": args.pack or "shipped", "dtype": "bf16", "plain_exact_tokens_per_s": plain_tps,
                           "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "rows": rows})
 
 
