@@ -15,6 +15,9 @@ Design points:
   ``patterns`` is set, the chunk is long enough and no mask (padding) is given.
 - Everything in ``forward`` is free of host syncs and fixed-shape, so a decode step can be captured
   in a CUDA graph.
+- ``forward_exact`` is the same model through the batch-invariant kernels (the CUDA default,
+  ``--compile exact``): keys are given per query in logical order instead of a mask, and every row's
+  arithmetic is independent of the step's row count, so Medusa, plain and batched decoding agree.
 """
 
 from __future__ import annotations
