@@ -43,7 +43,7 @@ def _fmt(v) -> str:
 
 def _save(json_path: Optional[Path], payload: dict) -> None:
     if json_path is not None:
-        from accel.runtime.benchmark import environment, write_json
+        from ..bench.common import environment, write_json
 
         write_json(json_path, {"env": environment(command_line()), **payload})
         err.print(f"wrote {json_path}")
@@ -53,14 +53,14 @@ def _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers):
     """-> (hf_model, tokenizer|None, name, patterns_for(n) | None, pack|None)."""
     import torch
 
-    from accel.runtime.bench_prefill import uniform_patterns
-    from accel.runtime.errors import AccelError
-    from accel.runtime.generate import default_pack_path
-    from accel.runtime.models import DEFAULT_MODEL, load_model, pick_device, pick_dtype
-    from accel.runtime.pack import load_pack, validate_for_model
+    from ..bench.prefill import uniform_patterns
+    from ..runtime.errors import AccelError
+    from ..runtime.generate import default_pack_path
+    from ..runtime.models import DEFAULT_MODEL, load_model, pick_device, pick_dtype
+    from ..runtime.pack import load_pack, validate_for_model
 
     if synthetic:
-        from accel.runtime.synthetic import build_synthetic
+        from ..bench.synthetic import build_synthetic
 
         dev = pick_device(device)
         hf = build_synthetic(synthetic, device=dev, dtype=pick_dtype(dtype, dev), num_hidden_layers=layers)
@@ -86,7 +86,7 @@ def _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers):
     elif pk is not None and pk.has_patterns:
         if len(pk.patterns) != L:
             raise AccelError(f"the pack's patterns are for {len(pk.patterns)} layers; the model has {L}")
-        from accel.runtime.engine import layer_patterns
+        from ..runtime.engine import layer_patterns
 
         patterns_for = lambda n: layer_patterns(pk, n)  # noqa: E731
     else:
@@ -113,9 +113,9 @@ def prefill(
     with user_errors():
         import torch
 
-        from accel.runtime.bench_prefill import bench_prefill
-        from accel.runtime.errors import AccelError
-        from accel.runtime.llama import CompactLM, supports
+        from ..bench.prefill import bench_prefill
+        from ..runtime.errors import AccelError
+        from ..runtime.llama import CompactLM, supports
 
         lens = _lengths(lengths)
         hf, tok, name, patterns_for, _ = _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers)
@@ -127,7 +127,7 @@ def prefill(
         compact = CompactLM.from_hf(hf)
         ids_for = None
         if tok is not None:
-            from accel.search.calibration import calibration_ids
+            from ..search.calibration import calibration_ids
 
             ids_for = lambda n: calibration_ids(tok, n).reshape(1, -1)[:, :n].to(compact.device)  # noqa: E731
         rows = bench_prefill(compact, lens, patterns_for, ids_for=ids_for, rep=rep,
@@ -136,7 +136,7 @@ def prefill(
                          ["length", "dense_ms", "exact_ms", "sparse_ms", "speedup", "predicted_work", "index_density_random_qk", "index_ms", "index_share"]))
         _save(json_path, {"bench": "prefill", "model": name, "dtype": str(compact.dtype), "rows": rows})
         if plot is not None:
-            from accel.runtime.plots import line_plot
+            from ..bench.plots import line_plot
 
             x = [r["length"] for r in rows]
             line_plot(plot / "prefill-latency.png", x, {"dense": [r["dense_ms"] for r in rows], "sparse": [r["sparse_ms"] for r in rows]},
@@ -166,9 +166,9 @@ def quality(
     with user_errors():
         from rich.progress import Progress
 
-        from accel.runtime.bench_quality import medusa_exactness, needle_grid, perplexity
-        from accel.runtime.errors import AccelError
-        from accel.runtime.llama import CompactLM, supports
+        from ..bench.quality import medusa_exactness, needle_grid, perplexity
+        from ..runtime.errors import AccelError
+        from ..runtime.llama import CompactLM, supports
 
         lens = _lengths(lengths)
         try:
@@ -188,7 +188,7 @@ def quality(
             task = prog.add_task("needle grid", total=len(lens) * len(dps) * trials)
             grid = needle_grid(compact, tok, lens, dps, patterns_for, trials=trials, eos_ids=eos,
                                progress=lambda: prog.advance(task))
-        from accel.search.calibration import held_out_ids
+        from ..search.calibration import held_out_ids
 
         n_ppl = parse_length(ppl_length)
         ids = held_out_ids(tok, n_ppl)[0].reshape(1, -1)[:, :n_ppl].to(compact.device)
@@ -196,8 +196,8 @@ def quality(
         result = {"bench": "quality", "model": name, "lengths": lens, "depths": dps, "trials": trials,
                   "needle": grid, "perplexity": ppl}
         if medusa_prompts and pk is not None and pk.has_heads:
-            from accel.runtime.bench_decode import heldout_prompts
-            from accel.runtime.engine import load_heads
+            from ..bench.decode import heldout_prompts
+            from ..runtime.engine import load_heads
 
             heads, tree = load_heads(pk, compact)
             prompts = heldout_prompts()[:medusa_prompts]  # not among the training prompts of the default pack
@@ -219,7 +219,7 @@ def quality(
                       f"mean accepted {m['mean_accepted']:.2f} tokens/step")
         _save(json_path, result)
         if plot is not None:
-            from accel.runtime.plots import heatmap, histogram
+            from ..bench.plots import heatmap, histogram
 
             for mode in ("dense", "sparse"):
                 heatmap(plot / f"needle-{mode}.png", grid[mode], xlabels=[str(n) for n in lens],
@@ -246,10 +246,10 @@ def decode(
 ):
     """Tokens/s: transformers generate (eager) vs our plain decode vs Medusa; accepted length; bandwidth use."""
     with user_errors():
-        from accel.runtime.bench_decode import run_decode_bench
+        from ..bench.decode import run_decode_bench
 
-        from accel.runtime.decode import _MODES
-        from accel.runtime.errors import AccelError
+        from ..runtime.decode import _MODES
+        from ..runtime.errors import AccelError
 
         mode_list = [m.strip() for m in modes.split(",") if m.strip()] if modes else None
         bad = [m for m in mode_list or [] if m not in _MODES or m == "compile"]
@@ -263,7 +263,7 @@ def decode(
                           "batched_identical_to_single", "bandwidth_util"]))
         _save(json_path, {"bench": "decode", **extra, "rows": rows})
         if plot is not None and extra.get("accept_lengths"):
-            from accel.runtime.plots import histogram
+            from ..bench.plots import histogram
 
             histogram(plot / "decode-accepted.png", extra["accept_lengths"], bins=range(1, 8),
                       xlabel="tokens accepted per step", title=f"Medusa: {extra['model']}")
@@ -280,7 +280,7 @@ def kernels(
 ):
     """Sparse kernels vs cuDNN SDPA vs FlexAttention, one layer of Llama-3-8B attention (32/8 heads, d=128, bf16)."""
     with user_errors():
-        from accel.kernels.bench import run_kernel_bench
+        from ..bench.kernels import run_kernel_bench
 
         names = [p.strip() for p in patterns.split(",") if p.strip()]
         meta, results, _ = run_kernel_bench(_lengths(lengths), names, reps=reps, use_flex=flex, profile_index=True,
@@ -292,7 +292,7 @@ def kernels(
         out.print(_table(f"attention kernels ({meta['device']})", rows, list(rows[0]) if rows else ["length"]))
         _save(json_path, {"bench": "kernels", "meta": meta, "rows": rows, "raw": results})
         if plot is not None and rows:
-            from accel.runtime.plots import line_plot
+            from ..bench.plots import line_plot
 
             x = sorted({r["length"] for r in rows})
             series = {p: [next((r["speedup_vs_cudnn"] for r in rows if r["pattern"] == p and r["length"] == n), float("nan"))

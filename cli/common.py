@@ -15,7 +15,7 @@ import sys
 import typer
 from rich.console import Console
 
-from accel.runtime.errors import AccelError
+from ..runtime.errors import AccelError
 
 out = Console(highlight=False, soft_wrap=True)  # results (stdout)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # progress, tables, messages (stderr)

@@ -36,9 +36,9 @@ def generate(
 ):
     """Generate text for every prompt in a file: sparse prefill + Medusa decoding when a pack allows."""
     with user_errors():
-        from accel.runtime.errors import AccelError
-        from accel.runtime.generate import GenerationConfig, Generator
-        from accel.runtime.prompts import read_prompt_file
+        from ..runtime.errors import AccelError
+        from ..runtime.generate import GenerationConfig, Generator
+        from ..runtime.prompts import read_prompt_file
 
         if temperature < 0:
             raise AccelError(f"--temperature must be >= 0, got {temperature}")

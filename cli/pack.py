@@ -18,7 +18,7 @@ app = typer.Typer(help="Inspect or export an acceleration pack.", no_args_is_hel
 def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
     """Print a pack's metadata, per-layer pattern counts and heads."""
     with user_errors():
-        from accel.runtime.pack import load_pack
+        from ..runtime.pack import load_pack
 
         p = load_pack(pack)
         meta = Table(title=f"pack {pack}", show_header=False)
@@ -75,8 +75,8 @@ def export(
 ):
     """Export the pack's patterns as MInference's best-pattern config (read by vLLM and SGLang too)."""
     with user_errors():
-        from accel.runtime.errors import AccelError
-        from accel.runtime.pack import export_minference, load_pack
+        from ..runtime.errors import AccelError
+        from ..runtime.pack import export_minference, load_pack
 
         if format != "minference":
             raise AccelError(f"unknown --format {format!r}: only 'minference' is supported")

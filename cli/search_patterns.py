@@ -38,12 +38,12 @@ def search_patterns(
 ):
     """Search every head's best sparse-attention pattern (equal kernel cost, attention-mass recall) into a pack."""
     with user_errors():
-        from accel.runtime.errors import AccelError, PackError
-        from accel.runtime.models import load_model
-        from accel.runtime.pack import Pack, load_pack, save_pack
-        from accel.search import (SearchConfig, calibration_ids, held_out_ids, minference_budget,
+        from ..runtime.errors import AccelError, PackError
+        from ..runtime.models import load_model
+        from ..runtime.pack import Pack, load_pack, save_pack
+        from ..search import (SearchConfig, calibration_ids, held_out_ids, minference_budget,
                                   run_search, user_text_ids, validate as run_validation)
-        from accel.search.calibration import KINDS
+        from ..search.calibration import KINDS
 
         if kind not in KINDS:
             raise AccelError(f"--kind {kind!r} unknown: use one of {', '.join(KINDS)}")
@@ -122,7 +122,7 @@ def search_patterns(
         err.print(f"wrote {output} ({'merged into the existing pack' if base is not None else 'new pack'}); "
                   f"`accel pack export --format minference` gives MInference's config")
         if plot is not None:
-            from accel.search.plot import plot_patterns
+            from ..bench.pattern_plot import plot_patterns
 
             plot_patterns(result, plot, title=f"{lm.name} @ {n} tokens")
             err.print(f"wrote {plot}")

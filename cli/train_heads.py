@@ -41,12 +41,12 @@ def train_heads(
 ):
     """Train Medusa heads on the frozen base model and add them to a pack."""
     with user_errors():
-        from accel.heads.data import load_builtin_prompts, load_data_file, load_prompt_file, self_distill, to_examples
-        from accel.heads.train import TrainConfig
-        from accel.heads.train import train_heads as run_training
-        from accel.runtime.errors import AccelError
-        from accel.runtime.models import load_model
-        from accel.runtime.pack import Pack, load_pack, save_pack, validate_for_model
+        from ..heads.data import load_builtin_prompts, load_data_file, load_prompt_file, self_distill, to_examples
+        from ..heads.train import TrainConfig
+        from ..heads.train import train_heads as run_training
+        from ..runtime.errors import AccelError
+        from ..runtime.models import load_model
+        from ..runtime.pack import Pack, load_pack, save_pack, validate_for_model
 
         if prompts is not None and data is not None:
             raise AccelError("pass either --prompts (self-distillation) or --data (given text), not both")
@@ -113,7 +113,7 @@ def _finish_distributed() -> None:
 
 
 def _tree_from(rank_acceptance, nodes: int) -> list[list[int]]:
-    from accel.runtime.tree import build_tree
+    from ..runtime.tree import build_tree
 
     return [list(p) for p in build_tree(rank_acceptance, num_nodes=nodes)]
 

@@ -1,5 +1,5 @@
 """Medusa heads: the module, self-distilled training data, and the training loop."""
-from .medusa import MedusaConfig, MedusaHeads
+from ..runtime.drafters.medusa_heads import MedusaConfig, MedusaHeads
 
 __all__ = ["MedusaConfig", "MedusaHeads", "TrainConfig", "TrainResult", "train_heads", "load_builtin_prompts",
            "load_prompt_file", "load_data_file", "self_distill", "Example", "HeadsError"]

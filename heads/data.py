@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 try:  # the lead's user-facing error base; the CLI prints its message as one line
-    from accel.runtime.errors import AccelError as _ErrorBase
+    from ..runtime.errors import AccelError as _ErrorBase
 except ImportError:  # pragma: no cover - only before the runtime package grows errors.py
     _ErrorBase = ValueError
 
@@ -309,8 +309,8 @@ def _generator(model, engine: str, pad_id: int):
     if engine == "hf":
         return hf
     try:
-        from accel.runtime.decode import generate_plain
-        from accel.runtime.llama import CompactLM, supports
+        from ..runtime.decode import generate_plain
+        from ..runtime.llama import CompactLM, supports
     except ImportError:
         if engine == "compact":
             raise HeadsDataError("the compact engine (accel.runtime.decode) is not available; use engine='hf'") from None

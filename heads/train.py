@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .data import Example, HeadsDataError, HeadsError, to_examples
-from .medusa import MedusaConfig, MedusaHeads
+from ..runtime.drafters.medusa_heads import MedusaConfig, MedusaHeads
 
 __all__ = ["TrainConfig", "TrainResult", "train_heads", "evaluate_heads", "head_loss",
            "HeadsCheckpointError", "HeadsConfigError"]

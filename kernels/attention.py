@@ -6,50 +6,14 @@ launch (Triton on CUDA, the chunked PyTorch reference elsewhere), and computes `
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
-import torch.nn.functional as F
 
+from .dense import dense_causal_sdpa, dense_heads_sdpa, sdpa_ctx  # noqa: F401 (re-exported)
 from .index import SparseIndex, build_index
 from .patterns import HeadPattern
 from .reference import sparse_attention_reference
-
-
-def _sdpa_ctx(device_type: str):
-    if device_type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-             SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    try:
-        return sdpa_kernel(order, set_priority=True)
-    except TypeError:  # older torch without set_priority
-        return sdpa_kernel(order)
-
-
-def dense_causal_sdpa(q, k, v, scale=None):
-    """Causal SDPA with native GQA (no repeat_kv), cuDNN first on GPU."""
-    with _sdpa_ctx(q.device.type):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                              enable_gqa=q.shape[1] != k.shape[1])
-
-
-def dense_heads_sdpa(q, k, v, out, dense_heads: torch.Tensor, scale=None):
-    """Overwrite out[:, h] for the dense heads with causal SDPA.  A partial set of heads gathers its
-    kv heads (an O(N·D) copy per head, negligible next to the O(N²·D) attention)."""
-    Hq, Hkv = q.shape[1], k.shape[1]
-    hs = torch.nonzero(dense_heads.cpu()).flatten()
-    if hs.numel() == Hq:
-        out.copy_(dense_causal_sdpa(q, k, v, scale))
-        return out
-    hs_d = hs.to(q.device)
-    kv = hs_d // (Hq // Hkv)
-    with _sdpa_ctx(q.device.type):
-        o = F.scaled_dot_product_attention(q[:, hs_d], k[:, kv], v[:, kv], is_causal=True, scale=scale)
-    out[:, hs_d] = o
-    return out
 
 
 def _resolve_impl(impl: str, q: torch.Tensor) -> str:

@@ -158,6 +158,6 @@ def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = N
         HEAVY_FIRST=heavy_first, ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns,
     )
     if dense_sdpa and bool(index.dense_heads.any()):
-        from .attention import dense_heads_sdpa
+        from .dense import dense_heads_sdpa
         dense_heads_sdpa(q, k, v, o, index.dense_heads, scale)
     return o

@@ -35,7 +35,7 @@ def _compact(gen):
 
 def load_heads(pack, compact):
     """The pack's Medusa heads on the compact model's device and dtype, and its tree (or None)."""
-    from accel.heads import MedusaConfig, MedusaHeads
+    from .drafters.medusa_heads import MedusaConfig, MedusaHeads
 
     cfg = MedusaConfig.from_dict(pack.medusa)
     heads = MedusaHeads(cfg, lm_head_weight=compact.output.weight if cfg.projection == "shared" else None)
@@ -60,21 +60,19 @@ def sparse_min_len(gen, device: torch.device) -> int | None:
 
 def layer_patterns(pack, length: int):
     """The pack's patterns, scaled from the searched length to ``length`` (search.scale_pattern)."""
-    try:
-        from accel.search import scale_pattern
-    except ImportError:  # pragma: no cover - search is part of the package
-        scale_pattern = None
+    from ..kernels.scaling import scale_pattern
+
     info = pack.patterns_info or {}
     searched = int(info.get("seq_len", length))
     rule = info.get("scaling", "proportional")
     layers = [pack.layer_patterns(i) for i in range(len(pack.patterns))]
-    if scale_pattern is None or searched == length:
+    if searched == length:
         return layers
     return [[scale_pattern(p, searched, length, rule=rule) for p in layer] for layer in layers]
 
 
 def _work_share(patterns, n: int, d: int) -> float:
-    from accel.kernels import HeadPattern, pattern_cost
+    from ..kernels import HeadPattern, pattern_cost
 
     dense = pattern_cost(HeadPattern("dense", 0, 0, 0.0), n, d)
     return float(statistics.mean(pattern_cost(p, n, d) / dense for layer in patterns for p in layer))

@@ -136,7 +136,7 @@ class Generator:
 
         threshold = sparse_min_len(self, dev) if self.use_sparse else None
         if threshold is not None and max(map(len, ids)) >= threshold:
-            from accel.kernels import enable_sparse_prefill
+            from ..kernels import enable_sparse_prefill
 
             # same threshold and length scaling as the compact engine; the hook keeps short/padded/decode steps dense
             enable_sparse_prefill(model, layer_patterns(self.pack, max(map(len, ids))), min_len=threshold)

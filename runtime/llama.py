@@ -129,11 +129,11 @@ def layer_forward(x, cos, sin, rows, write_pos, mask, kc, vc, attn_norm, wqkv, b
     kc[rows, :, write_pos] = k
     vc[rows, :, write_pos] = v
     if patterns is not None:
-        from accel.kernels import sparse_attention  # lazy: optional Triton dependency
+        from ..kernels import sparse_attention  # lazy: optional Triton dependency
         # prompt chunk at slot 0; an index keeping > 60 % of the work runs dense (faster there)
         y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns, dense_above=0.6)
     elif causal_self:  # a prompt chunk at slot 0 sees only itself: causal SDPA (cuDNN), no (T, S) mask
-        from accel.kernels.attention import dense_causal_sdpa
+        from ..kernels.attention import dense_causal_sdpa
         y = dense_causal_sdpa(q, k.transpose(1, 2), v.transpose(1, 2))
     elif T <= _SHORT_T:
         G = n_head // n_kv
@@ -152,8 +152,8 @@ def layer_forward_exact(x, pos, rows, write_pos, kv_layout, rope_cos, rope_sin, 
     tree_attention): every row's arithmetic is independent of how many rows the step has and of
     where its keys sit in the cache, so decode, Medusa verify and batched steps agree bit for bit.
     x (B, T, H); pos, write_pos (B, T); rows (B, T); kv_layout = (start, n_prefix, n_keys, ancestors)."""
-    from accel.kernels.invariant_linear import linear, linear_silu_mul, rms_norm
-    from accel.kernels.tree_attention import rope_write, tree_attention
+    from ..kernels.invariant_linear import linear, linear_silu_mul, rms_norm
+    from ..kernels.tree_attention import rope_write, tree_attention
 
     B, T, _ = x.shape
     # RMSNorm stays its own launch: fused into the linear (each program recomputing its rows' norms)
@@ -333,7 +333,7 @@ class CompactLM(nn.Module):
     @property
     def exact_supported(self) -> str | None:
         """None if ``forward_exact`` can run this model, else why not."""
-        from accel.kernels.tree_attention import supports_tree_attention
+        from ..kernels.tree_attention import supports_tree_attention
         return supports_tree_attention(self.n_head, self.n_kv, self.head_dim)
 
     def forward_exact(self, input_ids, input_pos, write_pos, start, n_prefix, n_keys, ancestors=None,
@@ -366,7 +366,7 @@ class CompactLM(nn.Module):
                                     a.k_cache, a.v_cache, layer.attn_norm.weight, a.wqkv.weight, a.wqkv.bias,
                                     a.wo.weight, a.wo.bias, layer.mlp_norm.weight, m.w13.weight, m.w2.weight,
                                     layer.attn_norm.eps, self.n_head, self.n_kv)
-        from accel.kernels.invariant_linear import linear, rms_norm
+        from ..kernels.invariant_linear import linear, rms_norm
         hidden = rms_norm(x, self.norm.weight, self.norm.eps)
         h = hidden[:, -1:] if last_only else hidden
         return linear(h, self.output.weight, self.output.bias), hidden

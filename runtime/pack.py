@@ -61,7 +61,7 @@ class Pack:
 
     def layer_patterns(self, layer: int):
         """Per-head ``HeadPattern`` list for one layer (ordered by head index)."""
-        from accel.kernels.patterns import HeadPattern
+        from ..kernels.patterns import HeadPattern
 
         entry = self.patterns[layer]
         return [HeadPattern(*_unpack(entry[str(h)])) for h in range(len(entry))]

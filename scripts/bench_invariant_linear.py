@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from accel.kernels.invariant_linear import _launch, _num_sms, _tiles, linear, linear_silu_mul
-from accel.runtime.benchmark import environment, write_json
+from accel.bench.common import environment, write_json
 
 SHAPES = {  # name: (N, K, silu_mul)
     "llama-3-8b": [("qkv", 6144, 4096, False), ("o", 4096, 4096, False), ("gate_up", 14336, 4096, True),

@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from accel.runtime.benchmark import environment, write_json
+from accel.bench.common import environment, write_json
 from accel.runtime.generate import GenerationConfig, Generator
 from accel.runtime.models import load_model
 from accel.runtime.pack import load_pack, validate_for_model

@@ -49,7 +49,7 @@ def kernels_section():
                  x=r["speedup_vs_cudnn"], eff=r["kernel_eff_vs_cudnn"], flex=r.get("flex_ms"),
                  idx_share=r["best"]["index_ms"] / r["best"]["total_ms"]) for r in d["results"]]
     try:
-        from accel.runtime.plots import line_plot
+        from accel.bench.plots import line_plot
 
         ns = sorted({r["N"] for r in rows})
         pats = sorted({r["pattern"] for r in rows})
@@ -94,7 +94,7 @@ def prefill_section():
                                        ("index density", "index_density_random_qk"), ("index ms (all layers)", "index_ms")]))
         parts.append("\n" + env_line(name, d.get("env")) + "\n")
     try:  # latency and speed-up vs length, from the same files
-        from accel.runtime.plots import line_plot
+        from accel.bench.plots import line_plot
 
         series_ms, series_x, x = {}, {}, None
         for pat in ("stream_llm", "block_sparse", "vertical_and_slash"):

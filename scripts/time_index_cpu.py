@@ -12,7 +12,7 @@ import time
 import torch
 
 from accel.kernels import build_index
-from accel.runtime.benchmark import environment
+from accel.bench.common import environment
 from accel.runtime.pack import load_pack
 
 

@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-from accel.runtime.bench_decode import heldout_prompts
-from accel.runtime.benchmark import environment, write_json
+from accel.bench.decode import heldout_prompts
+from accel.bench.common import environment, write_json
 from accel.runtime.decode import generate_plain
 from accel.runtime.engine import load_heads
 from accel.runtime.generate import default_pack_path

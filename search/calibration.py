@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from accel.runtime.errors import AccelError
+from ..runtime.errors import AccelError
 
 __all__ = ["CalibrationError", "KINDS", "builtin_text_pieces", "calibration_ids", "user_text_ids",
            "held_out_ids", "haystack_paragraphs"]

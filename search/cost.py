@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from accel.kernels import HeadPattern, SparseIndex, pattern_cost
-from accel.kernels.index import triton_cdiv
+from ..kernels import HeadPattern, SparseIndex, pattern_cost
+from ..kernels.index import triton_cdiv
 
 __all__ = ["dense_cost", "tile_flops", "head_costs", "candidates_for_budget", "minference_budget", "cost_tolerance",
            "A_SHAPE_SINK_BLOCKS", "VS_SLASH_SHARES"]

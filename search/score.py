@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from accel.kernels import SparseIndex
+from ..kernels import SparseIndex
 
 __all__ = ["score_rows", "attention_probs", "recall_of_indexes"]
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from accel.kernels import HeadPattern, SparseIndex, build_index
-from accel.kernels.index import SLASH_KEEP, VERTICAL_KEEP, _gqa_last_scores, vertical_slash_index
-from accel.runtime.errors import AccelError, ModelError
+from ..kernels import HeadPattern, SparseIndex, build_index
+from ..kernels.scaling import SCALING_RULES, scale_layers, scale_pattern  # noqa: F401 (re-exported)
+from ..kernels.index import SLASH_KEEP, VERTICAL_KEEP, _gqa_last_scores, vertical_slash_index
+from ..runtime.errors import AccelError, ModelError
 
 from .cost import candidates_for_budget, cost_tolerance, dense_cost, head_costs
 from .score import recall_of_indexes, score_rows
@@ -34,7 +35,6 @@ __all__ = ["SearchConfig", "SearchResult", "SearchError", "run_search", "search_
            "scale_pattern", "scale_layers", "DEFAULT_LADDER", "SCALING_RULES"]
 
 DEFAULT_LADDER = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7)
-SCALING_RULES = ("proportional", "absolute")
 _IMPL = "accel_search"
 RECALL_TIE = 1e-3
 _PREFER = {"stream_llm": 0, "block_sparse": 1, "vertical_and_slash": 2, "dense": 3}
@@ -352,7 +352,7 @@ def _late_logits_stats(model, h_dense, h_sparse, r0: int, chunk: int = 256):
 def validate(model, input_ids: torch.Tensor, result: SearchResult, rows_frac: float = 0.25) -> dict:
     """Dense vs sparse (the searched patterns through the kernels' hook) on held-out `input_ids` (1, N):
     top-1 next-token agreement and mean KL(dense ‖ sparse) over the last `rows_frac` of positions."""
-    from accel.kernels import disable_sparse_prefill, enable_sparse_prefill
+    from ..kernels import disable_sparse_prefill, enable_sparse_prefill
 
     dev = next(model.parameters()).device
     ids = input_ids.to(dev)
@@ -372,41 +372,3 @@ def validate(model, input_ids: torch.Tensor, result: SearchResult, rows_frac: fl
     return {"top1_agreement": round(agree, 5), "kl": round(kl, 6), "rows": N - r0, "seq_len": N,
             "mean_density": round(result.summary()["mean_density"], 5),
             "seconds": round(time.perf_counter() - t0, 2)}
-
-
-# --------------------------------------------------------------------------------------------
-# the runtime's rule for other prompt lengths
-# --------------------------------------------------------------------------------------------
-def scale_pattern(pattern, searched_len: int, actual_len: int, rule: str = "proportional") -> HeadPattern:
-    """Sizes for a prompt of `actual_len` tokens from a pattern searched at `searched_len`.
-
-    ``absolute`` (MInference): sizes unchanged — cost grows ~linearly with N, density falls.
-    ``proportional`` (our default): sizes that measure a share of the context scale with N, so the
-    density (and roughly the speed-up) stays what the search chose: vertical count v, slash count s,
-    A-shape window and block-sparse top-k scale by actual/searched; the A-shape sink stays absolute
-    (sinks are the first tokens whatever the length).  Floors keep the always-needed parts: s >=
-    min(s, 100 nearest diagonals), v >= min(v, 30 first keys), window >= min(window, 64), top-k >= min(k, 2).
-    """
-    p = HeadPattern.from_list(pattern)
-    if rule not in SCALING_RULES:
-        raise ValueError(f"scaling rule {rule!r} unknown: use one of {SCALING_RULES}")
-    if rule == "absolute" or p.name == "dense" or searched_len == actual_len:
-        return HeadPattern(p.name, p.size_1, p.size_2, p.score)
-    if searched_len <= 0 or actual_len <= 0:
-        raise ValueError("searched_len and actual_len must be positive")
-    f = actual_len / searched_len
-    sc = lambda x, floor: max(min(x, floor), int(round(x * f)))
-    if p.name == "stream_llm":
-        return HeadPattern(p.name, p.size_1, sc(p.size_2, 64), p.score)
-    if p.name == "vertical_and_slash":
-        return HeadPattern(p.name, sc(p.size_1, VERTICAL_KEEP), max(1, sc(p.size_2, SLASH_KEEP)), p.score)
-    return HeadPattern(p.name, max(1, sc(p.size_1, 2)), p.size_2, p.score)           # block_sparse
-
-
-def scale_layers(layers, searched_len: int, actual_len: int, rule: str = "proportional") -> list:
-    """`scale_pattern` over [layer][head] (HeadPattern or MInference dicts) -> [layer][head] HeadPattern."""
-    out = []
-    for layer in layers:
-        heads = [layer[k] for k in sorted(layer, key=int)] if isinstance(layer, dict) else list(layer)
-        out.append([scale_pattern(p, searched_len, actual_len, rule) for p in heads])
-    return out

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from accel.heads.medusa import MedusaConfig, MedusaHeads
+from accel.runtime.drafters.medusa_heads import MedusaConfig, MedusaHeads
 
 H, V = 32, 128
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from accel.heads.data import (Example, HeadsDataError, load_builtin_prompts, load_data_file, load_prompt_file,
                               self_distill, to_examples)
-from accel.heads.medusa import MedusaConfig, MedusaHeads
+from accel.runtime.drafters.medusa_heads import MedusaConfig, MedusaHeads
 from accel.heads.train import (HeadsCheckpointError, HeadsConfigError, TrainConfig, base_hidden, head_loss,
                                train_heads)
 

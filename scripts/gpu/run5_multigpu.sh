@@ -16,7 +16,7 @@ t2=$(date +%s)
 python3 - "$OUT/pack-2gpu.safetensors" /root/pack-1gpu.safetensors $((t1 - t0)) $((t2 - t1)) <<'PY' > "$OUT/multigpu.json"
 import json, sys
 from accel.runtime.pack import load_pack
-from accel.runtime.benchmark import environment
+from accel.bench.common import environment
 rows = []
 for path, wall in zip(sys.argv[1:3], sys.argv[3:5]):
     m = load_pack(path).provenance["train_heads"]["metrics"]

@@ -45,7 +45,7 @@ def build_synthetic(name: str, *, device="cuda", dtype=torch.bfloat16, max_posit
     """A transformers causal LM with ``name``'s shapes and random weights (std 0.02), eval, no grads."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from .errors import ModelError
+    from ..runtime.errors import ModelError
 
     if name not in SYNTHETIC:
         raise ModelError(f"unknown synthetic model {name!r}: choose one of {', '.join(SYNTHETIC)}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .benchmark import time_ms
+from .common import time_ms
 
 __all__ = ["bench_prefill", "uniform_patterns"]
 
@@ -28,13 +28,13 @@ __all__ = ["bench_prefill", "uniform_patterns"]
 def uniform_patterns(num_layers: int, num_heads: int, name: str = "vertical_and_slash",
                      size_1: int = 1000, size_2: int = 6096):
     """Every head of every layer gets one pattern (MInference's common budget by default)."""
-    from accel.kernels import HeadPattern
+    from ..kernels import HeadPattern
 
     return [[HeadPattern(name, size_1, size_2, 0.0) for _ in range(num_heads)] for _ in range(num_layers)]
 
 
 def _work_share(patterns, n: int, d: int) -> float:
-    from accel.kernels import HeadPattern, pattern_cost
+    from ..kernels import HeadPattern, pattern_cost
 
     dense = pattern_cost(HeadPattern("dense", 0, 0, 0.0), n, d)
     costs = [pattern_cost(p, n, d) / dense for layer in patterns for p in layer]
@@ -45,9 +45,9 @@ def _work_share(patterns, n: int, d: int) -> float:
 def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, warmup: int = 1, rep: int = 3,
                   progress=None) -> list[dict]:
     """``patterns_for(n)`` -> per-layer head patterns at length n; ``ids_for(n)`` -> (1, n) token ids."""
-    from accel.kernels import build_index
+    from ..kernels import build_index
 
-    from .decode import prefill
+    from ..runtime.decode import prefill
 
     dev = compact.device
     compact.setup_cache(1, max(lengths) + 1)

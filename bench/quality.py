@@ -24,7 +24,7 @@ CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Hobart", "Accra", "
 
 
 def _haystack() -> list[str]:
-    from accel.search.calibration import haystack_paragraphs
+    from ..search.calibration import haystack_paragraphs
 
     return list(haystack_paragraphs())
 
@@ -61,7 +61,7 @@ def needle_prompt(tokenizer, n_tokens: int, depth: float, seed: int) -> tuple[li
 def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: int = 2, eos_ids=(),
                 progress=None) -> dict:
     """{"dense": grid, "sparse": grid} with grid[depth_i][length_j] = share of correct answers."""
-    from .decode import generate_plain
+    from ..runtime.decode import generate_plain
 
     out = {"dense": [[0.0] * len(lengths) for _ in depths], "sparse": [[0.0] * len(lengths) for _ in depths]}
     for j, n in enumerate(lengths):
@@ -100,8 +100,8 @@ def perplexity(compact, ids: torch.Tensor, patterns=None) -> float:
 
 @torch.no_grad()
 def medusa_exactness(compact, heads, tree, prompts: list[list[int]], max_new_tokens: int, eos_ids=()) -> dict:
-    from .decode import generate_plain
-    from .medusa import generate_medusa
+    from ..runtime.decode import generate_plain
+    from ..runtime.medusa import generate_medusa
 
     same, accept = 0, []
     for ids in prompts:

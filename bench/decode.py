@@ -27,12 +27,12 @@ import time
 
 import torch
 
-from accel.heads import MedusaConfig, MedusaHeads
-from .benchmark import copy_bandwidth_gbs, environment, synchronize, write_json
-from .decode import generate_plain
-from .llama import CompactLM
-from .medusa import generate_medusa
-from .tree import default_tree
+from ..runtime.drafters.medusa_heads import MedusaConfig, MedusaHeads
+from .common import copy_bandwidth_gbs, environment, synchronize, write_json
+from ..runtime.decode import generate_plain
+from ..runtime.llama import CompactLM
+from ..runtime.medusa import generate_medusa
+from ..runtime.tree import default_tree
 
 PROMPT = ("Explain, step by step, how a CPU cache works and why it makes programs faster. "
           "Give a concrete example with numbers.")
@@ -76,8 +76,8 @@ def random_heads(model: CompactLM, num_heads: int) -> MedusaHeads:
 
 
 def heads_from_pack(path: str, model: CompactLM):
-    from .engine import load_heads
-    from .pack import load_pack
+    from ..runtime.engine import load_heads
+    from ..runtime.pack import load_pack
 
     pack = load_pack(path)
     if not pack.has_heads:
@@ -159,10 +159,10 @@ def heldout_prompts() -> list[dict]:
 def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_tokens=256, num_prompts=8,
                      hf_baseline=True, device=None, dtype=None, modes=None, log=print):
     """-> (rows, extra): one row per engine (hf, plain-<mode>, medusa-<mode>) and shared facts."""
-    from .errors import AccelError
-    from .generate import default_pack_path
-    from .models import DEFAULT_MODEL, load_model, pick_device, pick_dtype
-    from .pack import load_pack, validate_for_model
+    from ..runtime.errors import AccelError
+    from ..runtime.generate import default_pack_path
+    from ..runtime.models import DEFAULT_MODEL, load_model, pick_device, pick_dtype
+    from ..runtime.pack import load_pack, validate_for_model
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
@@ -221,7 +221,7 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
     extra = dict(model=name, dtype=str(dt), device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
                  copy_bandwidth_gbs=bw, weight_bytes=wb, max_new_tokens=max_new_tokens, prompts=len(prompts),
                  plain_best_mode=plain_best[0])
-    from .engine import load_heads
+    from ..runtime.engine import load_heads
 
     heads, tree = (load_heads(pk, cm) if pk is not None else (random_heads(cm, 4), None))
     extra["heads"] = "pack" if pk is not None else "random (speed only)"
@@ -279,7 +279,7 @@ def main(argv=None):
     rows = []
     with torch.no_grad():
         if args.model_dir or args.gguf:
-            from accel.runtime.models import load_model
+            from ..runtime.models import load_model
 
             lm = load_model(args.gguf or args.model_dir, device=args.device, dtype="bfloat16")
             heads, tree = heads_from_pack(args.pack, CompactLM.from_hf(lm.model)) if args.pack else (None, None)
@@ -289,7 +289,7 @@ def main(argv=None):
             rows.append(bench_model(lm.name, lm.model, ids, args, bw, heads, tree))
             del lm
         for name in args.synthetic:
-            from accel.runtime.synthetic import build_synthetic
+            from .synthetic import build_synthetic
 
             hf = build_synthetic(name, device=args.device, dtype=torch.bfloat16, max_position_embeddings=8192,
                                  num_hidden_layers=args.layers)

@@ -33,10 +33,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from accel.kernels import HeadPattern, build_index, kernel_cost
-from accel.kernels.index import kept_mask
-from accel.kernels.reference import _attend_rows
-from accel.kernels.triton_sparse import sparse_attention_triton
+from ..kernels import HeadPattern, build_index, kernel_cost
+from ..kernels.index import kept_mask
+from ..kernels.reference import _attend_rows
+from ..kernels.triton_sparse import sparse_attention_triton
 
 B, HQ, HKV, D = 1, 32, 8, 128
 
@@ -128,8 +128,8 @@ def check_rows(out, q, k, v, index, n, rows_blocks):
 
 def selftest():
     """Small GPU shapes, both dtypes, D 64/128, all patterns + mixed + keep-all vs cuDNN/SDPA."""
-    from accel.kernels import sparse_attention
-    from accel.kernels.reference import dense_causal_reference
+    from ..kernels import sparse_attention
+    from ..kernels.reference import dense_causal_reference
     worst = 0.0
     for dt in (torch.bfloat16, torch.float16):
         for (b, hq, hkv, n, d) in [(2, 8, 2, 1000, 64), (1, 8, 8, 777, 128), (1, 32, 8, 2100, 128)]:
@@ -161,7 +161,7 @@ def run_kernel_bench(sizes, patterns=("vertical_and_slash", "block_sparse", "str
                      profile_index=False, out_path=None, log=print, command=None):
     """Time every pattern at every N against cuDNN (and FlexAttention); -> (meta, results, table)."""
     if not torch.cuda.is_available():
-        from accel.runtime.errors import AccelError
+        from ..runtime.errors import AccelError
 
         raise AccelError("the kernel benchmark needs a CUDA GPU (the CPU runs the kernels only under TRITON_INTERPRET)")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -213,11 +213,11 @@ def run_kernel_bench(sizes, patterns=("vertical_and_slash", "block_sparse", "str
             best = None
             idx_cache = {}
             if pname == "vertical_and_slash" and profile_index:
-                from accel.kernels.index import estimate_vertical_slash, vertical_slash_index
+                from ..kernels.index import estimate_vertical_slash, vertical_slash_index
                 e_ms, _ = cuda_time(lambda: estimate_vertical_slash(q, k, 1000, 6096), warmup=1, reps=3)
                 vv, ss = estimate_vertical_slash(q, k, 1000, 6096)
                 c_ms, _ = cuda_time(lambda: vertical_slash_index(vv, ss, n, 64, 64), warmup=1, reps=3)
-                from accel.kernels.index import _gqa_last_scores
+                from ..kernels.index import _gqa_last_scores
                 s_ms, _ = cuda_time(lambda: _gqa_last_scores(q, k, 64, D ** -0.5), warmup=1, reps=3)
                 rec["index_profile_ms"] = {"estimate": e_ms, "scores_softmax": s_ms, "convert": c_ms}
                 log(f"  index profile: estimate {e_ms:.2f} (scores+softmax {s_ms:.2f}) convert {c_ms:.2f} ms")

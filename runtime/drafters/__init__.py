@@ -1,0 +1,1 @@
+"""Drafters: what proposes candidate tokens for the exact tree verify (Medusa today)."""
