@@ -30,7 +30,7 @@ import torch
 from ..runtime.drafters.medusa_heads import MedusaConfig, MedusaHeads
 from .common import copy_bandwidth_gbs, environment, synchronize, write_json
 from ..runtime.decode import generate_plain
-from ..runtime.llama import CompactLM
+from ..runtime.model import CompactLM
 from ..runtime.medusa import generate_medusa
 from ..runtime.tree import default_tree
 
@@ -76,13 +76,13 @@ def random_heads(model: CompactLM, num_heads: int) -> MedusaHeads:
 
 
 def heads_from_pack(path: str, model: CompactLM):
-    from ..runtime.engine import load_heads
+    from ..runtime.drafters.medusa import MedusaDrafter
     from ..runtime.pack import load_pack
 
     pack = load_pack(path)
     if not pack.has_heads:
         raise SystemExit(f"--pack {path} holds no Medusa heads")
-    return load_heads(pack, model)
+    return MedusaDrafter.load_heads(pack, model)
 
 
 def bench_model(name, hf, prompt_ids, args, bw, heads=None, tree=None, eos_ids=()):
@@ -166,7 +166,7 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    modes = modes or (["exact", "graph", "inductor"] if dev.type == "cuda" else ["eager"])
+    modes = modes or (["exact", "graph"] if dev.type == "cuda" else ["eager"])
     if synthetic:
         from .synthetic import build_synthetic
 
@@ -221,9 +221,9 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
     extra = dict(model=name, dtype=str(dt), device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
                  copy_bandwidth_gbs=bw, weight_bytes=wb, max_new_tokens=max_new_tokens, prompts=len(prompts),
                  plain_best_mode=plain_best[0])
-    from ..runtime.engine import load_heads
+    from ..runtime.drafters.medusa import MedusaDrafter
 
-    heads, tree = (load_heads(pk, cm) if pk is not None else (random_heads(cm, 4), None))
+    heads, tree = (MedusaDrafter.load_heads(pk, cm) if pk is not None else (random_heads(cm, 4), None))
     extra["heads"] = "pack" if pk is not None else "random (speed only)"
     tree = tree or default_tree(heads.config.num_heads)
     accept_all = []
@@ -263,8 +263,8 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--tree-nodes", type=int, default=63)
     ap.add_argument("--tau", type=float, default=2.5, help="mean accepted length for the projected Medusa tok/s")
-    ap.add_argument("--modes", nargs="+", default=["graph", "inductor"],
-                    help="step capture modes to time (graph, inductor, compile); the best is reported")
+    ap.add_argument("--modes", nargs="+", default=["exact", "graph"],
+                    help="step capture modes to time (exact, graph); the best is reported")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-medusa", action="store_true")
     ap.add_argument("--out", required=True, help="JSON output path")

@@ -47,7 +47,11 @@ def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, wa
     """``patterns_for(n)`` -> per-layer head patterns at length n; ``ids_for(n)`` -> (1, n) token ids."""
     from ..kernels import build_index
 
-    from ..runtime.decode import prefill
+    from ..runtime.attention_meta import AttentionMeta
+    from ..runtime.prefill import PrefillPlan
+
+    def prefill(ids, pos, backend="sdpa", plan=PrefillPlan()):
+        return compact(ids, AttentionMeta.prompt(pos, plan), backend=backend, last_only=True)
 
     dev = compact.device
     compact.setup_cache(1, max(lengths) + 1)
@@ -55,20 +59,12 @@ def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, wa
     for n in lengths:
         ids = ids_for(n) if ids_for else torch.randint(0, compact.vocab_size, (1, n), device=dev)
         pos = torch.arange(n, device=dev)[None]
-        compact.patterns = None
-        dense_ms = time_ms(lambda: prefill(compact, ids, pos), warmup=warmup, rep=rep, device=dev)
+        dense_ms = time_ms(lambda: prefill(ids, pos), warmup=warmup, rep=rep, device=dev)
         exact_ms = None
         if dev.type == "cuda" and compact.exact_supported is None:  # the batch-invariant kernels' prefill
-            compact.exact = True
-            try:
-                exact_ms = time_ms(lambda: prefill(compact, ids, pos), warmup=warmup, rep=rep, device=dev)
-            finally:
-                compact.exact = False
+            exact_ms = time_ms(lambda: prefill(ids, pos, "exact"), warmup=warmup, rep=rep, device=dev)
         pats = patterns_for(n)
-        compact.patterns, min_len = pats, compact.sparse_min_len
-        compact.sparse_min_len = 1
-        sparse_ms = time_ms(lambda: prefill(compact, ids, pos), warmup=warmup, rep=rep, device=dev)
-        compact.patterns, compact.sparse_min_len = None, min_len
+        sparse_ms = time_ms(lambda: prefill(ids, pos, plan=PrefillPlan(pats)), warmup=warmup, rep=rep, device=dev)
         # index estimation alone, on inputs of one layer's shape (values do not change its cost)
         H, Hkv, D = compact.n_head, compact.n_kv, compact.head_dim
         q = torch.randn(1, H, n, D, device=dev, dtype=compact.dtype)

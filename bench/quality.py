@@ -62,6 +62,7 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
                 progress=None) -> dict:
     """{"dense": grid, "sparse": grid} with grid[depth_i][length_j] = share of correct answers."""
     from ..runtime.decode import generate_plain
+    from ..runtime.prefill import DENSE, PrefillPlan
 
     out = {"dense": [[0.0] * len(lengths) for _ in depths], "sparse": [[0.0] * len(lengths) for _ in depths]}
     for j, n in enumerate(lengths):
@@ -69,25 +70,25 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
             for t in range(trials):
                 ids, number = needle_prompt(tokenizer, n, depth, seed=1000 * j + 10 * i + t)
                 for mode in ("dense", "sparse"):
-                    compact.patterns = patterns_for(len(ids)) if mode == "sparse" else None
-                    compact.sparse_min_len = 1
-                    [r] = generate_plain(compact, [ids], 32, eos_ids=eos_ids)  # digits are single tokens
+                    plan = PrefillPlan(patterns_for(len(ids))) if mode == "sparse" else DENSE
+                    [r] = generate_plain(compact, [ids], 32, eos_ids=eos_ids, plans=[plan])  # digits are single tokens
                     answer = tokenizer.decode(r.tokens, skip_special_tokens=True)
                     out[mode][i][j] += (number in answer.replace(",", "")) / trials
                 if progress:
                     progress()
-    compact.patterns = None
     return out
 
 
 @torch.no_grad()
 def perplexity(compact, ids: torch.Tensor, patterns=None) -> float:
     """Perplexity of the last half of ``ids`` (1, N) with one prefill (dense, or sparse patterns)."""
+    from ..runtime.attention_meta import AttentionMeta
+    from ..runtime.prefill import DENSE, PrefillPlan
+
     compact.setup_cache(1, ids.shape[1])
-    compact.patterns, compact.sparse_min_len = patterns, 1
     pos = torch.arange(ids.shape[1], device=ids.device)[None]
-    _, hidden = compact(ids, pos, last_only=True)
-    compact.patterns = None
+    plan = PrefillPlan(patterns) if patterns is not None else DENSE
+    _, hidden = compact(ids, AttentionMeta.prompt(pos, plan), last_only=True)
     half = ids.shape[1] // 2
     nll, count = 0.0, 0
     for s in range(half, ids.shape[1] - 1, 1024):  # project to the vocab in chunks: (N, V) is large

@@ -86,7 +86,7 @@ def _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers):
     elif pk is not None and pk.has_patterns:
         if len(pk.patterns) != L:
             raise AccelError(f"the pack's patterns are for {len(pk.patterns)} layers; the model has {L}")
-        from ..runtime.engine import layer_patterns
+        from ..runtime.prefill import layer_patterns
 
         patterns_for = lambda n: layer_patterns(pk, n)  # noqa: E731
     else:
@@ -115,7 +115,7 @@ def prefill(
 
         from ..bench.prefill import bench_prefill
         from ..runtime.errors import AccelError
-        from ..runtime.llama import CompactLM, supports
+        from ..runtime.model import CompactLM, supports
 
         lens = _lengths(lengths)
         hf, tok, name, patterns_for, _ = _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers)
@@ -168,7 +168,7 @@ def quality(
 
         from ..bench.quality import medusa_exactness, needle_grid, perplexity
         from ..runtime.errors import AccelError
-        from ..runtime.llama import CompactLM, supports
+        from ..runtime.model import CompactLM, supports
 
         lens = _lengths(lengths)
         try:
@@ -197,9 +197,9 @@ def quality(
                   "needle": grid, "perplexity": ppl}
         if medusa_prompts and pk is not None and pk.has_heads:
             from ..bench.decode import heldout_prompts
-            from ..runtime.engine import load_heads
+            from ..runtime.drafters.medusa import MedusaDrafter
 
-            heads, tree = load_heads(pk, compact)
+            heads, tree = MedusaDrafter.load_heads(pk, compact)
             prompts = heldout_prompts()[:medusa_prompts]  # not among the training prompts of the default pack
             enc = [tok(tok.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True),
                        add_special_tokens=False)["input_ids"] for p in prompts]
@@ -240,7 +240,7 @@ def decode(
     hf_baseline: bool = typer.Option(True, "--hf/--no-hf", help="Also time transformers' eager generate."),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype"),
-    modes: Optional[str] = typer.Option(None, "--modes", help="Decode-step modes to time, comma-separated (default on CUDA: exact,graph,inductor)."),
+    modes: Optional[str] = typer.Option(None, "--modes", help="Decode-step modes to time, comma-separated (default on CUDA: exact,graph)."),
     json_path: Optional[Path] = typer.Option(None, "--json"),
     plot: Optional[Path] = typer.Option(None, "--plot"),
 ):
@@ -248,13 +248,16 @@ def decode(
     with user_errors():
         from ..bench.decode import run_decode_bench
 
-        from ..runtime.decode import _MODES
         from ..runtime.errors import AccelError
+        from ..runtime.steps import MODES
 
         mode_list = [m.strip() for m in modes.split(",") if m.strip()] if modes else None
-        bad = [m for m in mode_list or [] if m not in _MODES or m == "compile"]
+        removed = [m for m in mode_list or [] if m in ("inductor", "compile")]
+        if removed:
+            raise AccelError(f"--modes: {removed[0]} was removed (never the fastest); use exact (or graph)")
+        bad = [m for m in mode_list or [] if m not in MODES]
         if bad:
-            raise AccelError(f"--modes: unknown {bad}; choose from exact, graph, inductor, eager")
+            raise AccelError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
         rows, extra = run_decode_bench(model=model, synthetic=synthetic, pack=pack, max_new_tokens=max_new_tokens,
                                        num_prompts=prompts, hf_baseline=hf_baseline, device=device, dtype=dtype,
                                        modes=mode_list, log=err.print)

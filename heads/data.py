@@ -310,7 +310,7 @@ def _generator(model, engine: str, pad_id: int):
         return hf
     try:
         from ..runtime.decode import generate_plain
-        from ..runtime.llama import CompactLM, supports
+        from ..runtime.model import CompactLM, supports
     except ImportError:
         if engine == "compact":
             raise HeadsDataError("the compact engine (accel.runtime.decode) is not available; use engine='hf'") from None

@@ -109,13 +109,6 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- loss
 
-def _project(heads: MedusaHeads, k: int, h: torch.Tensor) -> torch.Tensor:
-    """Head k's vocab projection (mirrors ``MedusaHeads.forward``)."""
-    if heads.config.projection == "own":
-        return heads.lm_heads[k](h)
-    return h @ heads.shared_lm_head.t().to(h.dtype)
-
-
 def _targets(ids: torch.Tensor, tmask: torch.Tensor, k: int):
     """Positions t whose head-k target t+k+2 is a training target: (valid (B, T-k-2) bool, targets)."""
     off = k + 2
@@ -131,15 +124,11 @@ class _HeadLoss(nn.Module):
     def __init__(self, heads: MedusaHeads, decay: float):
         super().__init__()
         self.blocks, self.decay = heads.blocks, decay
-        self.lm_heads = heads.lm_heads if heads.config.projection == "own" else None
-        self._shared = [] if self.lm_heads is not None else [heads.shared_lm_head]
+        self.lm_heads = heads.lm_heads if heads.config.projection == "own" else None  # registered for DDP
+        self._heads = [heads]  # a plain list: DDP must not register the shared (V, H) buffer
 
     def _proj_ce(self, k: int, h: torch.Tensor, tgt: torch.Tensor):
-        if self.lm_heads is not None:
-            logits = self.lm_heads[k](h)
-        else:
-            logits = h @ self._shared[0].t().to(h.dtype)
-        logits = logits.float()
+        logits = self._heads[0].project(k, h).float()  # the same modules as self.lm_heads
         ce = F.cross_entropy(logits, tgt, reduction="sum")
         correct = (logits.detach().argmax(-1) == tgt).sum()
         return ce, correct
@@ -294,7 +283,7 @@ def evaluate_heads(model, heads: MedusaHeads, chunks: Sequence[_Chunk | Example]
                 tk = tgt[valid]
                 if tk.numel() == 0:
                     continue
-                logits = _project(heads, k, block(hidden[:, : T - k - 2][valid])).float()
+                logits = heads.project(k, block(hidden[:, : T - k - 2][valid])).float()
                 ce[k] += F.cross_entropy(logits, tk, reduction="sum").item()
                 top = logits.topk(topk, dim=-1).indices
                 hits[k] += (top == tk[:, None]).sum(0).double().cpu()

@@ -1,14 +1,16 @@
 """The generation pipeline behind ``accel generate``.
 
 ``Generator.load`` resolves the model and the pack (the default model picks up the pack shipped
-inside ``accel.runtime``), validates the pack against the model, and picks an engine:
+inside ``accel.runtime``), validates the pack against the model, and builds what runs it:
 
-- the compact engine (``runtime.llama`` + ``runtime.decode`` / ``runtime.medusa``) for the Llama
-  family: static KV cache, CUDA graphs, sparse prefill through ``accel.kernels``, Medusa tree decoding;
+- an ``Engine`` (runtime.engine) for the families of ``runtime/families``: the compact model, the
+  pack's drafter when speculative decoding is on, and the decode mode, all fixed at construction;
+  each prompt's prefill plan (dense / sparse) comes from ``runtime.prefill.plan_prefill``;
 - transformers' ``generate`` for other architectures, with sparse prefill through the kernels'
-  ``AttentionInterface`` hook and no Medusa.
+  ``AttentionInterface`` hook and no drafter.
 
-Plain decoding runs all prompts of a file as one batch; Medusa runs them one after another.
+``run(prompts, on_completion=...)`` returns Completions (and hands each over as it is final);
+``stream(prompt)`` yields one prompt's text as its tokens are accepted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -41,8 +44,8 @@ class GenerationConfig:
     tree_file: str | None = None
     chat: bool | None = None
     truncate: str | None = None
-    sparse_min_len: int | None = None  # None: the measured default on CUDA, off on the CPU
-    compile: str | None = None  # decode steps: None ("exact" on CUDA, eager on CPU), "exact", "graph", "inductor", "eager"
+    sparse_min_len: int | None = None  # None: the pack's measured threshold / the default on CUDA, off on the CPU
+    compile: str | None = None  # decode mode: None ("exact" on CUDA, eager on CPU), "exact", "graph", "eager"
 
 
 @dataclass
@@ -67,12 +70,33 @@ def default_pack_path() -> Path | None:
 
 
 class Generator:
-    def __init__(self, loaded: LoadedModel, pack: Pack | None, config: GenerationConfig):
+    def __init__(self, loaded: LoadedModel, pack: Pack | None, config: GenerationConfig, *,
+                 transformers: bool = False):
+        """``transformers=True`` forces transformers' generate even where the compact engine runs."""
         self.loaded, self.pack, self.config = loaded, pack, config
-        self.engine = _pick_engine(loaded.model)
         self.tree = _load_tree(config.tree_file) if config.tree_file else None
-        self._compact = None
-        self._heads = None
+        self.engine = None if transformers or not _compact_supported(loaded.model) else self._build_engine()
+
+    def _build_engine(self):
+        from .engine import Engine
+        from .model import CompactLM
+
+        model = CompactLM.from_hf(self.loaded.model)
+        drafter = None
+        if self._want_drafter():
+            from .drafters import drafter_class
+
+            drafter = drafter_class(self.pack.drafter_kind).from_pack(self.pack, model, tree=self.tree)
+        try:
+            return Engine(model, drafter, mode=self.config.compile)
+        except ValueError as e:  # an impossible decode mode for this model / device
+            raise AccelError(f"--compile: {e}") from None
+
+    def _want_drafter(self) -> bool:
+        want = self.config.medusa
+        if want is None:
+            want = next(self.loaded.model.parameters()).device.type == "cuda"
+        return bool(want and self.pack is not None and self.pack.has_drafter)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -95,11 +119,7 @@ class Generator:
 
     @property
     def use_medusa(self) -> bool:
-        want = self.config.medusa
-        if want is None:
-            want = next(self.loaded.model.parameters()).device.type == "cuda"
-        return bool(want and self.pack is not None and self.pack.has_heads
-                    and self.engine == "compact")
+        return self.engine is not None and self.engine.drafter is not None
 
     @property
     def use_sparse(self) -> bool:
@@ -111,15 +131,73 @@ class Generator:
         return [encode_prompt(self.loaded.tokenizer, p, chat=c.chat, context_length=self.loaded.context_length,
                               max_new_tokens=c.max_new_tokens, truncate=c.truncate) for p in prompts]
 
-    def run(self, prompts: list[Prompt]) -> list[Completion]:
+    def run(self, prompts: list[Prompt], on_completion: Callable[[Completion], None] | None = None
+            ) -> list[Completion]:
+        """Completions in prompt order; ``on_completion`` is called with each one as it is final."""
         ids = self.encode(prompts)
-        if self.engine == "compact":
-            results = self._run_compact(ids)
-        else:
-            results = self._run_hf(ids)
         tok = self.loaded.tokenizer
-        return [Completion(p.id, tok.decode(r["tokens"], skip_special_tokens=True), len(x), len(r["tokens"]),
-                           r["tokens"], r.get("stats", {})) for p, x, r in zip(prompts, ids, results)]
+        done: list[Completion | None] = [None] * len(prompts)
+
+        def finish(row: int, r: dict) -> None:
+            p, x = prompts[row], ids[row]
+            done[row] = Completion(p.id, tok.decode(r["tokens"], skip_special_tokens=True), len(x),
+                                   len(r["tokens"]), r["tokens"], r.get("stats", {}))
+            if on_completion is not None:
+                on_completion(done[row])
+
+        if self.engine is not None:
+            self._run_engine(ids, finish)
+        else:
+            for row, r in enumerate(self._run_hf(ids)):
+                finish(row, r)
+        return done
+
+    def stream(self, prompt: Prompt) -> Iterator[str]:
+        """One prompt's text, piece by piece as tokens are accepted (transformers fallback: at the end)."""
+        [ids] = self.encode([prompt])
+        tok = self.loaded.tokenizer
+        if self.engine is None:
+            yield tok.decode(self._run_hf([ids])[0]["tokens"], skip_special_tokens=True)
+            return
+        eos, toks, text = set(self.loaded.eos_ids), [], ""
+        for chunk in self.engine.stream([ids], self._sampling(), plans=[self._plan(ids)], check_every=1):
+            toks += [t for t in chunk.tokens if t not in eos]
+            # decode the whole prefix each time: a character may span tokens
+            now = tok.decode(toks, skip_special_tokens=True)
+            if len(now) > len(text) and not now.endswith("\ufffd"):
+                yield now[len(text):]
+                text = now
+
+    def _sampling(self):
+        from .engine import Sampling
+
+        c = self.config
+        acceptance = "greedy" if c.temperature == 0 else c.acceptance
+        return Sampling(c.max_new_tokens, c.temperature, c.top_p, c.seed, tuple(self.loaded.eos_ids), acceptance)
+
+    def _plan(self, ids: list[int]):
+        from .prefill import plan_prefill
+
+        return plan_prefill(self.pack, len(ids), self.engine.model.device, self.config.sparse_min_len,
+                            dense=not self.use_sparse)
+
+    def _run_engine(self, ids: list[list[int]], finish) -> None:
+        engine = self.engine
+        plans = [self._plan(x) for x in ids]
+        eos = set(self.loaded.eos_ids)
+
+        def on_result(row, r):
+            toks = r.tokens[:-1] if r.tokens and r.tokens[-1] in eos else r.tokens
+            stats = {"engine": engine.name if engine.drafter is None or engine.drafter.kind != "medusa"
+                     else "compact+medusa", "decode_mode": engine.mode, "prefill_ms": r.prefill_s * 1e3,
+                     "tokens_per_s": r.tokens_per_s,
+                     "attention_density": plans[row].work_share(len(ids[row]), engine.model.head_dim)}
+            if r.accept_lengths:
+                stats["accepted_per_step"] = sum(r.accept_lengths) / len(r.accept_lengths)
+                stats["steps"] = len(r.accept_lengths)
+            finish(row, {"tokens": toks, "stats": stats})
+
+        engine.generate(ids, self._sampling(), plans=plans, on_result=on_result)
 
     def _strip_eos(self, toks: list[int]) -> list[int]:
         eos = set(self.loaded.eos_ids)
@@ -132,9 +210,9 @@ class Generator:
         """transformers' generate, batched with left padding; sparse prefill through the hook."""
         model, tok, c = self.loaded.model, self.loaded.tokenizer, self.config
         dev = next(model.parameters()).device
-        from .engine import layer_patterns, sparse_min_len
+        from .prefill import layer_patterns, sparse_threshold
 
-        threshold = sparse_min_len(self, dev) if self.use_sparse else None
+        threshold = sparse_threshold(self.pack, dev, c.sparse_min_len) if self.use_sparse else None
         if threshold is not None and max(map(len, ids)) >= threshold:
             from ..kernels import enable_sparse_prefill
 
@@ -160,11 +238,6 @@ class Generator:
         return [{"tokens": o, "stats": {"engine": "transformers", "wall_s": wall,
                                         "tokens_per_s": n / wall if wall else 0.0}} for o in outs]
 
-    def _run_compact(self, ids: list[list[int]]) -> list[dict]:
-        from . import engine
-
-        return engine.run(self, ids)
-
     def print_stats(self, completions: list[Completion], console) -> None:
         from rich.table import Table
 
@@ -185,13 +258,10 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _pick_engine(model) -> str:
-    try:
-        from . import engine  # noqa: F401
-        from .llama import supports
-    except ImportError:
-        return "hf"
-    return "compact" if supports(model) else "hf"
+def _compact_supported(model) -> bool:
+    from .families import why_unsupported
+
+    return why_unsupported(model) is None
 
 
 def _load_tree(path: str) -> list[tuple[int, ...]]:

@@ -1,21 +1,25 @@
 """The acceleration pack: one ``.safetensors`` file with everything accel learned about a model.
 
-Tensors are the Medusa heads under vLLM's names (``blocks.{i}.layers.{j}.weight|bias``,
+Tensors are the drafter's (Medusa: vLLM's names ``blocks.{i}.layers.{j}.weight|bias``,
 ``lm_heads.{i}.weight``). ``__metadata__`` is safetensors' flat string->string map; nested values are
-JSON strings:
+JSON strings. Format 2:
 
-=======================  =====================================================================
-``accel.format_version`` ``"1"``
-``accel.base_model``     the model name the pack was built for
-``accel.fingerprint``    ``runtime.models.model_fingerprint`` of those weights
-``accel.patterns``       MInference's best-pattern layout: a list, one dict per layer,
-                         ``{"<head>": [pattern_name, size_1, size_2, score]}``
-``accel.patterns_info``  our own fields: searched length, scaling rule, budget, recall stats
-``accel.medusa``         heads config (num_heads, num_layers, projection, sizes), tree, accuracies
-``accel.provenance``     accel version, command lines, dates, data settings, metrics
-=======================  =====================================================================
+=========================  ===================================================================
+``accel.format_version``   ``"2"``
+``accel.base_model``       the model name the pack was built for
+``accel.fingerprint``      ``runtime.models.model_fingerprint`` of those weights
+``accel.patterns``         MInference's best-pattern layout: a list, one dict per layer,
+                           ``{"<head>": [pattern_name, size_1, size_2, score]}``
+``accel.patterns_info``    our own fields: searched length, scaling rule, budget, recall stats,
+                           optionally ``sparse_min_len`` measured for this model (runtime.prefill)
+``accel.drafter.kind``     the drafter (``runtime.drafters``): ``"medusa"``
+``accel.drafter``          its config, checked by that drafter's ``validate_config`` (Medusa: heads
+                           config, tree, rank acceptance)
+``accel.provenance``       accel version, command lines, dates, data settings, metrics
+=========================  ===================================================================
 
-A pack may hold patterns only, heads only, or both. Writes are atomic (temporary file in the same
+Format 1 (still read; never written) had ``accel.medusa`` where format 2 has the two drafter keys.
+A pack may hold patterns only, a drafter only, or both. Writes are atomic (temporary file in the same
 folder, fsync, rename), so a crash never leaves a half-written pack. Loading validates everything and
 raises ``PackError`` with a one-line message.
 """
@@ -26,38 +30,58 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import PackError
 
-__all__ = ["FORMAT_VERSION", "Pack", "load_pack", "save_pack", "validate_for_model",
+__all__ = ["FORMAT_VERSION", "READS", "Pack", "load_pack", "save_pack", "validate_for_model",
            "expected_head_shapes", "export_minference"]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READS = ("1", "2")
 PATTERN_NAMES = ("vertical_and_slash", "stream_llm", "block_sparse", "dense")
 _K = "accel."
 
 
-@dataclass
 class Pack:
-    base_model: str
-    fingerprint: str
-    patterns: list[dict] | None = None  # one dict per layer: {"<head>": [name, size_1, size_2, score]}
-    patterns_info: dict = field(default_factory=dict)
-    medusa: dict | None = None  # MedusaConfig.to_dict() + {"tree": [...], "rank_acceptance": [...]}
-    heads: dict[str, torch.Tensor] = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    """The pack in memory. ``drafter``: the drafter's config dict (kind ``drafter_kind``), ``tensors``
+    its weights. ``medusa=`` / ``heads=`` are accepted as the format-1 names of the same fields."""
+
+    def __init__(self, base_model: str, fingerprint: str, patterns: list[dict] | None = None,
+                 patterns_info: dict | None = None, drafter: dict | None = None,
+                 tensors: dict[str, torch.Tensor] | None = None, provenance: dict | None = None, *,
+                 drafter_kind: str | None = None, medusa: dict | None = None,
+                 heads: dict[str, torch.Tensor] | None = None):
+        if medusa is not None:
+            drafter, drafter_kind = medusa, drafter_kind or "medusa"
+        self.base_model, self.fingerprint = base_model, fingerprint
+        self.patterns = patterns  # one dict per layer: {"<head>": [name, size_1, size_2, score]}
+        self.patterns_info = patterns_info or {}
+        self.drafter = drafter
+        self.drafter_kind = drafter_kind or ("medusa" if drafter is not None else None)
+        self.tensors = dict(tensors if tensors is not None else heads or {})
+        self.provenance = provenance or {}
+
+    # format-1 names, still used by callers that only know Medusa
+    @property
+    def medusa(self) -> dict | None:
+        return self.drafter if self.drafter_kind == "medusa" else None
+
+    @property
+    def heads(self) -> dict[str, torch.Tensor]:
+        return self.tensors
 
     @property
     def has_patterns(self) -> bool:
         return bool(self.patterns)
 
     @property
-    def has_heads(self) -> bool:
-        return self.medusa is not None and bool(self.heads)
+    def has_drafter(self) -> bool:
+        return self.drafter is not None and bool(self.tensors)
+
+    has_heads = has_drafter
 
     def layer_patterns(self, layer: int):
         """Per-head ``HeadPattern`` list for one layer (ordered by head index)."""
@@ -87,9 +111,10 @@ def save_pack(pack: Pack, path: str | os.PathLike) -> Path:
     if pack.patterns is not None:
         meta[_K + "patterns"] = json.dumps(pack.patterns)
         meta[_K + "patterns_info"] = json.dumps(pack.patterns_info, sort_keys=True, default=str)
-    if pack.medusa is not None:
-        meta[_K + "medusa"] = json.dumps(pack.medusa, sort_keys=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in pack.heads.items()}
+    if pack.drafter is not None:
+        meta[_K + "drafter.kind"] = pack.drafter_kind
+        meta[_K + "drafter"] = json.dumps(pack.drafter, sort_keys=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in pack.tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -121,9 +146,9 @@ def load_pack(path: str | os.PathLike) -> Pack:
     version = meta.get(_K + "format_version")
     if version is None:
         raise PackError(f"{path} is a safetensors file but not an accel pack (no accel.format_version)")
-    if version != FORMAT_VERSION:
-        raise PackError(f"{path} has pack format version {version!r}; this accel reads version "
-                        f"{FORMAT_VERSION!r}: upgrade accel or rebuild the pack")
+    if version not in READS:
+        raise PackError(f"{path} has pack format version {version!r}; this accel reads versions "
+                        f"{', '.join(READS)}: upgrade accel or rebuild the pack")
 
     def js(key, default):
         raw = meta.get(_K + key)
@@ -134,29 +159,29 @@ def load_pack(path: str | os.PathLike) -> Pack:
         except json.JSONDecodeError:
             raise PackError(f"{path}: metadata field accel.{key} is not valid JSON") from None
 
+    if version == "1":  # format 1: the only drafter was Medusa, under accel.medusa
+        kind, drafter = ("medusa" if _K + "medusa" in meta else None), js("medusa", None)
+    else:
+        kind, drafter = meta.get(_K + "drafter.kind"), js("drafter", None)
     pack = Pack(
         base_model=meta.get(_K + "base_model", ""),
         fingerprint=meta.get(_K + "fingerprint", ""),
         patterns=js("patterns", None),
         patterns_info=js("patterns_info", {}),
-        medusa=js("medusa", None),
-        heads=tensors,
+        drafter=drafter,
+        tensors=tensors,
         provenance=js("provenance", {}),
+        drafter_kind=kind,
     )
     _check_structure(pack, str(path))
     return pack
 
 
 def expected_head_shapes(medusa: dict) -> dict[str, tuple[int, ...]]:
-    H, V = int(medusa["hidden_size"]), int(medusa["vocab_size"])
-    shapes = {}
-    for i in range(int(medusa["num_heads"])):
-        for j in range(int(medusa["num_layers"])):
-            shapes[f"blocks.{i}.layers.{j}.weight"] = (H, H)
-            shapes[f"blocks.{i}.layers.{j}.bias"] = (H,)
-        if medusa.get("projection", "shared") == "own":
-            shapes[f"lm_heads.{i}.weight"] = (V, H)
-    return shapes
+    """Tensor names and shapes of a Medusa config (kept for callers; see MedusaDrafter.expected_tensors)."""
+    from .drafters import drafter_class
+
+    return drafter_class("medusa").expected_tensors(medusa)
 
 
 def _check_structure(pack: Pack, where: str) -> None:
@@ -172,23 +197,26 @@ def _check_structure(pack: Pack, where: str) -> None:
                 if not (isinstance(v, list) and 3 <= len(v) <= 4 and v[0] in PATTERN_NAMES):
                     raise PackError(f"{where}: layer {li} head {h}: bad pattern entry {v!r} "
                                     f"(expected [name, size_1, size_2, score], name in {PATTERN_NAMES})")
-    if pack.medusa is None:
-        if pack.heads:
-            raise PackError(f"{where}: the pack has head tensors but no accel.medusa config")
+    if pack.drafter is None:
+        if pack.tensors:
+            raise PackError(f"{where}: the pack has head tensors but no drafter config (accel.drafter)")
         return
+    from .drafters import drafter_class
+
     try:
-        want = expected_head_shapes(pack.medusa)
-    except (KeyError, TypeError, ValueError):
-        raise PackError(f"{where}: accel.medusa lacks num_heads/num_layers/hidden_size/vocab_size") from None
-    missing = sorted(set(want) - set(pack.heads))
-    extra = sorted(set(pack.heads) - set(want))
+        # the drafter validates its config with bounds before any shape is computed from it
+        want = drafter_class(pack.drafter_kind).expected_tensors(pack.drafter)
+    except ValueError as e:
+        raise PackError(f"{where}: {e}") from None
+    missing = sorted(set(want) - set(pack.tensors))
+    extra = sorted(set(pack.tensors) - set(want))
     if missing:
         raise PackError(f"{where}: missing head tensors, e.g. {missing[0]} ({len(missing)} in all)")
     if extra:
         raise PackError(f"{where}: unexpected tensors, e.g. {extra[0]} ({len(extra)} in all)")
     for k, shape in want.items():
-        if tuple(pack.heads[k].shape) != shape:
-            raise PackError(f"{where}: tensor {k} has shape {tuple(pack.heads[k].shape)}, expected {shape}")
+        if tuple(pack.tensors[k].shape) != shape:
+            raise PackError(f"{where}: tensor {k} has shape {tuple(pack.tensors[k].shape)}, expected {shape}")
 
 
 def validate_for_model(pack: Pack, model, fingerprint: str, *, force: bool = False,
@@ -207,11 +235,11 @@ def validate_for_model(pack: Pack, model, fingerprint: str, *, force: bool = Fal
         if len(pack.patterns) != L or any(len(d) != Hq for d in pack.patterns):
             raise PackError(f"{where}: patterns are for {len(pack.patterns)} layers x "
                             f"{len(pack.patterns[0]) if pack.patterns else 0} heads; the model has {L} x {Hq}")
-    if pack.medusa is not None:
+    if pack.drafter is not None:
         H, V = cfg.hidden_size, cfg.vocab_size
-        if (int(pack.medusa["hidden_size"]), int(pack.medusa["vocab_size"])) != (H, V):
-            raise PackError(f"{where}: heads are for hidden {pack.medusa['hidden_size']} / vocab "
-                            f"{pack.medusa['vocab_size']}; the model has {H} / {V}")
+        if (int(pack.drafter["hidden_size"]), int(pack.drafter["vocab_size"])) != (H, V):
+            raise PackError(f"{where}: the {pack.drafter_kind} drafter is for hidden {pack.drafter['hidden_size']} / "
+                            f"vocab {pack.drafter['vocab_size']}; the model has {H} / {V}")
 
 
 def export_minference(pack: Pack, path: str | os.PathLike) -> Path:

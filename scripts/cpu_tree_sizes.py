@@ -12,9 +12,9 @@ import torch
 from accel.bench.decode import heldout_prompts
 from accel.bench.common import environment, write_json
 from accel.runtime.decode import generate_plain
-from accel.runtime.engine import load_heads
+from accel.runtime.drafters.medusa import MedusaDrafter
 from accel.runtime.generate import default_pack_path
-from accel.runtime.llama import CompactLM
+from accel.runtime.model import CompactLM
 from accel.runtime.medusa import generate_medusa
 from accel.runtime.models import load_model
 from accel.runtime.pack import load_pack
@@ -33,7 +33,7 @@ def main():
     tok = lm.tokenizer
     cm = CompactLM.from_hf(lm.model)
     pack = load_pack(default_pack_path())
-    heads, _ = load_heads(pack, cm)
+    heads, _ = MedusaDrafter.load_heads(pack, cm)
     prompts = [tok(tok.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True),
                    add_special_tokens=False)["input_ids"] for p in heldout_prompts()[:args.prompts]]
     eos = lm.eos_ids

@@ -18,9 +18,9 @@ import torch
 from accel.bench.decode import heldout_prompts
 from accel.bench.common import environment, write_json
 from accel.runtime.decode import generate_plain
-from accel.runtime.engine import load_heads
+from accel.runtime.drafters.medusa import MedusaDrafter
 from accel.runtime.generate import default_pack_path
-from accel.runtime.llama import CompactLM
+from accel.runtime.model import CompactLM
 from accel.runtime.medusa import generate_medusa
 from accel.runtime.models import load_model
 from accel.runtime.pack import load_pack
@@ -43,7 +43,7 @@ def main(argv=None):
     cm = CompactLM.from_hf(lm.model)
     cm.setup_cache(1, max(map(len, prompts)) + args.max_new_tokens + 1024)
     pack = load_pack(args.pack or default_pack_path())
-    heads, _ = load_heads(pack, cm)
+    heads, _ = MedusaDrafter.load_heads(pack, cm)
     acc = json.loads(pack.medusa["rank_acceptance"]) if isinstance(pack.medusa["rank_acceptance"], str) \
         else pack.medusa["rank_acceptance"]
     eos = tuple(lm.eos_ids)

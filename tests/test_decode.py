@@ -4,7 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from accel.runtime.decode import generate_plain
-from accel.runtime.llama import CompactLM
+from accel.runtime.model import CompactLM
 from accel.runtime.sampling import logits_to_probs, sample
 
 PROMPTS = [[1, 5, 7, 9, 11], [3, 4], [8, 6, 8, 6, 8, 6, 8, 2, 40]]
@@ -84,7 +84,7 @@ def test_cuda_graph_decode_equals_eager(models):
     hf, _ = models
     m = CompactLM.from_hf(hf.to("cuda"))
     eager = generate_plain(m, PROMPTS, 24, compile="eager")
-    for mode in ("graph", "inductor"):
+    for mode in ("graph",):
         graph = generate_plain(m, PROMPTS, 24, compile=mode)
         assert [r.tokens for r in graph] == [r.tokens for r in eager], mode
     again = generate_plain(m, PROMPTS[:2] + PROMPTS[:1], 24, compile="graph")  # cached graph, new inputs

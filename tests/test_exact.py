@@ -12,7 +12,8 @@ from accel.heads import MedusaConfig, MedusaHeads
 from accel.kernels.invariant_linear import linear, linear_reference, linear_silu_mul, rms_norm, rms_norm_reference
 from accel.kernels.tree_attention import rope_write, tree_attention, tree_attention_reference
 from accel.runtime.decode import generate_plain
-from accel.runtime.llama import CompactLM
+from accel.runtime.attention_meta import AttentionMeta
+from accel.runtime.model import CompactLM
 from accel.runtime.medusa import generate_medusa
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -121,7 +122,7 @@ def test_tree_attention_is_invariant_to_slots_and_batch(dtype):
 
 
 def test_rope_write_matches_eager_rotation():
-    from accel.runtime.llama import _rotate_half
+    from accel.runtime.model import _rotate_half
 
     g = torch.Generator().manual_seed(4)
     B, T, Hq, Hkv, D, S = 2, 3, 4, 2, 16, 32
@@ -164,8 +165,7 @@ def test_forward_exact_matches_forward(models):
     pos = torch.arange(12, device=DEV)[None]
     model.setup_cache(1, 64)
     ref, _ = model(ids, pos)
-    zero = torch.zeros(1, dtype=torch.long, device=DEV)
-    got, _ = model.forward_exact(ids, pos, pos, zero, zero + 12, pos + 1)
+    got, _ = model(ids, AttentionMeta.prompt(pos), backend="exact")
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
 
 
@@ -192,4 +192,4 @@ def test_exact_bf16_medusa_equals_plain_and_batched(models):
         assert generate_medusa(model, heads, p, n, tree=TREE, compile="exact").tokens == ref
     if DEV == "cuda":  # the 63-node tree takes ~40 s in the interpreter
         assert generate_medusa(model, heads, prompts[0], n, compile="exact").tokens == singles[0]
-    assert not model.exact  # the mode is scoped to the call
+    assert not hasattr(model, "exact")  # the backend is the engine's, never state on the model

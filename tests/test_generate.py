@@ -85,7 +85,7 @@ def test_real_model_medusa_greedy_is_exact(smollm2, tmp_path):
 
 
 def test_runtime_scales_pack_patterns_to_prompt_length():
-    from accel.runtime.engine import layer_patterns
+    from accel.runtime.prefill import layer_patterns
 
     pats = [{"0": ["vertical_and_slash", 100, 400, 0.9], "1": ["stream_llm", 64, 512, 0.9]}]
     prop = Pack("m", "fp", patterns=pats, patterns_info={"seq_len": 4096, "scaling": "proportional"})
@@ -105,11 +105,9 @@ def test_transformers_fallback_with_sparse_hook(tiny_model_dir, tmp_path):
     pack = Pack(lm.name, lm.fingerprint, patterns=keep_all, patterns_info={"seq_len": 64})
     prompt = [Prompt("x", prompt="the quick brown fox jumps over the lazy dog " * 3)]
     cfg = GenerationConfig(max_new_tokens=6, sparse_min_len=16, chat=False)
-    dense = Generator(lm, None, cfg)
-    dense.engine = "hf"
+    dense = Generator(lm, None, cfg, transformers=True)
     want = dense.run(prompt)[0].tokens
-    sparse = Generator(lm, pack, cfg)
-    sparse.engine = "hf"
+    sparse = Generator(lm, pack, cfg, transformers=True)
     got = sparse.run(prompt)[0].tokens
     from accel.kernels.hook import disable_sparse_prefill, sparse_calls
 

@@ -3,7 +3,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from accel.runtime.llama import CompactLM, rope_inv_freq, supports
+from accel.runtime.families import rope_inv_freq
+from accel.runtime.attention_meta import AttentionMeta
+from accel.runtime.model import CompactLM, supports
+from accel.runtime.prefill import PrefillPlan, plan_prefill
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64, "rope_theta": 500000.0}
@@ -44,7 +47,7 @@ def test_weights_shared_and_tied():
     hf = tiny(tie_word_embeddings=True)
     m = CompactLM.from_hf(hf)
     assert m.output.weight is m.tok_embeddings
-    assert m.layers[0].attn.wo.weight.data_ptr() == hf.model.layers[0].self_attn.o_proj.weight.data_ptr()
+    assert m.layers[0].wo.weight.data_ptr() == hf.model.layers[0].self_attn.o_proj.weight.data_ptr()
     assert hf.lm_head.weight.requires_grad  # the HF model is left as it was
 
 
@@ -95,12 +98,13 @@ def test_sparse_prefill_hook(monkeypatch):
     m.setup_cache(1, 64)
     ids = torch.randint(0, 97, (1, 40))
     pos = torch.arange(40)[None]
+    pack = type("P", (), {"has_patterns": True, "patterns": [{"0": ["dense", 0, 0]}] * 2, "patterns_info": {},
+                          "layer_patterns": lambda self, i: [f"p{i}"]})()
     with torch.no_grad():
         dense, _ = m(ids, pos)
-        m.patterns = [["p0"], ["p1"]]
-        m.sparse_min_len = 32
-        sparse, _ = m(ids, pos)
-        m(ids[:, :8], pos[:, :8])  # shorter than sparse_min_len: dense path
+        sparse, _ = m(ids, AttentionMeta.prompt(pos, plan_prefill(pack, 40, "cpu", override=32)))
+        short = plan_prefill(pack, 8, "cpu", override=32)  # shorter than the threshold: dense path
+        m(ids[:, :8], AttentionMeta.prompt(pos[:, :8], short))
     assert [c[2] for c in calls] == [["p0"], ["p1"]]
     assert calls[0][0] == (1, 4, 40, 16) and calls[0][1] == (1, 2, 40, 16)
     assert torch.allclose(sparse, dense, atol=1e-5)
@@ -115,7 +119,6 @@ def test_sparse_prefill_real_kernel_dense_patterns():
     pos = torch.arange(96)[None]
     with torch.no_grad():
         dense, _ = m(ids, pos)
-        m.patterns = [[kernels.HeadPattern("dense")] * 4 for _ in range(2)]
-        m.sparse_min_len = 64
-        sparse, _ = m(ids, pos)
+        plan = PrefillPlan([[kernels.HeadPattern("dense")] * 4 for _ in range(2)])
+        sparse, _ = m(ids, AttentionMeta.prompt(pos, plan))
     assert torch.allclose(sparse, dense, atol=1e-4)

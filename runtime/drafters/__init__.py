@@ -1,1 +1,17 @@
-"""Drafters: what proposes candidate tokens for the exact tree verify (Medusa today)."""
+"""Drafters for speculative decoding: the protocol (``base.Drafter``) and its implementations,
+registered by the ``kind`` a pack records (``accel.drafter.kind``)."""
+
+from __future__ import annotations
+
+from .base import Drafter
+from .medusa import MedusaDrafter
+
+__all__ = ["Drafter", "MedusaDrafter", "DRAFTERS", "drafter_class"]
+
+DRAFTERS: dict[str, type[Drafter]] = {MedusaDrafter.kind: MedusaDrafter}
+
+
+def drafter_class(kind: str) -> type[Drafter]:
+    if kind not in DRAFTERS:
+        raise ValueError(f"unknown drafter kind {kind!r} (this accel knows {sorted(DRAFTERS)}): upgrade accel")
+    return DRAFTERS[kind]

@@ -96,11 +96,18 @@ class MedusaHeads(nn.Module):
         """Per-head transformed hidden states: (K, B, T, H)."""
         return torch.stack([blk(x) for blk in self.blocks])
 
+    def project(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """Head k's vocab projection of its transformed hidden state (..., H) -> (..., V): the one
+        place it is written (decoding and training both call it)."""
+        if self.config.projection == "own":
+            return self.lm_heads[k](h)
+        return h @ self.shared_lm_head.t().to(h.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.hidden(x)  # (K, B, T, H)
         if self.config.projection == "own":
-            return torch.stack([head(h[i]) for i, head in enumerate(self.lm_heads)])
-        return h @ self.shared_lm_head.t().to(h.dtype)
+            return torch.stack([self.project(i, h[i]) for i in range(len(self.lm_heads))])
+        return self.project(0, h)  # one matmul for all heads: (K, B, T, H) @ (H, V)
 
     def attach_lm_head(self, lm_head_weight: torch.Tensor) -> None:
         """Re-point a shared head at the base model's lm_head (after loading from a pack)."""

@@ -1,6 +1,6 @@
 import torch
 from accel.kernels.tree_attention import rope_write
-from accel.runtime.llama import _rotate_half
+from accel.runtime.model import _rotate_half
 g = torch.Generator().manual_seed(4)
 B, T, Hq, Hkv, D, S = 2, 3, 4, 2, 16, 32
 dt = torch.bfloat16; DEV = "cuda"

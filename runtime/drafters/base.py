@@ -1,0 +1,68 @@
+"""The drafter protocol: what speculative decoding needs from a draft model.
+
+A drafter proposes a tree of candidate tokens after the base model's next token; the engine verifies
+the tree in one forward (``runtime.verify``, shared by all drafters) and accepts a path. Per request:
+
+    begin(prompt_feats)                  after prefill: the prompt's features (F, L, H); prime own cache
+    tokens = propose(root, feats)        root (1,) + features (F, 1, H) of the last accepted token
+                                         -> tree tokens (N+1,) for ``self.tree`` (may be a NEW tree
+                                         every step unless ``fixed_tree``)
+    accept(feats, nodes, n)              after each verify: features (F, N+1, H) of the tree, the
+                                         accepted path's node ids (D+1,) and its length (1,); a
+                                         drafter with its own KV cache rolls it back to that path
+    reset()                              before a new request
+
+``feature_layers``: which hidden states the drafter consumes (layer indices; -1 = the final-norm
+output); the model returns exactly those. Everything above runs on the device without host syncs,
+so with ``fixed_tree`` the whole greedy step (verify, acceptance, drafting) is one CUDA graph.
+
+Pack side: ``validate_config`` checks a config dict with bounds BEFORE anything is sized from it,
+``expected_tensors`` gives the tensor names and shapes a pack must hold, ``from_pack`` loads, and
+``to_pack`` returns (config, tensors) to save. Register a new kind in ``drafters/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ..tree import TreeBuffers
+
+__all__ = ["Drafter"]
+
+
+class Drafter:
+    kind: ClassVar[str] = ""
+    feature_layers: tuple[int, ...] = (-1,)
+    fixed_tree: bool = True
+    tree: TreeBuffers
+
+    # -- decoding --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the previous request (own KV cache, counters)."""
+
+    def begin(self, prompt_feats: torch.Tensor) -> None:
+        """Consume the prompt's features (F, L, H) after prefill."""
+
+    def propose(self, root: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def accept(self, feats: torch.Tensor, nodes: torch.Tensor, n: torch.Tensor) -> None:
+        """Keep the drafter's own state for the accepted path only (no-op without own KV cache)."""
+
+    # -- pack ------------------------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, config: dict) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def expected_tensors(cls, config: dict) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_pack(cls, pack, model, tree=None) -> "Drafter":
+        raise NotImplementedError
+
+    def to_pack(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        raise NotImplementedError

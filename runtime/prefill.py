@@ -1,0 +1,90 @@
+"""The ONE place that decides what a prompt's prefill does: dense, or sparse with which patterns.
+
+``plan_prefill(pack, length, device, override)`` -> ``PrefillPlan``. Sparse prefill needs patterns in
+the pack and a prompt at least ``sparse_threshold`` tokens long. The threshold is, in order: the
+caller's override (``--sparse-min-len``); on CUDA the per-model threshold the pack recorded when it
+was measured for that model (``patterns_info["sparse_min_len"]``); else ``DEFAULT_SPARSE_MIN_LEN`` on
+CUDA. On a CPU sparse prefill is off unless an override is given: there the kernels' PyTorch
+reference is exact but slower than dense attention.
+
+(The transformers-fallback hook in ``kernels/hook.py`` keeps its own ``min_len=4096`` default for
+direct library users; the runtime always passes this module's threshold to it.)
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["PrefillPlan", "DENSE", "DEFAULT_SPARSE_MIN_LEN", "DEFAULT_DENSE_ABOVE", "plan_prefill",
+           "sparse_threshold", "layer_patterns"]
+
+# Prompt length from which sparse prefill is used on CUDA. Measured (docs/results.md): on the default
+# model sparse prefill loses at every length up to its 8K context (index building's fixed per-layer
+# cost dominates 30 small layers), and on a Llama-3-8B-shaped model it first wins end to end at 32K
+# (A-shape / block-sparse 1.2x there, 2.6x at 128K). Below this, dense cuDNN attention runs.
+DEFAULT_SPARSE_MIN_LEN = 32768
+# An index keeping more than this share of the dense causal work runs dense instead: the sparse
+# kernels reach 60-80 % of cuDNN's throughput, so sparse only pays below that (kernels/attention.py).
+DEFAULT_DENSE_ABOVE = 0.6
+
+
+@dataclass(frozen=True)
+class PrefillPlan:
+    """What one prompt chunk's attention does during prefill. ``patterns``: per layer, one
+    ``HeadPattern`` per query head (None = dense)."""
+
+    patterns: list | None = None
+    dense_above: float = DEFAULT_DENSE_ABOVE
+
+    @property
+    def sparse(self) -> bool:
+        return self.patterns is not None
+
+    def work_share(self, length: int, head_dim: int) -> float | None:
+        """Mean share of the dense causal work the patterns keep (None when dense)."""
+        if self.patterns is None:
+            return None
+        from ..kernels import HeadPattern, pattern_cost
+
+        dense = pattern_cost(HeadPattern("dense", 0, 0, 0.0), length, head_dim)
+        return float(statistics.mean(pattern_cost(p, length, head_dim) / dense
+                                     for layer in self.patterns for p in layer))
+
+
+DENSE = PrefillPlan()
+
+
+def sparse_threshold(pack, device, override: int | None = None) -> int | None:
+    """Prompt length from which sparse prefill runs, or None (off)."""
+    if override is not None:
+        return int(override)
+    if torch.device(device).type != "cuda":
+        return None
+    measured = (getattr(pack, "patterns_info", None) or {}).get("sparse_min_len")
+    return int(measured) if measured else DEFAULT_SPARSE_MIN_LEN
+
+
+def layer_patterns(pack, length: int):
+    """The pack's patterns, scaled from the searched length to ``length`` (kernels.scaling)."""
+    from ..kernels.scaling import scale_pattern
+
+    info = pack.patterns_info or {}
+    searched = int(info.get("seq_len", length))
+    rule = info.get("scaling", "proportional")
+    layers = [pack.layer_patterns(i) for i in range(len(pack.patterns))]
+    if searched == length:
+        return layers
+    return [[scale_pattern(p, searched, length, rule=rule) for p in layer] for layer in layers]
+
+
+def plan_prefill(pack, length: int, device, override: int | None = None, *, dense: bool = False) -> PrefillPlan:
+    """Dense or sparse prefill for one prompt of ``length`` tokens (see the module docstring)."""
+    if dense or pack is None or not pack.has_patterns:
+        return DENSE
+    threshold = sparse_threshold(pack, device, override)
+    if threshold is None or length < threshold:
+        return DENSE
+    return PrefillPlan(layer_patterns(pack, length))

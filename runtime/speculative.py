@@ -1,0 +1,162 @@
+"""Speculative tree decoding of one prompt with any drafter (batch 1), as a stepping generator.
+
+Prefill the prompt (its own ``PrefillPlan``), let the drafter propose a tree, then repeat: verify
+the tree in one forward, accept a path (``runtime.verify``), emit it, let the drafter roll back and
+propose the next tree. All loop state lives on the device (``SpecState``); tokens are read back and
+yielded every ``check_every`` steps, so a few extra steps may run past the end (their tokens are
+dropped).
+
+The captured step is cached on the model per (drafter, tree, acceptance, backend) together with its
+state, and reused across requests: the state is refilled in place (``SpecState.reset``) instead of
+capturing a new CUDA graph per request (~50 ms each on the H200 before). In greedy mode the whole
+step (KV move, verify forward, acceptance, drafting) is one graph; in sampling modes the verify
+forward is, and acceptance runs eagerly. A drafter without a fixed tree runs eagerly.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .plain import Chunk, GenerationResult, prefill
+from .prefill import DENSE
+from .sampling import logits_to_probs, make_generator, sample_from_probs
+from .steps import StepGraph, backend_for, capture_mode, sync
+from .verify import SpecState, accept_greedy, accept_speculative, accept_typical, advance, verify
+
+__all__ = ["speculative_stream"]
+
+
+class _Captured:
+    """A cached step and the static state it closes over."""
+
+    def __init__(self, drafter, state: SpecState, step):
+        self.drafter, self.state, self.step = drafter, state, step
+
+
+def _step_fn(model, backend, drafter, st, acceptance, sampling, gen, rng):
+    """(fused greedy step, None) or (verify-only step, host-side acceptance)."""
+    tb, feats = drafter.tree, drafter.feature_layers
+
+    if acceptance == "greedy":
+        def fused():
+            lg, hd = verify(model, backend, tb, st, feats)
+            best, a, nxt = accept_greedy(tb, st.tree_tokens, lg)
+            advance(drafter, tb, st, hd, best, a, nxt)
+            return ()
+        return fused
+
+    def verify_only():
+        return verify(model, backend, tb, st, feats)
+    return verify_only
+
+
+def _acceptor(drafter, st, acceptance, temperature, top_p, threshold, alpha, gen, rng):
+    def after(lg, hd):
+        tb = drafter.tree
+        if acceptance == "typical":
+            best, a, nxt = accept_typical(tb, st.tree_tokens, lg, temperature, top_p, threshold, alpha, gen)
+        else:
+            best, a, nxt = accept_speculative(tb, st.tree_tokens, lg, temperature, top_p, gen, rng)
+        advance(drafter, tb, st, hd, best, a, nxt)
+    return after
+
+
+def _get_step(model, backend, mode, drafter, acceptance, out_len, max_steps):
+    """The cached (state, step) for this drafter and tree, or a new capture when none fits."""
+    tb = drafter.tree
+    kind = "greedy" if acceptance == "greedy" else "verify"
+    key = ("spec", id(drafter), tuple(tb.paths), kind, backend)
+    hit = model.step_graphs.get((key, mode)) if drafter.fixed_tree else None
+    if hit is not None and hit.drafter is drafter and hit.state.out.numel() >= out_len \
+            and hit.state.accept.numel() >= max_steps:
+        return hit
+    st = SpecState(tb, out_len, max_steps, model.device)
+    fn = _step_fn(model, backend, drafter, st, acceptance, None, None, None)
+    if not drafter.fixed_tree:
+        return _Captured(drafter, st, fn)
+    saved = [t.clone() for t in st.tensors()]
+    step = StepGraph(fn, [], mode)  # its warm-up runs advance the state / write free cache slots
+    for dst, src in zip(st.tensors(), saved):
+        dst.copy_(src)
+    cap = _Captured(drafter, st, step)
+    model.step_graphs[(key, mode)] = cap
+    return cap
+
+
+def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: int, *, mode: str,
+                       temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, eos_ids=(),
+                       acceptance: str = "greedy", posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+                       plan=DENSE, check_every: int = 4, row: int = 0):
+    """Yield ``Chunk``s for one prompt; the last one carries its GenerationResult (``accept_lengths``:
+    tokens emitted per verify step)."""
+    device, backend = model.device, backend_for(mode)
+    if temperature == 0:
+        acceptance = "greedy"
+    tb = drafter.tree
+    L, D1, N1 = len(prompt_ids), tb.num_heads + 1, tb.num_nodes
+    max_steps = max_new_tokens + check_every + 1
+    out_len = max_new_tokens + (check_every + 1) * D1
+    model.setup_cache(1, L + max_new_tokens + (check_every + 1) * D1 + N1)
+    gen = make_generator(device, seed)
+    rng = np.random.default_rng(seed)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    eos_set = set(eos_ids)
+
+    cap = _get_step(model, backend, capture_mode(mode, device), drafter, acceptance, out_len, max_steps)
+    st = cap.state
+    sync(device)
+    t0 = time.perf_counter()
+    drafter.reset()
+    st.reset(L)
+    logits, feats = prefill(model, prompt_ids, backend, plan, features=drafter.feature_layers)  # (1, V), (F, 1, L, H)
+    root = logits[0].argmax(-1) if acceptance == "greedy" else \
+        sample_from_probs(logits_to_probs(logits[0], temperature, top_p), gen)
+    drafter.begin(feats[:, 0])
+    st.tree_tokens.copy_(drafter.propose(root.reshape(1), feats[:, 0, -1:]))
+    sync(device)
+    t1 = time.perf_counter()
+
+    if acceptance == "greedy":
+        step = cap.step
+    else:
+        after = _acceptor(drafter, st, acceptance, temperature, top_p, posterior_threshold, posterior_alpha, gen, rng)
+
+        def step():
+            after(*cap.step())
+    t2 = time.perf_counter()
+
+    sent = 0
+    accept: list[int] = []
+    hit_eos = False
+    for i in range(max_steps):
+        step()
+        if (i + 1) % check_every == 0 or i == max_steps - 1:
+            n = min(int(st.n_gen), max_new_tokens)
+            new = st.out[sent:n].tolist()
+            cut = next((j for j, t in enumerate(new) if t in eos_set), None)
+            if cut is not None:
+                new, hit_eos = new[: cut + 1], True
+            sent += len(new)
+            last = hit_eos or sent >= max_new_tokens or i == max_steps - 1
+            if last:
+                accept = st.accept[: int(st.step)].tolist()
+                break
+            if new:
+                yield Chunk(row, new)
+    toks_total = sent
+    sync(device)
+    t3 = time.perf_counter()
+    # keep the steps that produced the returned tokens (the last one may be cut short)
+    kept, total = [], 0
+    for x in accept:
+        if total >= toks_total:
+            break
+        kept.append(x)
+        total += x
+    tokens = st.out[:toks_total].tolist()
+    res = GenerationResult(tokens=tokens, num_new=len(tokens), prefill_s=t1 - t0, decode_s=t3 - t2,
+                           capture_s=t2 - t1, stopped_on_eos=hit_eos, accept_lengths=kept)
+    yield Chunk(row, new, res)
