@@ -26,7 +26,8 @@ def generate(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the chat template to plain prompts (default: when the model has one)."),
     truncate: Optional[str] = typer.Option(None, "--truncate", help="'left' drops the oldest prompt tokens that do not fit the context."),
     sparse_min_len: Optional[int] = typer.Option(None, "--sparse-min-len", min=1, help="Prompt length from which sparse prefill is used (default: measured threshold on CUDA; off on CPU)."),
-    compile: Optional[str] = typer.Option(None, "--compile", help="Decode steps on CUDA: exact (default: batch-invariant Triton kernels in a CUDA graph; greedy output is the same with or without Medusa and in any batch, and it is the fastest step measured), graph (cuBLAS/SDPA in a CUDA graph), inductor (torch.compile'd layers), eager."),
+    compile: Optional[str] = typer.Option(None, "--compile", help="Decode steps on CUDA: exact (default: batch-invariant Triton kernels in a CUDA graph; greedy output is the same with or without Medusa and in any batch, and it is the fastest step measured), graph (cuBLAS/SDPA in a CUDA graph: the fallback for attention shapes the exact kernels do not support), eager."),
+    stream: bool = typer.Option(False, "--stream", help="Print the tokens of a single prompt as they are accepted (plain text on stdout)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON line per prompt here instead of text on stdout."),
     stats: bool = typer.Option(False, "--stats", help="Print prefill time, tokens/s, accepted tokens/step, attention density."),
     force: bool = typer.Option(False, "--force", help="Use a pack whose fingerprint does not match the model."),
@@ -48,17 +49,32 @@ def generate(
             raise AccelError(f"--truncate takes only 'left', got {truncate!r}")
         if acceptance not in ("typical", "speculative"):
             raise AccelError(f"--acceptance must be typical or speculative, got {acceptance!r}")
-        if compile not in (None, "exact", "graph", "inductor", "eager"):
-            raise AccelError(f"--compile must be exact, graph, inductor or eager, got {compile!r}")
+        if compile in ("inductor", "compile"):
+            raise AccelError(f"--compile {compile} was removed (never the fastest decode step): use --compile exact "
+                             "(the default on CUDA) or graph")
+        if compile not in (None, "exact", "graph", "eager"):
+            raise AccelError(f"--compile must be exact, graph or eager, got {compile!r}")
+        if stream and output is not None:
+            raise AccelError("--stream prints to stdout; drop --output (or --stream)")
         if output is not None and output.is_dir():
             raise AccelError(f"--output {output} is a folder; give a file name like out.jsonl")
         prompts = read_prompt_file(prompt_file)  # validate before the slow model load
+        if stream and len(prompts) != 1:
+            raise AccelError(f"--stream prints one prompt as it is generated; the file has {len(prompts)} prompts")
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                seed=seed, medusa=medusa, dense_prefill=dense_prefill,
                                acceptance=acceptance, tree_file=tree, chat=chat, truncate=truncate,
                                sparse_min_len=sparse_min_len, compile=compile)
         gen = Generator.load(model, pack=pack, device=device, dtype=dtype, force=force, config=cfg,
                              trust_remote_code=trust_remote_code)
+        if stream:
+            import sys
+
+            for piece in gen.stream(prompts[0]):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            return
         completions = gen.run(prompts)
         if output is not None:
             rows = [json.dumps(c.to_json(), ensure_ascii=False) for c in completions]

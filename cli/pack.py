@@ -24,6 +24,8 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
         meta = Table(title=f"pack {pack}", show_header=False)
         meta.add_row("base model", p.base_model)
         meta.add_row("fingerprint", p.fingerprint)
+        meta.add_row("format version", str(p.format_version))
+        meta.add_row("drafter", p.drafter_kind or "none")
         meta.add_row("size", f"{pack.stat().st_size / 1e6:.2f} MB")
         prov = p.provenance or {}
         for k in ("accel_version", "date"):
@@ -46,9 +48,9 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
                 out.print("patterns info: " + json.dumps(p.patterns_info, default=str), markup=False)
         else:
             out.print("patterns: none")
-        if p.has_heads:
-            m = p.medusa
-            t = Table(title="Medusa heads")
+        if p.has_drafter and p.drafter_kind == "medusa":
+            m = p.drafter
+            t = Table(title="drafter: medusa heads")
             for col in ("heads", "ResBlocks", "projection", "hidden", "vocab", "tree nodes", "tensors", "params"):
                 t.add_column(col, justify="right")
             n_params = sum(v.numel() for v in p.heads.values())
@@ -64,7 +66,7 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
                     acc.add_row(str(i), f"t+{i + 2}", f"{t1:.3f}", f"{t5:.3f}")
                 out.print(acc)
         else:
-            out.print("heads: none")
+            out.print(f"drafter: {p.drafter_kind}" if p.has_drafter else "heads: none (drafter: none)")
 
 
 @app.command("export")

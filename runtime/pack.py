@@ -63,6 +63,7 @@ class Pack:
         self.drafter_kind = drafter_kind or ("medusa" if drafter is not None else None)
         self.tensors = dict(tensors if tensors is not None else heads or {})
         self.provenance = provenance or {}
+        self.format_version = FORMAT_VERSION  # what load_pack read (older packs are upgraded on save)
 
     # format-1 names, still used by callers that only know Medusa
     @property
@@ -174,6 +175,7 @@ def load_pack(path: str | os.PathLike) -> Pack:
         drafter_kind=kind,
     )
     _check_structure(pack, str(path))
+    pack.format_version = version
     return pack
 
 

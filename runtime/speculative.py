@@ -36,12 +36,14 @@ class _Captured:
         self.drafter, self.state, self.step = drafter, state, step
 
 
-def _step_fn(model, backend, drafter, st, acceptance, sampling, gen, rng):
-    """(fused greedy step, None) or (verify-only step, host-side acceptance)."""
-    tb, feats = drafter.tree, drafter.feature_layers
+def _step_fn(model, backend, drafter, st, acceptance):
+    """The fused greedy step, or the verify-only step (sampling modes accept on the side). The tree
+    is read at each call: a drafter may propose a new one every step (then nothing is captured)."""
+    feats = drafter.feature_layers
 
     if acceptance == "greedy":
         def fused():
+            tb = drafter.tree
             lg, hd = verify(model, backend, tb, st, feats)
             best, a, nxt = accept_greedy(tb, st.tree_tokens, lg)
             advance(drafter, tb, st, hd, best, a, nxt)
@@ -49,7 +51,7 @@ def _step_fn(model, backend, drafter, st, acceptance, sampling, gen, rng):
         return fused
 
     def verify_only():
-        return verify(model, backend, tb, st, feats)
+        return verify(model, backend, drafter.tree, st, feats)
     return verify_only
 
 
@@ -68,13 +70,13 @@ def _get_step(model, backend, mode, drafter, acceptance, out_len, max_steps):
     """The cached (state, step) for this drafter and tree, or a new capture when none fits."""
     tb = drafter.tree
     kind = "greedy" if acceptance == "greedy" else "verify"
-    key = ("spec", id(drafter), tuple(tb.paths), kind, backend)
+    # the entry keeps its drafter alive, so the ids inside cache_key() cannot be recycled meanwhile
+    key = ("spec", drafter.cache_key(), kind, backend)
     hit = model.step_graphs.get((key, mode)) if drafter.fixed_tree else None
-    if hit is not None and hit.drafter is drafter and hit.state.out.numel() >= out_len \
-            and hit.state.accept.numel() >= max_steps:
+    if hit is not None and hit.state.out.numel() >= out_len and hit.state.accept.numel() >= max_steps:
         return hit
     st = SpecState(tb, out_len, max_steps, model.device)
-    fn = _step_fn(model, backend, drafter, st, acceptance, None, None, None)
+    fn = _step_fn(model, backend, drafter, st, acceptance)
     if not drafter.fixed_tree:
         return _Captured(drafter, st, fn)
     saved = [t.clone() for t in st.tensors()]
@@ -95,18 +97,17 @@ def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: in
     device, backend = model.device, backend_for(mode)
     if temperature == 0:
         acceptance = "greedy"
-    tb = drafter.tree
-    L, D1, N1 = len(prompt_ids), tb.num_heads + 1, tb.num_nodes
+    depth, N1 = drafter.bounds()
+    L, D1 = len(prompt_ids), depth + 1
     max_steps = max_new_tokens + check_every + 1
     out_len = max_new_tokens + (check_every + 1) * D1
     model.setup_cache(1, L + max_new_tokens + (check_every + 1) * D1 + N1)
     gen = make_generator(device, seed)
     rng = np.random.default_rng(seed)
-    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     eos_set = set(eos_ids)
 
     cap = _get_step(model, backend, capture_mode(mode, device), drafter, acceptance, out_len, max_steps)
-    st = cap.state
+    st, drafter = cap.state, cap.drafter  # a cached step keeps the drafter it was captured with
     sync(device)
     t0 = time.perf_counter()
     drafter.reset()
@@ -115,7 +116,7 @@ def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: in
     root = logits[0].argmax(-1) if acceptance == "greedy" else \
         sample_from_probs(logits_to_probs(logits[0], temperature, top_p), gen)
     drafter.begin(feats[:, 0])
-    st.tree_tokens.copy_(drafter.propose(root.reshape(1), feats[:, 0, -1:]))
+    st.put("tree_tokens", drafter.propose(root.reshape(1), feats[:, 0, -1:]))
     sync(device)
     t1 = time.perf_counter()
 

@@ -48,6 +48,15 @@ class SpecState:
     def tensors(self):
         return [self.tree_tokens, self.prefix, self.src, self.dst, self.n_gen, self.out, self.step, self.accept]
 
+    def put(self, name: str, value: torch.Tensor) -> None:
+        """In place when the shape is unchanged (always, for a fixed tree: CUDA-graph safe); a drafter
+        whose trees change shape runs uncaptured, so its state tensors may be replaced."""
+        cur = getattr(self, name)
+        if cur.shape == value.shape:
+            cur.copy_(value)
+        else:
+            setattr(self, name, value.clone())
+
     def reset(self, prefix_len: int) -> None:
         for t in (self.n_gen, self.out, self.step, self.accept, self.tree_tokens):
             t.zero_()
@@ -145,11 +154,12 @@ def advance(drafter, tb, st: SpecState, feats, best, a, next_root) -> None:
     # best, a: (1,) long. Entries of nodes past a are padding: harmless (moved, then overwritten)
     nodes = tb.retrieve[best][0]  # (D+1,)
     st.out[st.n_gen + ar] = st.tree_tokens[nodes]
-    st.src.copy_(st.prefix + nodes)
-    st.dst.copy_(st.prefix + ar)
+    st.put("src", st.prefix + nodes)
+    st.put("dst", st.prefix + ar)
     st.accept[st.step] = a + 1
     st.step.add_(1)
     st.n_gen.add_(a + 1)
     st.prefix.add_(a + 1)
     drafter.accept(feats, nodes, a)
-    st.tree_tokens.copy_(drafter.propose(next_root, feats[:, nodes[a]]))
+    st.put("tree_tokens", drafter.propose(next_root, feats[:, nodes[a]]))
+

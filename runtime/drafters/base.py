@@ -51,6 +51,15 @@ class Drafter:
     def accept(self, feats: torch.Tensor, nodes: torch.Tensor, n: torch.Tensor) -> None:
         """Keep the drafter's own state for the accepted path only (no-op without own KV cache)."""
 
+    def bounds(self) -> tuple[int, int]:
+        """(max tree depth, max tree nodes incl. the root) over all trees it may propose: the cache is
+        sized from these. Default: the current tree's."""
+        return self.tree.num_heads, self.tree.num_nodes
+
+    def cache_key(self) -> tuple:
+        """Drafters with equal keys may share a captured step (default: only this object)."""
+        return (self.kind, id(self))
+
     # -- pack ------------------------------------------------------------------------------------
     @classmethod
     def validate_config(cls, config: dict) -> dict:

@@ -48,6 +48,10 @@ class MedusaDrafter(Drafter):
         topk = self.heads(h[None])[:, 0, 0].topk(self.tree.topk, dim=-1).indices  # (K, topk)
         return self.tree.candidates(root, topk[: self.tree.num_heads])
 
+    def cache_key(self) -> tuple:
+        # stateless: any MedusaDrafter over the same heads and tree can replay the same captured step
+        return (self.kind, id(self.heads), tuple(self.tree.paths), self._dtype)
+
     # -- pack ------------------------------------------------------------------------------------
     @classmethod
     def validate_config(cls, config: dict) -> dict:
