@@ -29,17 +29,12 @@ def main(argv=None):
     ap.add_argument("--prompts", default="heads/heldout_prompts.jsonl")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--dtype", default=None, help="bf16 | fp32 (default: bf16 on CUDA)")
-    ap.add_argument("--fp32-logits", action="store_true", help="project to the vocab in fp32")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     lm = load_model(args.model, dtype=args.dtype)
     prompts = read_prompt_file(args.prompts)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, medusa=True)
     plain = Generator(lm, None, cfg)
-    if plain.engine == "compact":
-        from accel.runtime.engine import _compact
-
-        _compact(plain).logits_fp32 = args.fp32_logits
     plain.run(prompts[:1])  # warm-up (graph capture)
     base = plain.run(prompts)
     rows = []
@@ -47,7 +42,6 @@ def main(argv=None):
         pack = load_pack(path)
         validate_for_model(pack, lm.model, lm.fingerprint, where=path)
         gen = Generator(lm, pack, cfg)
-        gen._compact = plain._compact  # one compact model (and cache) for all runs
         gen.run(prompts[:1])
         res = gen.run(prompts)
         acc = [c.stats.get("accepted_per_step", 0.0) for c in res]

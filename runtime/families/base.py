@@ -115,6 +115,9 @@ class Family:
         rtype = rope_params(cfg)["rope_type"]
         if rtype not in self.rope_types:
             return f"rope type {rtype!r} (supported: {sorted(self.rope_types)})"
+        window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        if window is not None and not self.sliding_window:
+            return f"sliding_window={window} is not supported for {self.model_type}"
         if not hasattr(getattr(hf_model, "model", None), "layers"):
             return "no .model.layers (expected a *ForCausalLM)"
         return None
