@@ -67,6 +67,9 @@ def generate(
                                sparse_min_len=sparse_min_len, compile=compile)
         gen = Generator.load(model, pack=pack, device=device, dtype=dtype, force=force, config=cfg,
                              trust_remote_code=trust_remote_code)
+        if gen.fallback_reason:
+            err.print(f"note: the compact engine cannot run this model ({gen.fallback_reason}); using transformers' "
+                      "generate (no Medusa)", markup=False)
         if stream:
             import sys
 

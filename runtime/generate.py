@@ -75,7 +75,9 @@ class Generator:
         """``transformers=True`` forces transformers' generate even where the compact engine runs."""
         self.loaded, self.pack, self.config = loaded, pack, config
         self.tree = _load_tree(config.tree_file) if config.tree_file else None
-        self.engine = None if transformers or not _compact_supported(loaded.model) else self._build_engine()
+        # why the compact engine does not run this model (one line), or None
+        self.fallback_reason = "asked for transformers" if transformers else _why_unsupported(loaded.model)
+        self.engine = None if self.fallback_reason else self._build_engine()
 
     def _build_engine(self):
         from .engine import Engine
@@ -86,7 +88,10 @@ class Generator:
         if self._want_drafter():
             from .drafters import drafter_class
 
-            drafter = drafter_class(self.pack.drafter_kind).from_pack(self.pack, model, tree=self.tree)
+            try:
+                drafter = drafter_class(self.pack.drafter_kind).from_pack(self.pack, model, tree=self.tree)
+            except ValueError as e:  # e.g. a --tree deeper than the pack has heads
+                raise AccelError(f"the pack's {self.pack.drafter_kind} drafter: {e}") from None
         try:
             return Engine(model, drafter, mode=self.config.compile)
         except ValueError as e:  # an impossible decode mode for this model / device
@@ -235,7 +240,7 @@ class Generator:
         wall = time.perf_counter() - t0
         outs = [self._strip_eos(row[width:].tolist()) for row in seq]
         n = sum(map(len, outs))
-        return [{"tokens": o, "stats": {"engine": "transformers", "wall_s": wall,
+        return [{"tokens": o, "stats": {"engine": "transformers", "fallback": self.fallback_reason, "wall_s": wall,
                                         "tokens_per_s": n / wall if wall else 0.0}} for o in outs]
 
     def print_stats(self, completions: list[Completion], console) -> None:
@@ -258,10 +263,10 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _compact_supported(model) -> bool:
+def _why_unsupported(model) -> str | None:
     from .families import why_unsupported
 
-    return why_unsupported(model) is None
+    return why_unsupported(model)
 
 
 def _load_tree(path: str) -> list[tuple[int, ...]]:

@@ -62,7 +62,7 @@ def main(argv=None):
               f"medusa {row['medusa_tok_s']:.0f} tok/s vs plain {row['plain_tok_s']:.0f} tok/s, {row['bytes'] / 1e6:.1f} MB",
               flush=True)
     env = environment(" ".join(["python scripts/eval_acceptance.py"] + (argv or sys.argv[1:])))
-    write_json(args.out, {"env": env, "model": lm.name, "dtype": str(lm.model.dtype), "fp32_logits": args.fp32_logits, "prompts": args.prompts,
+    write_json(args.out, {"env": env, "model": lm.name, "dtype": str(lm.model.dtype), "prompts": args.prompts,
                           "max_new_tokens": args.max_new_tokens, "rows": rows})
 
 

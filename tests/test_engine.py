@@ -234,3 +234,29 @@ def test_generator_on_completion_is_called_per_prompt(tiny_model_dir):
     assert [c.id for c in got] == ["a", "b"] and [c.tokens for c in got] == [c.tokens for c in comps]
     assert isinstance(gen.engine, Engine) and gen.engine.drafter is None
     json.dumps([c.to_json() for c in comps])
+
+
+def test_model_returns_the_features_a_drafter_declares(model):
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)).eval()
+    m = CompactLM.from_hf(hf)
+    m.setup_cache(1, 32)
+    ids = torch.randint(0, V, (1, 9))
+    pos = torch.arange(9)[None]
+    with torch.no_grad():
+        ref = hf(ids, output_hidden_states=True).hidden_states  # embeddings, layer 0, layer 1 (final-normed)
+        _, final = m(ids, AttentionMeta.prompt(pos))
+        _, feats = m(ids, AttentionMeta.prompt(pos), features=(0, -1))
+    assert feats.shape == (2, 1, 9, 64)
+    assert torch.allclose(feats[0], ref[1], atol=1e-5) and torch.equal(feats[1], final)
+
+
+def test_medusa_drafter_saves_and_loads_itself_through_a_pack(model, tmp_path):
+    d = MedusaDrafter(_heads(model), TREE)
+    cfg, tensors = d.to_pack()
+    path = save_pack(Pack("m", "fp", drafter=cfg, tensors=tensors, drafter_kind=d.kind), tmp_path / "d.safetensors")
+    back = MedusaDrafter.from_pack(load_pack(path), model)
+    assert back.tree.paths == d.tree.paths
+    feats = torch.randn(1, 1, 64)
+    root = torch.tensor([3])
+    assert torch.equal(back.propose(root, feats), d.propose(root, feats))

@@ -64,3 +64,19 @@ def test_qwen3_greedy_medusa_equals_plain(qwen3):
     for prompt in ([1, 5, 7, 9, 11], [42, 3]):
         ref = generate_plain(m, [prompt], 30)[0].tokens
         assert generate_medusa(m, heads, prompt, 30, tree=TREE).tokens == ref
+
+
+def test_unsupported_family_says_why_in_one_line_and_falls_back(tiny_model_dir):
+    from accel.runtime.generate import GenerationConfig, Generator
+    from accel.runtime.models import load_model
+    from accel.runtime.prompts import Prompt
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    lm.model.config.hidden_act = "gelu"  # a variant no family declares
+    try:
+        gen = Generator(lm, None, GenerationConfig(max_new_tokens=3, chat=False))
+        assert gen.engine is None and gen.fallback_reason == "hidden_act 'gelu' (only 'silu')"
+        [c] = gen.run([Prompt("x", prompt="hi")])
+        assert c.stats["engine"] == "transformers" and c.stats["fallback"] == gen.fallback_reason
+    finally:
+        lm.model.config.hidden_act = "silu"
