@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from .plain import GenerationResult, plain_stream
 from .prefill import DENSE
 from .sampling import check_sampling_args
@@ -61,20 +59,20 @@ class Engine:
             raise ValueError("prompts must be a non-empty list of non-empty token id lists")
         plans = plans or [DENSE] * len(prompts)
         s = sampling
-        with torch.no_grad():
-            if self.drafter is None:
-                yield from plain_stream(self.model, prompts, s.max_new_tokens, mode=self.mode,
-                                        temperature=s.temperature, top_p=s.top_p, seed=s.seed, eos_ids=s.eos_ids,
-                                        plans=plans, check_every=check_every or 16)
-                return
-            from .speculative import speculative_stream
+        # (the loops are @torch.no_grad() generators: grad mode is switched per resume, not across yields)
+        if self.drafter is None:
+            yield from plain_stream(self.model, prompts, s.max_new_tokens, mode=self.mode,
+                                    temperature=s.temperature, top_p=s.top_p, seed=s.seed, eos_ids=s.eos_ids,
+                                    plans=plans, check_every=check_every or 16)
+            return
+        from .speculative import speculative_stream
 
-            for row, (p, plan) in enumerate(zip(prompts, plans)):
-                yield from speculative_stream(
-                    self.model, self.drafter, p, s.max_new_tokens, mode=self.mode, temperature=s.temperature,
-                    top_p=s.top_p, seed=s.seed, eos_ids=s.eos_ids, acceptance=s.acceptance,
-                    posterior_threshold=s.posterior_threshold, posterior_alpha=s.posterior_alpha, plan=plan,
-                    check_every=check_every or 4, row=row)
+        for row, (p, plan) in enumerate(zip(prompts, plans)):
+            yield from speculative_stream(
+                self.model, self.drafter, p, s.max_new_tokens, mode=self.mode, temperature=s.temperature,
+                top_p=s.top_p, seed=s.seed, eos_ids=s.eos_ids, acceptance=s.acceptance,
+                posterior_threshold=s.posterior_threshold, posterior_alpha=s.posterior_alpha, plan=plan,
+                check_every=check_every or 4, row=row)
 
     def generate(self, prompts, sampling: Sampling, *, plans=None, check_every: int | None = None,
                  on_result=None) -> list[GenerationResult]:

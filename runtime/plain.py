@@ -74,6 +74,7 @@ def _first_eos(row: list[int], eos: set) -> int | None:
     return next((j for j, t in enumerate(row) if t in eos), None)
 
 
+@torch.no_grad()
 def plain_stream(model, prompts: list[list[int]], max_new_tokens: int, *, mode: str, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, eos_ids=(), plans=None, check_every: int = 16, rows=None):
     """Yield ``Chunk``s as tokens are accepted; each prompt's last chunk carries its GenerationResult.

@@ -88,6 +88,7 @@ def _get_step(model, backend, mode, drafter, acceptance, out_len, max_steps):
     return cap
 
 
+@torch.no_grad()
 def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: int, *, mode: str,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, eos_ids=(),
                        acceptance: str = "greedy", posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
@@ -106,7 +107,10 @@ def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: in
     rng = np.random.default_rng(seed)
     eos_set = set(eos_ids)
 
+    tc = time.perf_counter()
     cap = _get_step(model, backend, capture_mode(mode, device), drafter, acceptance, out_len, max_steps)
+    sync(device)
+    capture_s = time.perf_counter() - tc  # ~0 when the step was captured by an earlier request
     st, drafter = cap.state, cap.drafter  # a cached step keeps the drafter it was captured with
     sync(device)
     t0 = time.perf_counter()
@@ -159,5 +163,5 @@ def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: in
         total += x
     tokens = st.out[:toks_total].tolist()
     res = GenerationResult(tokens=tokens, num_new=len(tokens), prefill_s=t1 - t0, decode_s=t3 - t2,
-                           capture_s=t2 - t1, stopped_on_eos=hit_eos, accept_lengths=kept)
+                           capture_s=capture_s, stopped_on_eos=hit_eos, accept_lengths=kept)
     yield Chunk(row, new, res)
