@@ -193,8 +193,7 @@ class Generator:
 
         def on_result(row, r):
             toks = r.tokens[:-1] if r.tokens and r.tokens[-1] in eos else r.tokens
-            stats = {"engine": engine.name if engine.drafter is None or engine.drafter.kind != "medusa"
-                     else "compact+medusa", "decode_mode": engine.mode, "prefill_ms": r.prefill_s * 1e3,
+            stats = {"engine": engine.name, "decode_mode": engine.mode, "prefill_ms": r.prefill_s * 1e3,
                      "tokens_per_s": r.tokens_per_s,
                      "attention_density": plans[row].work_share(len(ids[row]), engine.model.head_dim)}
             if r.accept_lengths:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_meta import AttentionMeta
-from .families import ModelArgs, family_for, rope_inv_freq, why_unsupported
+from .families import family_for, rope_inv_freq, why_unsupported
 
 __all__ = ["CompactLM", "supports", "BACKENDS"]
 

@@ -21,8 +21,8 @@ import torch
 
 from .attention_meta import AttentionMeta
 from .prefill import DENSE
-from .sampling import check_sampling_args, make_generator, sample
-from .steps import backend_for, capture_mode, get_step, resolve_mode, sync
+from .sampling import make_generator, sample
+from .steps import backend_for, capture_mode, get_step, sync
 
 __all__ = ["GenerationResult", "Chunk", "prefill", "decode_one_token", "plain_stream"]
 
