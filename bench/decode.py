@@ -206,7 +206,7 @@ def run_decode_bench(model="smollm2-135m", synthetic=None, pack=None, max_new_to
             n, s = n + r.num_new, s + r.decode_s
         tps = n / s
         row = dict(engine=f"plain ({mode})", tokens_per_s=tps, step_ms=1e3 * s / n)
-        if mode == "exact" and len(prompts) > 1:  # batch invariance: one left-padded batch == one by one
+        if mode == "exact" and len(prompts) > 1:  # batch invariance: one batch == one by one
             batch = generate_plain(cm, prompts, max_new_tokens, compile=mode, eos_ids=eos)
             same = sum(r.tokens == t for r, t in zip(batch, plain_tokens[mode]))
             row["batched_identical_to_single"] = f"{same}/{len(prompts)}"
