@@ -34,9 +34,9 @@ def uniform_patterns(num_layers: int, num_heads: int, name: str = "vertical_and_
 
 
 def _work_share(patterns, n: int, d: int) -> float:
-    from ..kernels import HeadPattern, pattern_cost
+    from ..kernels import dense_cost, pattern_cost
 
-    dense = pattern_cost(HeadPattern("dense", 0, 0, 0.0), n, d)
+    dense = dense_cost(n, d)
     costs = [pattern_cost(p, n, d) / dense for layer in patterns for p in layer]
     return float(sum(costs) / len(costs))
 

@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from accel.kernels import HeadPattern, enable_sparse_prefill, kept_mask  # noqa: E402
 from accel.kernels.hook import disable_sparse_prefill, sparse_calls  # noqa: E402
-from accel.kernels.index import build_index  # noqa: E402
+from accel.kernels import build_index  # noqa: E402
 from accel.kernels.reference import sparse_attention_reference  # noqa: E402
 
 
