@@ -35,13 +35,19 @@ def default_blocks(patterns, q) -> tuple[int, int]:
     return 128, min([128] + caps)
 
 
+def is_single_pattern(patterns) -> bool:
+    """One pattern for every head: a HeadPattern, a name, or one ``[name, size_1, size_2, score]`` entry."""
+    return isinstance(patterns, (HeadPattern, str)) or (
+        isinstance(patterns, (list, tuple)) and bool(patterns) and isinstance(patterns[0], str))
+
+
 def normalize_patterns(patterns, num_heads: int) -> list[HeadPattern]:
-    if isinstance(patterns, (HeadPattern, str)) or (
-            isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], str)):
+    """One layer's patterns (one for all heads, a per-head list, or a MInference layer dict) -> Hq HeadPatterns."""
+    if is_single_pattern(patterns):
         patterns = [patterns] * num_heads
     if isinstance(patterns, dict):  # MInference layer entry {"0": [...], ...}
         patterns = [patterns[k] for k in sorted(patterns, key=int)]
-    out = [HeadPattern(p) if isinstance(p, str) else HeadPattern.from_list(p) for p in patterns]
+    out = [HeadPattern.from_list(p) for p in patterns]
     if len(out) != num_heads:
         raise ValueError(f"{len(out)} patterns for {num_heads} query heads")
     return out

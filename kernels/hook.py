@@ -20,8 +20,8 @@ import contextlib
 
 import torch
 
-from .attention import normalize_patterns, sparse_attention
-from .patterns import HeadPattern, from_minference
+from .attention import is_single_pattern, normalize_patterns, sparse_attention
+from .patterns import from_minference
 
 IMPL_NAME = "accel_sparse"
 _ATTR = "_accel_sparse_cfg"
@@ -105,8 +105,7 @@ def capture_qk(model, on_qk):
 
 
 def _layer_patterns(patterns, num_layers: int, num_heads: int):
-    if isinstance(patterns, (HeadPattern, str)) or (
-            isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], str)):
+    if is_single_pattern(patterns):
         return [normalize_patterns(patterns, num_heads)] * num_layers   # one pattern everywhere
     if isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], dict):
         patterns = from_minference(list(patterns))
