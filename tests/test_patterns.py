@@ -261,3 +261,22 @@ def test_mixed_layer_each_head_keeps_its_reference_keys():
     for h, p in enumerate(pats):
         assert torch.equal(got[h], REFERENCES[p.name](q, k, h, p, bm, bn) & causal), (h, p)
     assert [p.is_dense for p in pats].count(True) == 1
+
+
+def test_cli_pack_with_a_bad_size_is_one_line(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from accel.cli import app
+    from accel.runtime.pack import Pack, save_pack
+
+    path = save_pack(Pack("m", "fp", patterns=json.loads(MINFERENCE_JSON)), tmp_path / "p.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta["accel.patterns"] = json.dumps([{"0": ["block_sparse", 0, 0, 0.5]}])         # top-k 0
+    save_file(tensors, str(path), metadata=meta)
+    r = CliRunner().invoke(app, ["pack", "inspect", str(path)])
+    lines = [line for line in r.output.strip().splitlines() if line.strip()]
+    assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error:"), r.output
+    assert "layer 0 head 0" in lines[0] and "top-k (size_1) >= 1" in lines[0], lines[0]
