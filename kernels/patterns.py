@@ -81,7 +81,7 @@ class Pattern:
 
     name: str = ""
     aliases: tuple[str, ...] = ()
-    label: str = ""                       # short human name for tables and plots
+    label: str = ""                       # short column title for tables and plot legends
     fields: tuple[str, str] = ("size_1", "size_2")  # what size_1 / size_2 mean (for messages)
     dense: bool = False                   # computed by dense causal attention, not the sparse kernel
     exact_cost: bool = True               # `cost` is what the kernel runs on any data (else a prediction)
@@ -187,7 +187,7 @@ def _sc(x: int, f: float, floor: int) -> int:
 class VerticalSlash(Pattern):
     """Top-v key columns + top-s diagonals, estimated online from the last queries' softmax."""
 
-    name, aliases, label = "vertical_and_slash", ("vertical_slash", "vs"), "vertical-slash"
+    name, aliases, label = "vertical_and_slash", ("vertical_slash", "vs"), "v-slash"
     fields = ("v", "s")
     tie_rank = 2
     exact_cost = False   # scattered diagonals cost more tiles than the band `cost` predicts
@@ -304,7 +304,7 @@ class StreamLLM(Pattern):
 class BlockSparse(Pattern):
     """Top-k key blocks per query block from mean-pooled Q/K scores (diagonal block always kept)."""
 
-    name, aliases, label = "block_sparse", ("blocksparse",), "block-sparse"
+    name, aliases, label = "block_sparse", ("blocksparse",), "block"
     fields = ("top-k", "unused")
     tie_rank = 1
     max_block_n = 64   # 128-key blocks double its density at the same top-k budget
