@@ -32,7 +32,7 @@ from .index import (SLASH_KEEP, VERTICAL_KEEP, SparseIndex, a_shape_index, assem
                     vertical_slash_scores)
 
 __all__ = ["HeadPattern", "Pattern", "PatternError", "PATTERNS", "PATTERN_NAMES", "SCALING_RULES",
-           "get_pattern", "register", "validate_entry", "build_index", "pattern_cost", "dense_cost",
+           "get_pattern", "register", "validate_entry", "build_index", "pattern_cost", "dense_cost", "predicted_work",
            "from_minference", "to_minference", "VerticalSlash", "StreamLLM", "BlockSparse", "Dense"]
 
 SCALING_RULES = ("proportional", "absolute")
@@ -488,6 +488,14 @@ def pattern_cost(pattern, n: int, d: int = 128, block: int = 64, mode: str = "ex
     """
     p = HeadPattern.from_list(pattern)
     return p.kind.cost(p, n, d, block, mode)
+
+
+def predicted_work(layers, n: int, d: int = 128, block: int = 64) -> float:
+    """Mean over [layer][head] patterns of `pattern_cost` / `dense_cost` at length n: the share of dense
+    causal attention FLOPs the sparse kernels are predicted to run (block padding included)."""
+    dense = dense_cost(n, d, block)
+    costs = [pattern_cost(p, n, d, block) / dense for layer in layers for p in layer]
+    return float(sum(costs) / len(costs))
 
 
 def dense_cost(n: int, d: int = 128, block: int = 64) -> int:

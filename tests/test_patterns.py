@@ -280,3 +280,13 @@ def test_cli_pack_with_a_bad_size_is_one_line(tmp_path):
     lines = [line for line in r.output.strip().splitlines() if line.strip()]
     assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error:"), r.output
     assert "layer 0 head 0" in lines[0] and "top-k (size_1) >= 1" in lines[0], lines[0]
+
+
+def test_predicted_work_is_the_mean_cost_share():
+    from accel.kernels.patterns import dense_cost, pattern_cost, predicted_work
+
+    layers = from_minference(json.loads(MINFERENCE_JSON))
+    n, d = 16384, 64
+    want = sum(pattern_cost(p, n, d) / dense_cost(n, d) for layer in layers for p in layer) / 8
+    assert predicted_work(layers, n, d) == pytest.approx(want, rel=1e-12)
+    assert predicted_work([[HeadPattern("dense")] * 2], n, d) == 1.0
