@@ -33,7 +33,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..kernels import HeadPattern, build_index, kernel_cost
+from ..kernels import HeadPattern, build_index, get_pattern, kernel_cost
+from ..kernels.patterns import VerticalSlash
 from ..kernels.index import kept_mask
 from ..kernels.reference import _attend_rows
 from ..kernels.triton_sparse import sparse_attention_triton
@@ -200,22 +201,16 @@ def run_kernel_bench(sizes, patterns=("vertical_and_slash", "block_sparse", "str
         d_tf = tflops(dense_flops, d_ms)
         log(f"N={n} cuDNN dense {d_ms:.2f} ms {d_tf:.0f} TFLOP/s", flush=True)
         for pname in patterns:
-            M64 = math.ceil(n / 64)
-            if pname == "vertical_and_slash":
-                pat = HeadPattern("vertical_and_slash", 1000, 6096)
-            elif pname == "block_sparse":
-                pat = HeadPattern("block_sparse", max(1, round(0.025 * M64)))  # ~5% of causal tiles
-            else:
-                pat = HeadPattern("stream_llm", 1024, 4096)
+            pat = get_pattern(pname).reference(n)   # v=1000 s=6096; ~5% of causal tiles; 1024 + 4096
             pats = [pat] * HQ
             rec = {"n": n, "pattern": pat.to_list(), "dense_cudnn_ms": d_ms, "dense_cudnn_all_ms": d_all,
                    "dense_cudnn_tflops": d_tf, "variants": []}
             best = None
             idx_cache = {}
-            if pname == "vertical_and_slash" and profile_index:
+            if isinstance(pat.kind, VerticalSlash) and profile_index:
                 from ..kernels.index import estimate_vertical_slash, vertical_slash_index
-                e_ms, _ = cuda_time(lambda: estimate_vertical_slash(q, k, 1000, 6096), warmup=1, reps=3)
-                vv, ss = estimate_vertical_slash(q, k, 1000, 6096)
+                e_ms, _ = cuda_time(lambda: estimate_vertical_slash(q, k, pat.size_1, pat.size_2), warmup=1, reps=3)
+                vv, ss = estimate_vertical_slash(q, k, pat.size_1, pat.size_2)
                 c_ms, _ = cuda_time(lambda: vertical_slash_index(vv, ss, n, 64, 64), warmup=1, reps=3)
                 from ..kernels.index import _gqa_last_scores
                 s_ms, _ = cuda_time(lambda: _gqa_last_scores(q, k, 64, D ** -0.5), warmup=1, reps=3)

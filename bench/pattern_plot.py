@@ -8,9 +8,8 @@ from pathlib import Path
 
 __all__ = ["plot_patterns"]
 
-_NAMES = ("vertical_and_slash", "stream_llm", "block_sparse", "dense")
-_LABELS = ("vertical-slash", "A-shape", "block-sparse", "dense")
-_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#8c8c8c")
+# one colour per registered pattern, in registry order (more patterns than colours: cycle)
+_PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#8c8c8c", "#c44e52", "#8172b3")
 
 
 def plot_patterns(result, path, title: str = "") -> Path:
@@ -22,15 +21,20 @@ def plot_patterns(result, path, title: str = "") -> Path:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    from ..kernels import PATTERNS
+
+    names = list(PATTERNS)
+    labels = [kind.label for kind in PATTERNS.values()]
+    colors = [_PALETTE[i % len(_PALETTE)] for i in range(len(names))]
     L, H = len(result.layers), len(result.layers[0])
-    kind = np.array([[_NAMES.index(p.name) for p in layer] for layer in result.layers]).T   # (H, L)
+    kind = np.array([[names.index(p.name) for p in layer] for layer in result.layers]).T   # (H, L)
     rec = np.array([[p.score for p in layer] for layer in result.layers]).T
     den = np.array(result.density).T
     w = max(8.0, 0.28 * L + 3)
     fig, axes = plt.subplots(3, 1, figsize=(w, 3 * max(2.2, 0.3 * H + 1)), sharex=True, constrained_layout=True)
-    axes[0].imshow(kind, aspect="auto", cmap=ListedColormap(_COLORS), vmin=-0.5, vmax=3.5, interpolation="nearest")
+    axes[0].imshow(kind, aspect="auto", cmap=ListedColormap(colors), vmin=-0.5, vmax=len(names) - 0.5, interpolation="nearest")
     axes[0].set_title("pattern per head")
-    axes[0].legend(handles=[Patch(color=c, label=l) for c, l in zip(_COLORS, _LABELS)],
+    axes[0].legend(handles=[Patch(color=c, label=l) for c, l in zip(colors, labels)],
                    loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     im = axes[1].imshow(rec, aspect="auto", cmap="viridis", vmin=min(0.5, float(rec.min())), vmax=1.0,
                         interpolation="nearest")

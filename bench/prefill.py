@@ -33,19 +33,12 @@ def uniform_patterns(num_layers: int, num_heads: int, name: str = "vertical_and_
     return [[HeadPattern(name, size_1, size_2, 0.0) for _ in range(num_heads)] for _ in range(num_layers)]
 
 
-def _work_share(patterns, n: int, d: int) -> float:
-    from ..kernels import HeadPattern, pattern_cost
-
-    dense = pattern_cost(HeadPattern("dense", 0, 0, 0.0), n, d)
-    costs = [pattern_cost(p, n, d) / dense for layer in patterns for p in layer]
-    return float(sum(costs) / len(costs))
-
-
 @torch.no_grad()
 def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, warmup: int = 1, rep: int = 3,
                   progress=None) -> list[dict]:
     """``patterns_for(n)`` -> per-layer head patterns at length n; ``ids_for(n)`` -> (1, n) token ids."""
     from ..kernels import build_index
+    from ..kernels.patterns import predicted_work
 
     from ..runtime.attention_meta import AttentionMeta
     from ..runtime.prefill import PrefillPlan
@@ -74,7 +67,7 @@ def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, wa
         density = build_index(q, k, pats[0]).density()  # on random q/k: what random weights produce
         del q, k
         row = dict(length=n, dense_ms=dense_ms, exact_ms=exact_ms, sparse_ms=sparse_ms, speedup=dense_ms / sparse_ms,
-                   predicted_work=_work_share(pats, n, D), index_density_random_qk=density,
+                   predicted_work=predicted_work(pats, n, D), index_density_random_qk=density,
                    index_ms=index_ms, index_share=index_ms / sparse_ms)
         rows.append(row)
         if progress:

@@ -77,9 +77,13 @@ def _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers):
         validate_for_model(pk, hf, fp, where=f"pack {pack or 'default'}")
     L, H = hf.config.num_hidden_layers, hf.config.num_attention_heads
     if pattern:
+        from ..kernels import PatternError
+
         try:
             pname, s1, s2 = (pattern.split(":") + ["0", "0"])[:3]
-            fixed = uniform_patterns(L, H, pname, int(s1), int(s2))
+            fixed = uniform_patterns(L, H, pname, s1, s2)
+        except PatternError as e:
+            raise AccelError(f"bad --pattern {pattern!r}: {e}") from None
         except ValueError:
             raise AccelError(f"bad --pattern {pattern!r}: use NAME:SIZE1:SIZE2, e.g. vertical_and_slash:1000:6096") from None
         patterns_for = lambda n: fixed  # noqa: E731

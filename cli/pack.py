@@ -35,13 +35,15 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
             meta.add_row(f"command ({k})", str(v))
         out.print(meta)
         if p.patterns:
+            from ..kernels import PATTERNS
+
             t = Table(title="patterns per layer")
-            for col in ("layer", "vertical_and_slash", "stream_llm", "block_sparse", "dense", "mean score"):
+            for col in ("layer", *PATTERNS, "mean score"):
                 t.add_column(col, justify="right")
             for li, layer in enumerate(p.patterns):
                 c = Counter(v[0] for v in layer.values())
                 scores = [float(v[3]) for v in layer.values() if len(v) > 3]
-                t.add_row(str(li), *(str(c.get(n, 0)) for n in ("vertical_and_slash", "stream_llm", "block_sparse", "dense")),
+                t.add_row(str(li), *(str(c.get(n, 0)) for n in PATTERNS),
                           f"{sum(scores) / max(len(scores), 1):.3f}")
             out.print(t)
             if p.patterns_info:

@@ -146,11 +146,13 @@ def _search_with_progress(model, ids, cfg, run_search):
 def _print_summary(result) -> None:
     from rich.table import Table
 
-    names = ("vertical_and_slash", "stream_llm", "block_sparse", "dense")
+    from ..kernels import PATTERNS
+
+    names = tuple(PATTERNS)
     t = Table(title=f"search-patterns: {result.config.seq_len} tokens, "
                     + (f"target recall {result.config.target_recall}" if result.config.target_recall is not None
                        else f"budget {result.config.budget:.3g} of dense"))
-    for col in ("layer", "v-slash", "A-shape", "block", "dense", "mean recall", "min recall", "density"):
+    for col in ("layer", *(kind.label for kind in PATTERNS.values()), "mean recall", "min recall", "density"):
         t.add_column(col, justify="right")
     for li, (layer, dens) in enumerate(zip(result.layers, result.density)):
         c = [sum(p.name == n for p in layer) for n in names]

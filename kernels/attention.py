@@ -11,8 +11,7 @@ import os
 import torch
 
 from .dense import dense_causal_sdpa, dense_heads_sdpa, sdpa_ctx  # noqa: F401 (re-exported)
-from .index import SparseIndex, build_index
-from .patterns import HeadPattern
+from .patterns import HeadPattern, build_index
 from .reference import sparse_attention_reference
 
 
@@ -32,18 +31,23 @@ def default_blocks(patterns, q) -> tuple[int, int]:
     64-key blocks (128-key blocks double its density at the same top-k budget).  CPU / small D: 64x64."""
     if not q.is_cuda or q.shape[-1] < 64:
         return 64, 64
-    if any(p.name == "block_sparse" for p in patterns):
-        return 128, 64
-    return 128, 128
+    caps = [p.kind.max_block_n for p in patterns if p.kind.max_block_n]   # e.g. block-sparse: 64
+    return 128, min([128] + caps)
+
+
+def is_single_pattern(patterns) -> bool:
+    """One pattern for every head: a HeadPattern, a name, or one ``[name, size_1, size_2, score]`` entry."""
+    return isinstance(patterns, (HeadPattern, str)) or (
+        isinstance(patterns, (list, tuple)) and bool(patterns) and isinstance(patterns[0], str))
 
 
 def normalize_patterns(patterns, num_heads: int) -> list[HeadPattern]:
-    if isinstance(patterns, (HeadPattern, str)) or (
-            isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], str)):
+    """One layer's patterns (one for all heads, a per-head list, or a MInference layer dict) -> Hq HeadPatterns."""
+    if is_single_pattern(patterns):
         patterns = [patterns] * num_heads
     if isinstance(patterns, dict):  # MInference layer entry {"0": [...], ...}
         patterns = [patterns[k] for k in sorted(patterns, key=int)]
-    out = [HeadPattern(p) if isinstance(p, str) else HeadPattern.from_list(p) for p in patterns]
+    out = [HeadPattern.from_list(p) for p in patterns]
     if len(out) != num_heads:
         raise ValueError(f"{len(out)} patterns for {num_heads} query heads")
     return out
@@ -69,7 +73,7 @@ def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | No
     if block_m is None or block_n is None:
         bm, bn = default_blocks(pats, q)
         block_m, block_n = block_m or bm, block_n or bn
-    if all(p.name == "dense" for p in pats):
+    if all(p.is_dense for p in pats):
         out = dense_causal_sdpa(q, k, v, scale)
         if return_index:
             return out, build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale)

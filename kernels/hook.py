@@ -8,13 +8,20 @@ layer's head patterns on its attention module (found by `module.layer_idx`) and 
 the new implementation.  The attention function uses the sparse kernel only for a plain causal prefill
 (q_len == k_len >= min_len, no padding mask); decoding, short prompts, padded batches and
 `dense`-only layers go to transformers' own SDPA path unchanged.
+
+`capture_qk(model, on_qk)` is the other use of the same registration (the offline search): every
+layer's post-RoPE q/k go to a callback and the layer's output stays transformers' own SDPA, so the
+model computes exactly its dense forward.  One helper registers both (`register_attention`), one
+switches implementations (`set_attention_implementation`).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from .attention import normalize_patterns, sparse_attention
-from .patterns import HeadPattern, from_minference
+from .attention import is_single_pattern, normalize_patterns, sparse_attention
+from .patterns import from_minference
 
 IMPL_NAME = "accel_sparse"
 _ATTR = "_accel_sparse_cfg"
@@ -35,7 +42,7 @@ def accel_sparse_attention_forward(module, query, key, value, attention_mask, dr
         and kwargs.get("softcap") is None
         and kwargs.get("sliding_window") is None
         and (is_causal is None or is_causal)
-        and not all(p.name == "dense" for p in cfg["patterns"])
+        and not all(p.is_dense for p in cfg["patterns"])
     )
     if not use_sparse:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -46,17 +53,59 @@ def accel_sparse_attention_forward(module, query, key, value, attention_mask, dr
     return out.transpose(1, 2).contiguous(), None                                    # (B, N, Hq, D)
 
 
-def _register():
+def register_attention(name: str, fn) -> None:
+    """Register `fn` as transformers attention implementation `name`, with the SDPA mask builder under
+    the same name (without it transformers builds no causal mask for an unknown implementation)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
-    AttentionInterface.register(IMPL_NAME, accel_sparse_attention_forward)
-    AttentionMaskInterface.register(IMPL_NAME, sdpa_mask)
-    assert IMPL_NAME in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    assert name in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+
+
+def set_attention_implementation(model, name: str) -> None:
+    try:
+        model.set_attn_implementation(name)
+    except Exception:  # older/newer transformers without the dynamic setter: set the config directly
+        model.config._attn_implementation = name
+
+
+def _register():
+    register_attention(IMPL_NAME, accel_sparse_attention_forward)
+
+
+CAPTURE_IMPL = "accel_capture"
+_CAPTURE: dict = {}
+
+
+def _capture_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                               scaling=None, is_causal=None, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    on_qk = _CAPTURE.get("on_qk")
+    if on_qk is not None and query.shape[2] == key.shape[2]:
+        on_qk(getattr(module, "layer_idx", None), query, key, scaling)             # (B,Hq,N,D), (B,Hkv,N,D)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                  scaling=scaling, is_causal=is_causal, **kwargs)
+
+
+@contextlib.contextmanager
+def capture_qk(model, on_qk):
+    """Inside the block, each prefill attention call of `model` first calls ``on_qk(layer_idx, q, k,
+    scaling)`` with post-RoPE q (B,Hq,N,D) and k (B,Hkv,N,D), then runs transformers' SDPA unchanged."""
+    register_attention(CAPTURE_IMPL, _capture_attention_forward)
+    prev = model.config._attn_implementation
+    _CAPTURE["on_qk"] = on_qk
+    set_attention_implementation(model, CAPTURE_IMPL)
+    try:
+        yield
+    finally:
+        _CAPTURE.pop("on_qk", None)
+        set_attention_implementation(model, prev or "sdpa")
 
 
 def _layer_patterns(patterns, num_layers: int, num_heads: int):
-    if isinstance(patterns, (HeadPattern, str)) or (
-            isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], str)):
+    if is_single_pattern(patterns):
         return [normalize_patterns(patterns, num_heads)] * num_layers   # one pattern everywhere
     if isinstance(patterns, (list, tuple)) and patterns and isinstance(patterns[0], dict):
         patterns = from_minference(list(patterns))
@@ -93,10 +142,7 @@ def enable_sparse_prefill(model, patterns, min_len: int = 4096, impl: str = "aut
         raise ValueError(f"{type(model).__name__}: no attention modules with `layer_idx` found")
     if not hasattr(model, "_accel_prev_attn"):
         model._accel_prev_attn = model.config._attn_implementation
-    try:
-        model.set_attn_implementation(IMPL_NAME)
-    except Exception:  # older/newer transformers without the dynamic setter: set the config directly
-        model.config._attn_implementation = IMPL_NAME
+    set_attention_implementation(model, IMPL_NAME)
     return model
 
 
@@ -105,11 +151,7 @@ def disable_sparse_prefill(model):
     for mod in _attention_modules(model):
         if hasattr(mod, _ATTR):
             delattr(mod, _ATTR)
-    prev = getattr(model, "_accel_prev_attn", "sdpa")
-    try:
-        model.set_attn_implementation(prev)
-    except Exception:
-        model.config._attn_implementation = prev
+    set_attention_implementation(model, getattr(model, "_accel_prev_attn", "sdpa"))
     if hasattr(model, "_accel_prev_attn"):
         del model._accel_prev_attn
     return model

@@ -17,6 +17,9 @@ Causality is applied on top of the index: a query row never sees a later key, so
 superset of its textbook key set (e.g. A-shape windows are rounded out to whole blocks); `kept_mask`
 returns exactly what the kernels compute, and `kernel_cost` the FLOPs they execute.
 
+This module knows the index format and the builders only; which pattern uses which builder, its
+sizes, cost and scaling live in the pattern registry (`patterns.py`), whose `build_index` calls these.
+
 All builders are vectorised torch (no per-head Python loops over long data, no N×N tensors), so they run
 on the GPU inside the timed prefill and on the CPU in tests.
 """
@@ -27,7 +30,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .patterns import HeadPattern
 
 VERTICAL_KEEP = 30   # vertical-slash always keeps the first keys (attention sinks) ...
 SLASH_KEEP = 100     # ... and the nearest diagonals (local context), as MInference does
@@ -404,7 +406,8 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
 # --------------------------------------------------------------------------------------------
 # one index for a whole layer
 # --------------------------------------------------------------------------------------------
-def _check_qkv(q, k):
+def check_qkv(q, k):
+    """ValueError unless q (B,Hq,N,D), k (B,Hkv,N,D) are a prefill pair with Hq % Hkv == 0 (GQA)."""
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be (B, H, N, D); got {tuple(q.shape)} and {tuple(k.shape)}")
     B, Hq, N, D = q.shape
@@ -414,77 +417,48 @@ def _check_qkv(q, k):
         raise ValueError(f"query heads {Hq} must be a multiple of kv heads {k.shape[1]} (GQA)")
 
 
-def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: int = 64,
-                last_q: int = 64, scale: float | None = None) -> SparseIndex:
-    """One `SparseIndex` for a layer: ``patterns[h]`` is query head h's pattern (a list of Hq)."""
-    _check_qkv(q, k)
-    B, Hq, N, D = q.shape
-    patterns = [HeadPattern.from_list(p) for p in patterns]
-    if len(patterns) != Hq:
-        raise ValueError(f"need one pattern per query head: {Hq} heads, {len(patterns)} patterns")
-    dev = q.device
-    M = triton_cdiv(N, block_m)
-    groups: dict[str, list[int]] = {}
-    for h, p in enumerate(patterns):
-        groups.setdefault(p.name, []).append(h)
-    parts = []  # (heads, count (B,h,M), offset (B,h,M,*), ccount, cindex)
+def top_vertical_slash(col: torch.Tensor, diag: torch.Tensor, sizes: list[tuple[int, int]]):
+    """Per-head top-v columns and top-s diagonals from `vertical_slash_scores` output.
 
-    if "stream_llm" in groups:
-        by_size: dict[tuple, list[int]] = {}
-        for h in groups["stream_llm"]:
-            by_size.setdefault((patterns[h].size_1, patterns[h].size_2), []).append(h)
-        for (sink, win), hs in by_size.items():
-            c, o = a_shape_index(N, sink, win, block_m, block_n, dev)
-            nh = len(hs)
-            z = torch.zeros(B, nh, M, dtype=torch.int32, device=dev)
-            parts.append((hs, c.expand(B, nh, M), o.expand(B, nh, *o.shape), z,
-                          torch.zeros(B, nh, M, 1, dtype=torch.int32, device=dev)))
+    col, diag (B, H, N); sizes[h] = (v, s) for head h (clamped to N; s >= 1).  -> (vertical (B,H,V),
+    slash (B,H,S)) int64 ascending, V / S the largest sizes; heads with smaller budgets are padded
+    with -1 (ignored by `vertical_slash_index`).  Equal sizes share one top-k call.
+    """
+    B, H, N = col.shape
+    dev = col.device
+    sizes = [(min(v, N), min(max(s, 1), N)) for v, s in sizes]
+    vmax, smax = max(v for v, _ in sizes), max(s for _, s in sizes)
+    if all(sz == (vmax, smax) for sz in sizes):
+        return _top_sorted(col, vmax), _top_sorted(diag, smax)
+    vert = torch.full((B, H, vmax), -1, dtype=torch.int64, device=dev)
+    sl = torch.full((B, H, smax), -1, dtype=torch.int64, device=dev)
+    for (vv, ss) in set(sizes):  # group equal sizes
+        idx = torch.as_tensor([i for i, sz in enumerate(sizes) if sz == (vv, ss)], device=dev)
+        vert[:, idx, :vv] = _top_sorted(col[:, idx], vv)
+        sl[:, idx, :ss] = _top_sorted(diag[:, idx], ss)
+    return vert, sl
 
-    if "block_sparse" in groups:
-        hs = groups["block_sparse"]
-        # estimate for all heads (one batched op) but only block-sparse heads' top-k matter: others get 1,
-        # so a vertical-slash head's v=1000 never inflates the selection tensors
-        tk = [patterns[h].size_1 if patterns[h].name == "block_sparse" else 1 for h in range(Hq)]
-        cnt, sel = estimate_block_sparse(q, k, [max(t, 1) for t in tk], block_m, block_n)
-        hsel = torch.as_tensor(hs, device=dev)
-        parts.append((hs, cnt[:, hsel].to(torch.int32), (sel[:, hsel] * block_n).to(torch.int32),
-                      torch.zeros(B, len(hs), M, dtype=torch.int32, device=dev),
-                      torch.zeros(B, len(hs), M, 1, dtype=torch.int32, device=dev)))
 
-    if "vertical_and_slash" in groups:
-        hs = groups["vertical_and_slash"]
-        # one softmax for all heads; each head then takes its own top-v / top-s from the same scores
-        col, diag = vertical_slash_scores(q, k, last_q=last_q, scale=scale)
-        hsel = torch.as_tensor(hs, device=dev)
-        col, diag = col[:, hsel], diag[:, hsel]
-        vmax = min(max(patterns[h].size_1 for h in hs), N)
-        smax = min(max(max(patterns[h].size_2, 1) for h in hs), N)
-        sizes = [(min(patterns[h].size_1, N), min(max(patterns[h].size_2, 1), N)) for h in hs]
-        if all(sz == (vmax, smax) for sz in sizes):
-            vert, sl = _top_sorted(col, vmax), _top_sorted(diag, smax)
-        else:  # heads with smaller budgets: group equal sizes, pad with -1 (ignored by the converter)
-            vert = torch.full((B, len(hs), vmax), -1, dtype=torch.int64, device=dev)
-            sl = torch.full((B, len(hs), smax), -1, dtype=torch.int64, device=dev)
-            for (vv, ss) in set(sizes):
-                idx = torch.as_tensor([i for i, sz in enumerate(sizes) if sz == (vv, ss)], device=dev)
-                vert[:, idx, :vv] = _top_sorted(col[:, idx], vv)
-                sl[:, idx, :ss] = _top_sorted(diag[:, idx], ss)
-        parts.append((hs, *vertical_slash_index(vert, sl, N, block_m, block_n)))
-
+def assemble_index(parts, B: int, Hq: int, n: int, block_m: int, block_n: int, dense_heads,
+                   device) -> SparseIndex:
+    """One `SparseIndex` from per-head-group parts: each part is (heads, count (B,h,M), offset (B,h,M,*),
+    column_count (B,h,M), column_index (B,h,M,*)).  Heads in no part (dense heads) keep zero counts;
+    `dense_heads` is a (Hq,) bool or list of bools."""
+    M = triton_cdiv(n, block_m)
     MB = max([p[2].shape[-1] for p in parts] + [1])
     MC = max([p[4].shape[-1] for p in parts] + [1])
-    count = torch.zeros(B, Hq, M, dtype=torch.int32, device=dev)
-    offset = torch.zeros(B, Hq, M, MB, dtype=torch.int32, device=dev)
-    ccount = torch.zeros(B, Hq, M, dtype=torch.int32, device=dev)
-    cindex = torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=dev)
+    count = torch.zeros(B, Hq, M, dtype=torch.int32, device=device)
+    offset = torch.zeros(B, Hq, M, MB, dtype=torch.int32, device=device)
+    ccount = torch.zeros(B, Hq, M, dtype=torch.int32, device=device)
+    cindex = torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=device)
     for hs, c, o, cc, ci in parts:
-        hsel = torch.as_tensor(hs, device=dev)
+        hsel = torch.as_tensor(hs, device=device)
         count[:, hsel] = c.to(torch.int32)
         offset[:, hsel, :, :o.shape[-1]] = o.to(torch.int32)
         ccount[:, hsel] = cc.to(torch.int32)
         cindex[:, hsel, :, :ci.shape[-1]] = ci.to(torch.int32)
-    dense = torch.tensor([p.name == "dense" for p in patterns], dtype=torch.bool)
-    return SparseIndex(count, offset, ccount, cindex, N, block_m, block_n, dense)
+    dense = torch.as_tensor(dense_heads, dtype=torch.bool)
+    return SparseIndex(count, offset, ccount, cindex, n, block_m, block_n, dense)
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,39 +507,11 @@ def kernel_cost(index: SparseIndex, n: int | None = None, d: int = 128) -> int:
     return 4 * bm * bn * d * tiles
 
 
-def pattern_cost(pattern: HeadPattern, n: int, d: int = 128, block: int = 64,
-                 mode: str = "expected") -> int:
-    """Analytic per-head FLOPs of `pattern` at length n, without building an index (block_m = block_n = block).
-
-    Exact for dense, stream_llm and block_sparse (same rounding as the builders).  vertical_and_slash
-    depends on the data: ``mode="expected"`` assumes the s slashes form one band of the nearest
-    diagonals (the usual shape in real models: ceil((s+block-1)/block) tiles, capped by causality) and
-    that every vertical outside the band is a gathered column; ``mode="upper"`` assumes s isolated
-    diagonals (one tile each) — an upper bound on the slash part.
-    """
-    p = HeadPattern.from_list(pattern)
-    M = triton_cdiv(n, block)
-    t = 0
-    for m in range(M):
-        r0, r1 = m * block, min((m + 1) * block, n)
-        causal_tiles = triton_cdiv(r1, block)
-        if p.name == "dense":
-            t += causal_tiles
-        elif p.name == "stream_llm":
-            lo = max(r0 - p.size_2 + 1, 0) // block
-            hi = (r1 - 1) // block
-            t += min(triton_cdiv(p.size_1, block), lo) + hi - lo + 1
-        elif p.name == "block_sparse":
-            t += max(min(p.size_1, causal_tiles), 1)
-        else:
-            s, v = min(p.size_2, n), min(p.size_1, n)
-            if mode == "upper":
-                st = min(s, causal_tiles + 1)
-                band = s
-            else:
-                # band of diagonals [0, s): keys [r0-s+1, r1) -> tiles from max(r0-s+1, ..) rounded
-                band = min(s + block - 1, r1)
-                st = triton_cdiv(band, block)
-            cols = max(0, min(v, r1 - band)) if mode == "expected" else min(v, r1)
-            t += st + triton_cdiv(cols, block)
-    return 4 * block * block * d * t
+def head_kernel_cost(index: SparseIndex, d: int = 128) -> torch.Tensor:
+    """`kernel_cost` split per query head: (Hq,) float64 FLOPs summed over the batch (the search costs
+    every head of a candidate index at once with this)."""
+    bm, bn = index.block_m, index.block_n
+    tiles = index.block_count.long().sum(-1) + ((index.column_count.long() + bn - 1) // bn).sum(-1)  # (B, Hq)
+    tiles = tiles.sum(0).double().cpu()
+    tiles[index.dense_heads] = float(index.shape[0] * _dense_cost_blocks(index.n, bm, bn))
+    return tiles * (4 * bm * bn * d)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernels.patterns import PatternError, validate_entry
 from .errors import PackError
 
 __all__ = ["FORMAT_VERSION", "READS", "Pack", "load_pack", "save_pack", "validate_for_model",
@@ -41,7 +42,6 @@ __all__ = ["FORMAT_VERSION", "READS", "Pack", "load_pack", "save_pack", "validat
 
 FORMAT_VERSION = "2"
 READS = ("1", "2")
-PATTERN_NAMES = ("vertical_and_slash", "stream_llm", "block_sparse", "dense")
 _K = "accel."
 
 
@@ -196,9 +196,10 @@ def _check_structure(pack: Pack, where: str) -> None:
             if not layer or set(layer) != {str(h) for h in range(len(layer))}:
                 raise PackError(f"{where}: layer {li} of accel.patterns must name heads 0..H-1")
             for h, v in layer.items():
-                if not (isinstance(v, list) and 3 <= len(v) <= 4 and v[0] in PATTERN_NAMES):
-                    raise PackError(f"{where}: layer {li} head {h}: bad pattern entry {v!r} "
-                                    f"(expected [name, size_1, size_2, score], name in {PATTERN_NAMES})")
+                try:
+                    validate_entry(v)   # the pattern registry's name and size bounds
+                except PatternError as e:
+                    raise PackError(f"{where}: layer {li} head {h}: {e}") from None
     if pack.drafter is None:
         if pack.tensors:
             raise PackError(f"{where}: the pack has head tensors but no drafter config (accel.drafter)")

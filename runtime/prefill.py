@@ -13,7 +13,6 @@ direct library users; the runtime always passes this module's threshold to it.)
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 import torch
@@ -47,11 +46,9 @@ class PrefillPlan:
         """Mean share of the dense causal work the patterns keep (None when dense)."""
         if self.patterns is None:
             return None
-        from ..kernels import HeadPattern, pattern_cost
+        from ..kernels.patterns import predicted_work
 
-        dense = pattern_cost(HeadPattern("dense", 0, 0, 0.0), length, head_dim)
-        return float(statistics.mean(pattern_cost(p, length, head_dim) / dense
-                                     for layer in self.patterns for p in layer))
+        return predicted_work(self.patterns, length, head_dim)
 
 
 DENSE = PrefillPlan()

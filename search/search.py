@@ -1,15 +1,17 @@
 """Offline pattern search: for every (layer, head), the sparse pattern the runtime will use.
 
 Design points:
-* One forward pass of the model over the calibration input.  A custom transformers attention function
-  (`accel_search`, registered in `AttentionInterface`) receives each layer's post-RoPE q/k, searches
-  that layer's heads right there, and returns transformers' own SDPA output, so the next layer sees
-  exactly the dense model.  Only one layer's q/k is alive at a time, and scoring works on row chunks:
-  never all heads' N×N.
-* Candidates per budget have equal kernel-aware cost (`cost.candidates_for_budget`).  Each candidate is
-  applied to all heads with `kernels.build_index` — the same online estimation the runtime runs — and
-  vertical-slash heads whose *measured* cost overshoots the budget are shrunk and re-indexed.  The
-  winner per head is the candidate with the highest attention-mass recall over the late rows.
+* One forward pass of the model over the calibration input.  The kernels' transformers hook
+  (`kernels.hook.capture_qk`) hands each layer's post-RoPE q/k to the search, which searches that
+  layer's heads right there, and the layer returns transformers' own SDPA output, so the next layer
+  sees exactly the dense model.  Only one layer's q/k is alive at a time, and scoring works on row
+  chunks: never all heads' N×N.
+* Candidates per budget have equal kernel-aware cost (`cost.candidates_for_budget`: every registered
+  pattern's `search_candidates`).  Each candidate is applied to all heads with `kernels.build_index` —
+  the same online estimation the runtime runs — and heads of a pattern whose cost depends on the data
+  (vertical-slash) whose *measured* cost overshoots the budget are shrunk and re-indexed.  The winner
+  per head is the candidate with the highest attention-mass recall over the late rows; near-ties go to
+  the pattern with the lower `tie_rank` (static patterns first).
 * `--target-recall R`: a budget ladder is searched; a head gets the cheapest budget whose best
   candidate reaches R, and `dense` if none does.  With a single budget, `dense_below` (default 0: never,
   like MInference) turns heads whose best recall is below it into `dense`.
@@ -23,9 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels import HeadPattern, SparseIndex, build_index
+from ..kernels import PATTERNS, HeadPattern, SparseIndex, build_index, to_minference, vertical_slash_scores
+from ..kernels.hook import capture_qk
+from ..kernels.patterns import Dense, VerticalSlash
 from ..kernels.scaling import SCALING_RULES, scale_layers, scale_pattern  # noqa: F401 (re-exported)
-from ..kernels.index import SLASH_KEEP, VERTICAL_KEEP, _gqa_last_scores, vertical_slash_index
 from ..runtime.errors import AccelError, ModelError
 
 from .cost import candidates_for_budget, cost_tolerance, dense_cost, head_costs
@@ -35,9 +38,7 @@ __all__ = ["SearchConfig", "SearchResult", "SearchError", "run_search", "search_
            "scale_pattern", "scale_layers", "DEFAULT_LADDER", "SCALING_RULES"]
 
 DEFAULT_LADDER = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7)
-_IMPL = "accel_search"
 RECALL_TIE = 1e-3
-_PREFER = {"stream_llm": 0, "block_sparse": 1, "vertical_and_slash": 2, "dense": 3}
 
 
 class SearchError(AccelError):
@@ -84,7 +85,7 @@ class SearchResult:
     validation: dict = field(default_factory=dict)
 
     def minference(self) -> list[dict]:
-        return [{str(h): p.to_list() for h, p in enumerate(layer)} for layer in self.layers]
+        return to_minference(self.layers)
 
     def summary(self) -> dict:
         rec = [p.score for layer in self.layers for p in layer]
@@ -117,43 +118,18 @@ def _shrink(p: HeadPattern, f: float) -> HeadPattern:
 
 
 class _VerticalSlashCache:
-    """`kernels.estimate_vertical_slash` for many (v, s) settings of one layer: the last-q softmax and
-    its column / diagonal sums are computed once, then each setting is a top-k.  Same ops as the kernels
-    (tests check the indexes equal `build_index`'s); only the repeated work is shared."""
+    """The kernels' vertical-slash estimation for many (v, s) settings of one layer: the last-q softmax
+    and its column / diagonal sums (`kernels.vertical_slash_scores`) are computed once, then each setting
+    is the pattern's own top-k and index conversion (`VerticalSlash.index_from_scores`) — the runtime's
+    code, only the repeated work is shared."""
 
     def __init__(self, q, k, last_q: int, scale: float, block: int):
-        B, Hq, N, D = q.shape
-        p = _gqa_last_scores(q, k, last_q, scale)                                  # (B,Hq,lq,N)
-        lq = p.shape[2]
-        col = p.sum(2)                                                              # (B,Hq,N)
-        nk = min(VERTICAL_KEEP, N)
-        col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=col.dtype)
-        W = N + lq - 1
-        padded = torch.nn.functional.pad(p, (lq - 1, 0)).reshape(B * Hq, lq, W)
-        diag = padded.as_strided((B * Hq, lq, N), (lq * W, W + 1, 1)).sum(1).flip(-1).view(B, Hq, N)
-        nk = min(SLASH_KEEP, N)
-        diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=diag.dtype)
-        self.col, self.diag, self.n, self.block = col, diag, N, block
-
-    def _top(self, scores, sizes):  # per-head top-k positions, ascending, padded with -1
-        out = []
-        for h, kk in enumerate(sizes):
-            idx = torch.topk(scores[:, h], kk, dim=-1, sorted=False).indices.sort(-1).values if kk else \
-                scores.new_zeros(scores.shape[0], 0, dtype=torch.long)
-            out.append(torch.nn.functional.pad(idx, (0, max(sizes) - kk), value=-1))
-        return torch.stack(out, 1)
+        self.col, self.diag = vertical_slash_scores(q, k, last_q, scale)              # (B, Hq, N) x2
+        self.n, self.block = q.shape[2], block
+        self.kind = PATTERNS[VerticalSlash.name]
 
     def index(self, pats) -> SparseIndex:
-        N = self.n
-        v = [min(p.size_1, N) for p in pats]
-        s = [min(max(p.size_2, 1), N) for p in pats]
-        if len(set(v)) == 1 and len(set(s)) == 1:   # the common case: one top-k for all heads
-            vert = torch.topk(self.col, v[0], dim=-1, sorted=False).indices.sort(-1).values
-            sl = torch.topk(self.diag, s[0], dim=-1, sorted=False).indices.sort(-1).values
-        else:
-            vert, sl = self._top(self.col, v), self._top(self.diag, s)
-        parts = vertical_slash_index(vert, sl, N, self.block, self.block)
-        return SparseIndex(*parts, N, self.block, self.block)
+        return self.kind.index_from_scores(self.col, self.diag, pats, self.n, self.block, self.block)
 
 
 def _candidate_index(q, k, cand: HeadPattern, target: float, tol: float, cfg: SearchConfig, scale,
@@ -162,13 +138,13 @@ def _candidate_index(q, k, cand: HeadPattern, target: float, tol: float, cfg: Se
     Hq, D = q.shape[1], q.shape[-1]
     pats = [cand] * Hq
     for _ in range(4):
-        if cand.name == "vertical_and_slash" and vs_cache is not None:
+        if vs_cache is not None and cand.kind is vs_cache.kind:
             idx = vs_cache.index(pats)
         else:
             idx = build_index(q, k, pats, cfg.block, cfg.block, last_q=cfg.last_q, scale=scale)
         costs = head_costs(idx, D) / q.shape[0]
         over = costs > target + tol
-        if cand.name != "vertical_and_slash" or not bool(over.any()):
+        if cand.kind.exact_cost or not bool(over.any()):
             break
         # the chosen diagonals are scattered (cost more tiles than a band): shrink those heads only
         pats = [_shrink(p, 0.97 * target / float(c)) if o else p for p, c, o in zip(pats, costs, over)]
@@ -205,7 +181,7 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, cfg: SearchConfig, scale: flo
             # near-ties (within RECALL_TIE) go to the static patterns (no online estimation at run
             # time), then to the cheaper measured cost
             near = [i for i in ok if float(rec[i, h]) >= top - RECALL_TIE]
-            best = min(near, key=lambda i: (_PREFER[entries[i][1][h].name], float(entries[i][2][h]),
+            best = min(near, key=lambda i: (entries[i][1][h].kind.tie_rank, float(entries[i][2][h]),
                                             -float(rec[i, h])))
             chosen = best
             if cfg.target_recall is None or float(rec[best, h]) >= cfg.target_recall:
@@ -215,7 +191,7 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, cfg: SearchConfig, scale: flo
                 chosen = None  # no budget of the ladder reaches the target: dense
         r = float(rec[chosen, h]) if chosen is not None else 1.0
         if chosen is None or (cfg.target_recall is None and r < cfg.dense_below):
-            out.append(HeadPattern("dense", 0, 0, 1.0))
+            out.append(HeadPattern(Dense.name, 0, 0, 1.0))
             dens.append(1.0)
             continue
         p = entries[chosen][1][h]
@@ -227,43 +203,6 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, cfg: SearchConfig, scale: flo
 # --------------------------------------------------------------------------------------------
 # the whole model: capture q/k per layer inside one forward pass
 # --------------------------------------------------------------------------------------------
-_STATE: dict = {}
-
-
-def _search_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                      scaling=None, is_causal=None, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    hook = _STATE.get("on_qk")
-    if hook is not None and query.shape[2] == key.shape[2]:
-        hook(getattr(module, "layer_idx", None), query, key, scaling)           # (B,Hq,N,D), (B,Hkv,N,D)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                  scaling=scaling, is_causal=is_causal, **kwargs)
-
-
-def _set_impl(model, name: str) -> None:
-    try:
-        model.set_attn_implementation(name)
-    except Exception:  # transformers without the dynamic setter
-        model.config._attn_implementation = name
-
-
-@contextlib.contextmanager
-def _attention_impl(model, name: str, fn=None):
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    if fn is not None:
-        AttentionInterface.register(name, fn)
-        AttentionMaskInterface.register(name, sdpa_mask)  # else no causal mask for an unknown name
-    prev = model.config._attn_implementation
-    _set_impl(model, name)
-    try:
-        yield
-    finally:
-        _set_impl(model, prev or "sdpa")
-
-
 def _decoder(model):
     get = getattr(model, "get_decoder", None)
     dec = get() if callable(get) else None
@@ -319,13 +258,8 @@ def run_search(model, input_ids: torch.Tensor, cfg: SearchConfig, on_layer=None)
 
     t0 = time.perf_counter()
     dev = next(model.parameters()).device
-    _STATE["on_qk"] = on_qk
-    try:
-        with _oom_as_error(f"searching at --seq-len {N} on {dev}"), torch.no_grad(), \
-                _attention_impl(model, _IMPL, _search_attention):
-            _decoder(model)(input_ids=input_ids.to(dev), use_cache=False)
-    finally:
-        _STATE.pop("on_qk", None)
+    with _oom_as_error(f"searching at --seq-len {N} on {dev}"), torch.no_grad(), capture_qk(model, on_qk):
+        _decoder(model)(input_ids=input_ids.to(dev), use_cache=False)
     if sorted(set(seen)) != list(range(L)):
         raise ModelError(
             f"{type(model).__name__}: only {len(set(seen))} of {L} layers passed q/k through transformers' "

@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from accel.kernels import HeadPattern, enable_sparse_prefill, kept_mask  # noqa: E402
 from accel.kernels.hook import disable_sparse_prefill, sparse_calls  # noqa: E402
-from accel.kernels.index import build_index  # noqa: E402
+from accel.kernels import build_index  # noqa: E402
 from accel.kernels.reference import sparse_attention_reference  # noqa: E402
 
 
@@ -129,3 +129,20 @@ def test_minference_config_and_layer_count_check():
     enable_sparse_prefill(m, cfg, min_len=16, block_m=16, block_n=16)
     with pytest.raises(ValueError, match="layer entries"):
         enable_sparse_prefill(m, cfg[:1], min_len=16)
+
+
+def test_capture_qk_sees_every_layer_and_keeps_the_dense_forward():
+    """The search's q/k capture goes through the hook's one registration and changes no output."""
+    from accel.kernels.hook import capture_qk
+
+    m = tiny_llama()
+    ids = torch.randint(0, 128, (1, 40))
+    with torch.no_grad():
+        want = m(ids).logits
+        seen = []
+        with capture_qk(m, lambda li, q, k, s: seen.append((li, tuple(q.shape), tuple(k.shape)))):
+            assert m.config._attn_implementation == "accel_capture"
+            got = m(ids).logits
+    assert m.config._attn_implementation == "sdpa"                                    # restored
+    assert seen == [(0, (1, 4, 40, 16), (1, 2, 40, 16)), (1, (1, 4, 40, 16), (1, 2, 40, 16))]
+    assert torch.equal(got, want)
