@@ -23,6 +23,7 @@ on the GPU inside the timed prefill and on the CPU in tests.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -414,9 +415,30 @@ def _check_qkv(q, k):
         raise ValueError(f"query heads {Hq} must be a multiple of kv heads {k.shape[1]} (GQA)")
 
 
+def _use_fused(fused, q, last_q, block_m, block_n) -> bool:
+    """Fused Triton estimation + sync-free conversion: by default on CUDA, where it is the fast path;
+    the CPU keeps the torch reference (the interpreter would be slow), unless asked for (tests)."""
+    if fused is None and not q.is_cuda:
+        return False
+    from . import vs_fused  # Triton: imported only where it runs
+    ok = vs_fused.fused_supported(q, last_q, block_m, block_n)
+    if fused is None:
+        return ok
+    if fused and not ok:
+        raise ValueError(f"fused vertical-slash estimation needs head_dim in 16..256 (power of two), "
+                         f"last_q <= 128 and block_m a multiple of block_n; got D={q.shape[-1]}, "
+                         f"last_q={last_q}, blocks {block_m}x{block_n}: pass fused=False")
+    if fused and not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("fused=True on CPU needs TRITON_INTERPRET=1 (slow; for tests)")
+    return bool(fused)
+
+
 def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: int = 64,
-                last_q: int = 64, scale: float | None = None) -> SparseIndex:
-    """One `SparseIndex` for a layer: ``patterns[h]`` is query head h's pattern (a list of Hq)."""
+                last_q: int = 64, scale: float | None = None, *, fused: bool | None = None) -> SparseIndex:
+    """One `SparseIndex` for a layer: ``patterns[h]`` is query head h's pattern (a list of Hq).
+
+    ``fused``: vertical-slash heads estimate and convert through `vs_fused` (two Triton launches for the
+    scores, no (64, N) slab, no host sync; same indices as the torch reference); None = on CUDA."""
     _check_qkv(q, k)
     B, Hq, N, D = q.shape
     patterns = [HeadPattern.from_list(p) for p in patterns]
@@ -453,10 +475,16 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
 
     if "vertical_and_slash" in groups:
         hs = groups["vertical_and_slash"]
+        if _use_fused(fused, q, last_q, block_m, block_n):
+            from .vs_fused import vertical_slash_index_fused as convert
+            from .vs_fused import vertical_slash_scores_fused as scores
+        else:
+            scores, convert = vertical_slash_scores, vertical_slash_index
         # one softmax for all heads; each head then takes its own top-v / top-s from the same scores
-        col, diag = vertical_slash_scores(q, k, last_q=last_q, scale=scale)
-        hsel = torch.as_tensor(hs, device=dev)
-        col, diag = col[:, hsel], diag[:, hsel]
+        col, diag = scores(q, k, last_q=last_q, scale=scale)
+        if hs != list(range(Hq)):  # (an all-vertical-slash layer needs no gather, no host->device copy)
+            hsel = torch.as_tensor(hs, device=dev)
+            col, diag = col[:, hsel], diag[:, hsel]
         vmax = min(max(patterns[h].size_1 for h in hs), N)
         smax = min(max(max(patterns[h].size_2, 1) for h in hs), N)
         sizes = [(min(patterns[h].size_1, N), min(max(patterns[h].size_2, 1), N)) for h in hs]
@@ -469,8 +497,14 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
                 idx = torch.as_tensor([i for i, sz in enumerate(sizes) if sz == (vv, ss)], device=dev)
                 vert[:, idx, :vv] = _top_sorted(col[:, idx], vv)
                 sl[:, idx, :ss] = _top_sorted(diag[:, idx], ss)
-        parts.append((hs, *vertical_slash_index(vert, sl, N, block_m, block_n)))
+        parts.append((hs, *convert(vert, sl, N, block_m, block_n)))
 
+    dense = torch.tensor([p.name == "dense" for p in patterns], dtype=torch.bool)
+    if len(parts) == 1 and parts[0][0] == list(range(Hq)):  # one pattern family: no re-assembly copy
+        _, c, o, cc, ci = parts[0]
+        return SparseIndex(c.to(torch.int32).contiguous(), o.to(torch.int32).contiguous(),
+                           cc.to(torch.int32).contiguous(), ci.to(torch.int32).contiguous(),
+                           N, block_m, block_n, dense)
     MB = max([p[2].shape[-1] for p in parts] + [1])
     MC = max([p[4].shape[-1] for p in parts] + [1])
     count = torch.zeros(B, Hq, M, dtype=torch.int32, device=dev)
@@ -483,7 +517,6 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
         offset[:, hsel, :, :o.shape[-1]] = o.to(torch.int32)
         ccount[:, hsel] = cc.to(torch.int32)
         cindex[:, hsel, :, :ci.shape[-1]] = ci.to(torch.int32)
-    dense = torch.tensor([p.name == "dense" for p in patterns], dtype=torch.bool)
     return SparseIndex(count, offset, ccount, cindex, N, block_m, block_n, dense)
 
 
