@@ -64,3 +64,34 @@ def test_key_detector_sees_length_specialisation():
     """Without do_not_specialize the same launches need several binaries: the detector works."""
     keys = _attn_keys(honour=False)
     assert len(set(keys.values())) > 1
+
+
+class _Recorder:
+    """Stands in for a @triton.jit kernel: records each launch's arguments instead of running it
+    (the key needs only types, divisibility and constexprs, not results)."""
+
+    def __init__(self, kernel, log):
+        self.kernel, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.log.append((self.kernel, args, kwargs))
+
+
+def test_fused_estimation_one_binary_per_kernel_for_all_lengths(monkeypatch):
+    from accel.kernels import vs_fused
+
+    log = []
+    names = ("_vs_stats", "_vs_sums", "_slash_tiles", "_block_lists")
+    for name in names:
+        monkeypatch.setattr(vs_fused, name, _Recorder(getattr(vs_fused, name), log))
+    keys = {name: set() for name in names}
+    for n in LENGTHS:
+        log.clear()
+        g = torch.Generator().manual_seed(n)
+        q, k = torch.randn(1, 14, n, 64, generator=g), torch.randn(1, 2, n, 64, generator=g)
+        build_index(q, k, [HeadPattern("vertical_and_slash", 64, 200)] * 14, 64, 64, fused=True)
+        assert len(log) == 4
+        for kernel, args, kwargs in log:
+            name = kernel.fn.__name__
+            keys[name].add(spec_key(kernel, args, kwargs))
+    assert {name: len(v) for name, v in keys.items()} == {name: 1 for name in names}
