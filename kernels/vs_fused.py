@@ -56,11 +56,11 @@ def fused_supported(q, last_q: int, block_m: int, block_n: int) -> bool:
 
 
 def _splits(q) -> int:
-    """Key-range splits per head: about two programs per SM over the layer, independent of N."""
+    """Key-range splits per head: about four programs per SM over the layer, independent of N."""
     B, Hq = q.shape[0], q.shape[1]
     if q.is_cuda:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        return max(1, min(SPLIT_MAX, triton.cdiv(2 * sms, B * Hq)))
+        return max(1, min(SPLIT_MAX, triton.cdiv(4 * sms, B * Hq)))
     return 2  # CPU interpreter: exercise the split combine without many programs
 
 
