@@ -207,7 +207,7 @@ def _slash_tiles(A, REL, TOTAL, S, T_MAX, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
     nxt = tl.minimum(i + 1, S_PAD - 1)
     prv = tl.maximum(i - 1, 0)
     start = tl.full([S_PAD], 1, dtype=tl.int32)            # every interval its own segment
-    changed = 1
+    changed = tl.sum(start, 0)                              # (a tensor: the loop carries its type)
     while changed > 0:
         seg_a = tl.associative_scan(tl.where(start > 0, a, _NEG), 0, _max_combine)
         last = (tl.gather(start, nxt, 0) > 0) | (i == S_PAD - 1)
@@ -242,7 +242,7 @@ def _block_lists(REL, FIRST, CNT, NCAUS, COLS, COVER, BO, CI, CC, n, T_MAX, MB, 
         off = tl.load(REL + r * T_MAX + first + j0 + j, mask=ok, other=0) + r0
         tl.store(BO + rm * MB + j0 + j, off, mask=ok)
     ncaus = tl.load(NCAUS + rm)        # sorted verticals <= the block's last row
-    kept = 0
+    kept = tl.sum(tl.zeros([CH], dtype=tl.int32), 0)
     for c0 in range(0, ncaus, CH):
         ok = c0 + j < ncaus
         col = tl.load(COLS + r * V + c0 + j, mask=ok, other=0)
