@@ -384,7 +384,14 @@ def profile_vertical_slash_index(q, k, v_size, s_size, bm, bn, log=print):
     n = q.shape[2]
     rec = {}
     rec["scores_reference"], _ = cuda_time(lambda: vertical_slash_scores(q, k), warmup=1, reps=3)
+    from ..kernels import vs_fused
     rec["scores_fused"], _ = cuda_time(lambda: vertical_slash_scores_fused(q, k), warmup=1, reps=3)
+    keep = vs_fused.SKEW_GATHER
+    vs_fused.SKEW_GATHER = not keep   # the other diagonal-skew variant (gather vs scratch)
+    try:
+        rec["scores_fused_other_skew"], _ = cuda_time(lambda: vertical_slash_scores_fused(q, k), warmup=1, reps=3)
+    finally:
+        vs_fused.SKEW_GATHER = keep
     col_r, diag_r = vertical_slash_scores(q, k)
     col_f, diag_f = vertical_slash_scores_fused(q, k)
     vv, ss = min(v_size, n), min(s_size, n)
@@ -396,7 +403,7 @@ def profile_vertical_slash_index(q, k, v_size, s_size, bm, bn, log=print):
     rec["agree_vertical"] = _choices_agree(vf, vr)
     rec["agree_slash"] = _choices_agree(sf, sr)
     log("  index profile (ms): scores ref {scores_reference:.2f} fused {scores_fused:.2f} | top-k {topk:.2f} | "
-        "convert ref {convert_reference:.2f} fused {convert_fused:.2f} | fused==ref choices: vertical "
+        "(other skew {scores_fused_other_skew:.2f}) convert ref {convert_reference:.2f} fused {convert_fused:.2f} | fused==ref choices: vertical "
         "{agree_vertical:.4f} slash {agree_slash:.4f}".format(**rec), flush=True)
     return rec
 

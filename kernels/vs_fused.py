@@ -10,9 +10,9 @@ Here, for all heads of a layer at once:
 2. `_vs_sums`, grid (B*Hq, SPLIT): combines the partials into each row's exact max and sum, recomputes
    the scores block by block, normalises them and writes
    * the column sums of the block (one store per key: no overlap, no atomics),
-   * its diagonal sums: the (LQ, BN) probability tile is written to a per-program scratch slot (a few
-     KB, L1/L2-resident, reused for every block the program visits) and read back skewed, row i shifted
-     by LQ-1-i, so that a column sum of the skewed tile is a diagonal sum.  A key block touches LQ+BN-1
+   * its diagonal sums: the (LQ, BN) probability tile is skewed, row i shifted by LQ-1-i, so that a
+     column sum of the skewed tile is a diagonal sum (a register `tl.gather`, or with SKEW_GATHER=False
+     a per-program scratch slot of a few KB, L1/L2-resident, written and read back skewed).  A key block touches LQ+BN-1
      diagonals; neighbouring blocks share LQ-1 of them, so each block stores its 2*BN partial sums and
      torch adds the two halves that meet: at most two addends per diagonal, hence deterministic.
    GQA is read in place: query head h reads kv head h // G.  No (LQ, N) slab exists at any time.
@@ -41,6 +41,8 @@ __all__ = ["vertical_slash_scores_fused", "vertical_slash_index_fused", "fused_s
 _BIG = 1 << 30
 _NEG = tl.constexpr(-(1 << 30))   # "minus infinity" for int32 scans inside the kernels
 SPLIT_MAX = 64          # partial-statistics slots per head (a power of two: combined with one load)
+SKEW_GATHER = True      # diagonal skew by register gather (False: explicit scratch + barriers); a GPU
+                        # tuning knob, both give identical sums (scripts/gpu_sparse_speed.py times both)
 
 
 def _next_pow2(x: int) -> int:
@@ -108,7 +110,7 @@ def _vs_stats(Q, K, MS, LS, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, n_kb, n_
 @triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
 def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, n_kb, n_split,
              qk_scale, LQ: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-             SPLIT_MAX: tl.constexpr, PREC: tl.constexpr):
+             SPLIT_MAX: tl.constexpr, PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True):
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
@@ -144,11 +146,14 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
         ok = (offs_n[None, :] <= pos[:, None]) & row_ok[:, None]
         p = tl.where(ok, tl.math.exp2(s - m_safe[:, None]) * inv_l[:, None], 0.0)  # (LQ, BN)
         tl.store(COL + bh.to(tl.int64) * N + offs_n, tl.sum(p, 0), mask=offs_n < N)
-        tl.store(scr + i[:, None] * BLOCK_N + c[None, :], p)
-        tl.debug_barrier()   # the tile written by all threads ...
-        sk = tl.load(scr + i[:, None] * BLOCK_N + cc, mask=skew_ok, other=0.0, cache_modifier=".cg")
+        if SKEW_GATHER:   # register gather (the compiler stages it through shared memory)
+            sk = tl.where(skew_ok, tl.gather(p, tl.minimum(tl.maximum(cc, 0), BLOCK_N - 1), 1), 0.0)
+        else:             # explicit scratch slot: store, barrier, skewed load, barrier
+            tl.store(scr + i[:, None] * BLOCK_N + c[None, :], p)
+            tl.debug_barrier()   # the tile written by all threads ...
+            sk = tl.load(scr + i[:, None] * BLOCK_N + cc, mask=skew_ok, other=0.0, cache_modifier=".cg")
+            tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
         tl.store(DP + (bh.to(tl.int64) * n_kb + kb) * (2 * BLOCK_N) + v, tl.sum(sk, 0))
-        tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
 
 
 def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = None):
@@ -174,13 +179,13 @@ def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = No
     ls = torch.empty_like(ms)
     col = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
     dp = torch.empty(R, n_kb, 2 * BN, dtype=torch.float32, device=dev)
-    scr = torch.empty(R * n_split * LQ * BN, dtype=torch.float32, device=dev)
+    scr = torch.empty(1 if SKEW_GATHER else R * n_split * LQ * BN, dtype=torch.float32, device=dev)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"   # fp32 inputs: no tf32 rounding of logits
     args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             N, lq, Hq, Hq // Hkv, n_kb, n_split, scale * 1.4426950408889634)
     meta = dict(LQ=LQ, BLOCK_N=BN, HEAD_D=D, SPLIT_MAX=SPLIT_MAX, PREC=prec, num_warps=4)
     _vs_stats[(R, n_split)](q, k, ms, ls, *args, **meta)
-    _vs_sums[(R, n_split)](q, k, ms, ls, col, dp, scr, *args, **meta)
+    _vs_sums[(R, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER, **meta)
     # diagonal e = N-1-d: block kb's slot v is e = kb*BN + v; the lower half of block kb meets the
     # upper half of block kb-1
     diag_e = dp[:, :, :BN].clone()

@@ -98,3 +98,12 @@ def test_kernel_on_fused_index_equals_float64():
     out = sparse_attention_triton(q, k, v, idx)
     ref = dense_causal_reference(q, k, v, mask=kept_mask(idx))
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_scratch_skew_variant_gives_identical_sums(monkeypatch):
+    from accel.kernels import vs_fused
+    q, k = qk(1, 4, 2, 290, 32, seed=2)
+    a = vertical_slash_scores_fused(q, k)
+    monkeypatch.setattr(vs_fused, "SKEW_GATHER", False)
+    b = vertical_slash_scores_fused(q, k)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
