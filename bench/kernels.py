@@ -402,9 +402,10 @@ def profile_vertical_slash_index(q, k, v_size, s_size, bm, bn, log=print):
     rec["convert_fused"], _ = cuda_time(lambda: vertical_slash_index_fused(vf, sf, n, bm, bn), warmup=1, reps=3)
     rec["agree_vertical"] = _choices_agree(vf, vr)
     rec["agree_slash"] = _choices_agree(sf, sr)
-    log("  index profile (ms): scores ref {scores_reference:.2f} fused {scores_fused:.2f} | top-k {topk:.2f} | "
-        "(other skew {scores_fused_other_skew:.2f}) convert ref {convert_reference:.2f} fused {convert_fused:.2f} | fused==ref choices: vertical "
-        "{agree_vertical:.4f} slash {agree_slash:.4f}".format(**rec), flush=True)
+    log("  index profile (ms): scores ref {scores_reference:.2f} fused {scores_fused:.2f} (other skew "
+        "{scores_fused_other_skew:.2f}) | top-k {topk:.2f} | convert ref {convert_reference:.2f} fused "
+        "{convert_fused:.2f} | fused==ref choices: vertical {agree_vertical:.4f} slash {agree_slash:.4f}"
+        .format(**rec), flush=True)
     return rec
 
 
