@@ -57,3 +57,19 @@ def test_kept_key_flops_counts_kept_pairs(pat, kind, bm, bn, blk):
     idx, n = _index(pat, bm, bn, dense_head=True)
     assert kept_key_flops(idx, n, 32) == 4 * 32 * int(kept_mask(idx).sum())
     assert kernel_cost(idx, n, 32) >= kept_key_flops(idx, n, 32)   # padding share >= 1
+
+
+def test_flex_on_exact_mask_computes_our_attention():
+    """End to end: FlexAttention (eager math path on the CPU) with the exact mask == our kernel's
+    reference output on the same index."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from accel.kernels.reference import sparse_attention_reference
+
+    q, k, v = make_inputs(200, seed=1, v_cols=16, band=40, shape=(1, 4, 2, 32), device="cpu")
+    for pat, kind in ((HeadPattern("vertical_and_slash", 16, 40), "relative"), (HeadPattern("block_sparse", 2), "aligned")):
+        idx = build_index(q, k, [pat] * 4, 64, 64)
+        ours = sparse_attention_reference(q, k, v, idx)
+        bmask, *_ = flex_exact_mask(idx, 200, kind, 128)
+        fo = flex_attention(q, k, v, block_mask=bmask, enable_gqa=True)
+        assert ((fo - ours).norm() / ours.norm()).item() < 1e-5, kind
