@@ -116,7 +116,9 @@ def a_shape_index(n: int, sink: int, window: int, block_m: int = 64, block_n: in
     hi = (r1 - 1) // block_n                                  # last (diagonal) key block
     ns = torch.clamp(torch.minimum(torch.full_like(lo, triton_cdiv(sink, block_n)), lo), min=0)
     count = ns + hi - lo + 1
-    mx = int(count.max().item())
+    # width from (n, sink, window, blocks) alone, no device sync: sink blocks + the window's blocks
+    # (floor(a/bn) - floor(b/bn) <= floor((a-b)/bn) + 1), never more than there are key blocks
+    mx = max(1, min(triton_cdiv(sink, block_n) + (block_m + window - 2) // block_n + 2, triton_cdiv(n, block_n)))
     j = torch.arange(mx, device=device)[None, :]
     blk = torch.where(j < ns[:, None], j, lo[:, None] + j - ns[:, None])
     blk = torch.where(j < count[:, None], blk, torch.zeros_like(blk))
@@ -385,7 +387,10 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
     allowed = (kb[None, :] * block_n) <= (r1 - 1)[:, None]                # (M, Nb)
     forced = allowed & ((kb[None, :] * block_n + block_n - 1) >= r0[:, None])
     nforced = forced.sum(-1)
-    K = min(Nb, max(int(tk.max().item()), int(nforced.max().item())))
+    # forced (diagonal) blocks per query block: at most (block_m-1)//block_n + 2; both from Python ints,
+    # so no device sync sizes the selection
+    tk_max = max(topk) if not isinstance(topk, int) else topk
+    K = min(Nb, max(int(tk_max), (block_m - 1) // block_n + 2))
     count = torch.minimum(tk[None, :, None], allowed.sum(-1)[None, None, :])
     count = torch.maximum(count, nforced[None, None, :]).expand(B, Hq, M).contiguous()
     sel = torch.empty(B, Hq, M, K, dtype=torch.int64, device=q.device)
