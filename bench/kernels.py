@@ -345,7 +345,7 @@ def selftest():
     # fp32 both ways, only the summation order differs: identical except at a near-tie at a budget edge
     assert worst_agree > 0.999, ("fused index far from the reference", worst_agree)
     from ..kernels.index import _top_sorted, vertical_slash_scores
-    from ..kernels.vs_fused import vertical_slash_scores_fused
+    from ..kernels.index import vertical_slash_scores_fused
     q = torch.randn(1, 14, 8000, 64, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, 2, 8000, 64, device="cuda", dtype=torch.bfloat16)
     (cr, dr), (cf, df) = vertical_slash_scores(q, k), vertical_slash_scores_fused(q, k)
@@ -385,7 +385,8 @@ def _choices_agree(a, b):
 def profile_vertical_slash_index(q, k, v_size, s_size, bm, bn, log=print):
     """Reference vs fused estimation and conversion: times (ms) and agreement of their choices."""
     from ..kernels.index import _top_sorted, vertical_slash_index, vertical_slash_scores
-    from ..kernels.vs_fused import vertical_slash_index_fused, vertical_slash_scores_fused
+    from ..kernels.index import vertical_slash_scores_fused
+    from ..kernels.vs_fused import vertical_slash_index_fused
 
     n = q.shape[2]
     rec = {}

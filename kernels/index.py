@@ -191,13 +191,29 @@ def vertical_slash_scores(q, k, last_q: int = 64, scale: float | None = None):
     p = _gqa_last_scores(q, k, last_q, scale)                                  # (B, Hq, lq, N)
     lq = p.shape[2]
     col = p.sum(2)                                                              # (B, Hq, N)
-    nk = min(VERTICAL_KEEP, N)
-    col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=col.dtype)
     diag = _diagonal_sums(p.view(B * Hq, lq, N)).view(B, Hq, N)               # strided view sums
     del p
-    nk = min(SLASH_KEEP, N)  # nearest first, so s < SLASH_KEEP still keeps the main diagonal
-    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=diag.dtype)
+    return _force_keeps(col, diag, lq)
+
+
+def _force_keeps(col, diag, lq: int):
+    """Scores above any real one (a sum is <= lq) for the first VERTICAL_KEEP columns and the
+    SLASH_KEEP nearest diagonals, in their own order (nearest first, so s < SLASH_KEEP still keeps
+    the main diagonal)."""
+    N = col.shape[-1]
+    nk = min(VERTICAL_KEEP, N)
+    col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=col.device, dtype=col.dtype)
+    nk = min(SLASH_KEEP, N)
+    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=diag.device, dtype=diag.dtype)
     return col, diag
+
+
+def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = None):
+    """`vertical_slash_scores` from the fused Triton kernels (`vs_fused`): same scores up to fp32
+    rounding, no (last_q, N) slab, no host sync."""
+    from .vs_fused import vertical_slash_sums
+    col, diag = vertical_slash_sums(q, k, last_q, scale)
+    return _force_keeps(col, diag, min(last_q, q.shape[2]))
 
 
 def _top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -482,7 +498,7 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
         hs = groups["vertical_and_slash"]
         if _use_fused(fused, q, last_q, block_m, block_n):
             from .vs_fused import vertical_slash_index_fused as convert
-            from .vs_fused import vertical_slash_scores_fused as scores
+            scores = vertical_slash_scores_fused
         else:
             scores, convert = vertical_slash_scores, vertical_slash_index
         # one softmax for all heads; each head then takes its own top-v / top-s from the same scores

@@ -16,7 +16,8 @@ Here, for all heads of a layer at once:
      diagonals; neighbouring blocks share LQ-1 of them, so each block stores its 2*BN partial sums and
      torch adds the two halves that meet: at most two addends per diagonal, hence deterministic.
    GQA is read in place: query head h reads kv head h // G.  No (LQ, N) slab exists at any time.
-3. Top-k stays `torch.topk` (a fixed k: no sync).
+3. Forced keys and top-k stay in `index.py` (`torch.topk` with a fixed k: no sync).  This module
+   imports nothing of ours: `index` imports it (lazily), never the other way round.
 4. `_slash_tiles`, one program per (batch, head): the merge of slash key ranges into BLOCK_N tiles,
    the same fixpoint as `index._merge_slash_ranges` (segments merged until their tiled extents are
    disjoint), iterated on the device in a data-dependent while loop instead of a host-checked one.
@@ -36,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["vertical_slash_scores_fused", "vertical_slash_index_fused", "fused_supported"]
+__all__ = ["vertical_slash_sums", "vertical_slash_index_fused", "fused_supported"]
 
 _BIG = 1 << 30
 _NEG = tl.constexpr(-(1 << 30))   # "minus infinity" for int32 scans inside the kernels
@@ -156,11 +157,10 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
         tl.store(DP + (bh.to(tl.int64) * n_kb + kb) * (2 * BLOCK_N) + v, tl.sum(sk, 0))
 
 
-def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = None):
-    """Same contract as `index.vertical_slash_scores` (column and diagonal scores of the last
-    `last_q` queries' softmax, forced keys on top) from two Triton launches, without the fp32 slab."""
-    from .index import SLASH_KEEP, VERTICAL_KEEP
-
+def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
+    """Column and diagonal sums of the last `last_q` queries' causal softmax, from two Triton launches
+    without the fp32 slab: -> (col (B,Hq,N), diag (B,Hq,N)), diag[..., d] for offset d = q_pos - k_pos.
+    (`index.vertical_slash_scores_fused` adds the forced keys, as the reference does.)"""
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     scale = D ** -0.5 if scale is None else scale
@@ -191,10 +191,6 @@ def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = No
     diag_e = dp[:, :, :BN].clone()
     diag_e[:, 1:] += dp[:, :-1, BN:]
     diag = diag_e.reshape(R, n_kb * BN)[:, :N].flip(-1).reshape(B, Hq, N)    # index d
-    nk = min(VERTICAL_KEEP, N)
-    col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=dev, dtype=col.dtype)
-    nk = min(SLASH_KEEP, N)
-    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=dev, dtype=diag.dtype)
     return col, diag
 
 
@@ -264,8 +260,6 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
                                block_m: int = 64, block_n: int = 64):
     """Same contract and kept keys as `index.vertical_slash_index` (block_m a multiple of block_n),
     without a host sync: output widths depend only on n, the budgets and the block sizes."""
-    from .index import _q_block_bounds
-
     if block_m % block_n:
         raise ValueError("the fused conversion needs block_m a multiple of block_n")
     B, H, S = slash.shape
@@ -280,7 +274,8 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     total = torch.empty(R, dtype=torch.int32, device=dev)
     _slash_tiles[(R,)](a, rel, total, S, T_MAX, BLOCK_M=block_m, BLOCK_N=block_n,
                        S_PAD=max(16, _next_pow2(S)), num_warps=4 if S <= 1024 else 8)
-    r0, r1 = _q_block_bounds(n, block_m, dev)
+    r0 = torch.arange(triton.cdiv(n, block_m), device=dev, dtype=torch.int64) * block_m
+    r1 = torch.clamp(r0 + block_m, max=n)          # exclusive; the last block may be ragged
     M = r0.numel()
     rel64 = rel.to(torch.int64)
     lo_key = (-(r0 + block_n))[None, :].expand(R, M).contiguous()

@@ -14,7 +14,8 @@ pytest.importorskip("triton")
 from accel.kernels import HeadPattern, build_index, kept_mask  # noqa: E402
 from accel.kernels.index import _top_sorted, vertical_slash_index, vertical_slash_scores  # noqa: E402
 from accel.kernels.reference import dense_causal_reference  # noqa: E402
-from accel.kernels.vs_fused import vertical_slash_index_fused, vertical_slash_scores_fused  # noqa: E402
+from accel.kernels.index import vertical_slash_scores_fused  # noqa: E402
+from accel.kernels.vs_fused import vertical_slash_index_fused  # noqa: E402
 
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
