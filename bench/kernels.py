@@ -299,6 +299,45 @@ def check_rows(out, q, k, v, index, n, rows_blocks):
     return max(errs)
 
 
+def sparse_binaries() -> dict:
+    """Compiled Triton binaries per sparse-path kernel (Triton 3.x: device_caches[device][0]); None
+    where this Triton keeps them elsewhere (or under the CPU interpreter, which compiles nothing)."""
+    from ..kernels import triton_sparse, vs_fused
+
+    out = {}
+    for name, fn in (("attn", triton_sparse._sparse_attn_fwd), ("vs_stats", vs_fused._vs_stats),
+                     ("vs_sums", vs_fused._vs_sums), ("slash_tiles", vs_fused._slash_tiles),
+                     ("block_lists", vs_fused._block_lists)):
+        try:
+            out[name] = sum(len(c[0]) for c in fn.device_caches.values())
+        except Exception:
+            out[name] = None
+    return out
+
+
+def new_length_check(lengths=(1000, 1337, 2049, 3001), shape=(1, 14, 2, 64)):
+    """After the first length, no sparse-path kernel may compile again: -> (binaries added per later
+    length, ms each later first call took)."""
+    from ..kernels import sparse_attention
+    b, hq, hkv, d = shape
+    pats = ([HeadPattern("vertical_and_slash", 200, 400), HeadPattern("stream_llm", 64, 256)] * hq)[:hq]
+    added, first_ms = [], []
+    for i, n in enumerate(lengths):
+        q = torch.randn(b, hq, n, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, hkv, n, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, hkv, n, d, device="cuda", dtype=torch.bfloat16)
+        before = sparse_binaries()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        sparse_attention(q, k, v, pats)
+        torch.cuda.synchronize()
+        if i:
+            first_ms.append((time.perf_counter() - t) * 1e3)
+            after = sparse_binaries()
+            added.append(sum((after[x] or 0) - (before[x] or 0) for x in after))
+    return added, first_ms
+
+
 def selftest():
     """Small GPU shapes, both dtypes, D 64/128, all patterns + mixed + keep-all vs cuDNN/SDPA."""
     from ..kernels import sparse_attention
@@ -351,7 +390,10 @@ def selftest():
     (cr, dr), (cf, df) = vertical_slash_scores(q, k), vertical_slash_scores_fused(q, k)
     agree = (_choices_agree(_top_sorted(cf, 1000), _top_sorted(cr, 1000)),
              _choices_agree(_top_sorted(df, 2000), _top_sorted(dr, 2000)))
-    print(f"selftest ok: worst rel err vs fp32 masked reference {worst:.2e}; fused index == reference (fp32) "
+    added, first_ms = new_length_check()
+    assert not any(added), ("a new prompt length compiled sparse kernels again", added)
+    print(f"selftest ok: new prompt lengths compiled nothing (first calls {', '.join(f'{x:.1f}' for x in first_ms)} ms); "
+          f"worst rel err vs fp32 masked reference {worst:.2e}; fused index == reference (fp32) "
           f"in {same}/{cases} cases (worst kept-key agreement {worst_agree:.5f}); "
           f"bf16 fused/reference choices agree {agree[0]:.4f} (vertical) {agree[1]:.4f} (slash)", flush=True)
     return worst

@@ -28,22 +28,9 @@ import torch
 
 from accel.bench import kernels as bk
 from accel.kernels import HeadPattern, build_index, sparse_attention
-from accel.kernels import triton_sparse, vs_fused
 from accel.kernels.triton_sparse import sparse_attention_triton
 
-JIT = {"attn": triton_sparse._sparse_attn_fwd, "vs_stats": vs_fused._vs_stats, "vs_sums": vs_fused._vs_sums,
-       "slash_tiles": vs_fused._slash_tiles, "block_lists": vs_fused._block_lists}
-
-
-def binaries() -> dict:
-    """Compiled binaries per kernel (Triton 3.x keeps them in device_caches[device][0])."""
-    out = {}
-    for name, fn in JIT.items():
-        try:
-            out[name] = sum(len(c[0]) for c in fn.device_caches.values())
-        except Exception:  # other Triton layouts: report unknown
-            out[name] = getattr(fn, "cache", None) and sum(len(v) for v in fn.cache.values())
-    return out
+binaries = bk.sparse_binaries
 
 
 def timed(fn):
