@@ -394,7 +394,7 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
-    tk = torch.as_tensor([topk] * Hq if isinstance(topk, int) else list(topk), device=q.device)
+    tk = _dev_index([topk] * Hq if isinstance(topk, int) else [int(t) for t in topk], q.device)  # (Hq,)
     qp = _pool(q, block_m)                                                # (B, Hq, M, D)
     kp = _pool(k, block_n)                                                # (B, Hkv, Nb, D)
     M, Nb = qp.shape[2], kp.shape[2]
@@ -426,6 +426,21 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
 # --------------------------------------------------------------------------------------------
 # one index for a whole layer
 # --------------------------------------------------------------------------------------------
+_CONST_CACHE: dict = {}
+
+
+def _dev_index(values, device) -> torch.Tensor:
+    """A small int64 tensor of head numbers on `device`, made once per (values, device): a fresh
+    host->device copy per call would be a sync point and cannot be captured in a CUDA graph."""
+    key = (tuple(values), str(device))
+    t = _CONST_CACHE.get(key)
+    if t is None:
+        if len(_CONST_CACHE) > 4096:   # bounded: distinct head sets x devices of one process
+            _CONST_CACHE.clear()
+        t = _CONST_CACHE[key] = torch.as_tensor(list(values), dtype=torch.int64, device=device)
+    return t
+
+
 def _check_qkv(q, k):
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be (B, H, N, D); got {tuple(q.shape)} and {tuple(k.shape)}")
@@ -489,7 +504,7 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
         # so a vertical-slash head's v=1000 never inflates the selection tensors
         tk = [patterns[h].size_1 if patterns[h].name == "block_sparse" else 1 for h in range(Hq)]
         cnt, sel = estimate_block_sparse(q, k, [max(t, 1) for t in tk], block_m, block_n)
-        hsel = torch.as_tensor(hs, device=dev)
+        hsel = _dev_index(hs, dev)
         parts.append((hs, cnt[:, hsel].to(torch.int32), (sel[:, hsel] * block_n).to(torch.int32),
                       torch.zeros(B, len(hs), M, dtype=torch.int32, device=dev),
                       torch.zeros(B, len(hs), M, 1, dtype=torch.int32, device=dev)))
@@ -504,7 +519,7 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
         # one softmax for all heads; each head then takes its own top-v / top-s from the same scores
         col, diag = scores(q, k, last_q=last_q, scale=scale)
         if hs != list(range(Hq)):  # (an all-vertical-slash layer needs no gather, no host->device copy)
-            hsel = torch.as_tensor(hs, device=dev)
+            hsel = _dev_index(hs, dev)
             col, diag = col[:, hsel], diag[:, hsel]
         vmax = min(max(patterns[h].size_1 for h in hs), N)
         smax = min(max(max(patterns[h].size_2, 1) for h in hs), N)
@@ -515,7 +530,7 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
             vert = torch.full((B, len(hs), vmax), -1, dtype=torch.int64, device=dev)
             sl = torch.full((B, len(hs), smax), -1, dtype=torch.int64, device=dev)
             for (vv, ss) in set(sizes):
-                idx = torch.as_tensor([i for i, sz in enumerate(sizes) if sz == (vv, ss)], device=dev)
+                idx = _dev_index([i for i, sz in enumerate(sizes) if sz == (vv, ss)], dev)
                 vert[:, idx, :vv] = _top_sorted(col[:, idx], vv)
                 sl[:, idx, :ss] = _top_sorted(diag[:, idx], ss)
         parts.append((hs, *convert(vert, sl, N, block_m, block_n)))
@@ -533,7 +548,7 @@ def build_index(q, k, patterns: list[HeadPattern], block_m: int = 64, block_n: i
     ccount = torch.zeros(B, Hq, M, dtype=torch.int32, device=dev)
     cindex = torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=dev)
     for hs, c, o, cc, ci in parts:
-        hsel = torch.as_tensor(hs, device=dev)
+        hsel = _dev_index(hs, dev)
         count[:, hsel] = c.to(torch.int32)
         offset[:, hsel, :, :o.shape[-1]] = o.to(torch.int32)
         ccount[:, hsel] = cc.to(torch.int32)
