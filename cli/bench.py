@@ -281,7 +281,7 @@ def kernels(
     lengths: str = typer.Option("32k,128k", "--lengths"),
     patterns: str = typer.Option("vertical_and_slash,block_sparse,stream_llm", "--patterns"),
     reps: int = typer.Option(5, "--rep", min=1),
-    flex: bool = typer.Option(True, "--flex/--no-flex", help="Also time PyTorch FlexAttention on the same kept blocks."),
+    flex: bool = typer.Option(True, "--flex/--no-flex", help="Also time PyTorch FlexAttention: on our kept blocks, and on exactly our kept keys (fair column)."),
     json_path: Optional[Path] = typer.Option(None, "--json"),
     plot: Optional[Path] = typer.Option(None, "--plot"),
 ):
@@ -295,7 +295,9 @@ def kernels(
         rows = [dict(length=r["n"], pattern=r["pattern"][0], cudnn_ms=r["dense_cudnn_ms"], accel_ms=r["best"]["total_ms"],
                      kernel_ms=r["best"]["kernel_ms"], index_ms=r["best"]["index_ms"], density=r["best"]["density"],
                      speedup_vs_cudnn=r["speedup_vs_cudnn"], eff_vs_cudnn=r["kernel_eff_vs_cudnn"],
-                     flex_ms=r.get("flex_ms"), speedup_vs_flex=r.get("speedup_vs_flex")) for r in results]
+                     flex_ms=r.get("flex_ms"), speedup_vs_flex=r.get("speedup_vs_flex"),
+                     flex_exact_ms=r.get("flex_exact_ms"), speedup_vs_flex_exact=r.get("speedup_vs_flex_exact"),
+                     padding_share=r.get("padding_share"), index_share=r.get("index_share")) for r in results]
         out.print(_table(f"attention kernels ({meta['device']})", rows, list(rows[0]) if rows else ["length"]))
         _save(json_path, {"bench": "kernels", "meta": meta, "rows": rows, "raw": results})
         if plot is not None and rows:

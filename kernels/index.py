@@ -26,6 +26,7 @@ on the GPU inside the timed prefill and on the CPU in tests.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -117,7 +118,9 @@ def a_shape_index(n: int, sink: int, window: int, block_m: int = 64, block_n: in
     hi = (r1 - 1) // block_n                                  # last (diagonal) key block
     ns = torch.clamp(torch.minimum(torch.full_like(lo, triton_cdiv(sink, block_n)), lo), min=0)
     count = ns + hi - lo + 1
-    mx = int(count.max().item())
+    # width from (n, sink, window, blocks) alone, no device sync: sink blocks + the window's blocks
+    # (floor(a/bn) - floor(b/bn) <= floor((a-b)/bn) + 1), never more than there are key blocks
+    mx = max(1, min(triton_cdiv(sink, block_n) + (block_m + window - 2) // block_n + 2, triton_cdiv(n, block_n)))
     j = torch.arange(mx, device=device)[None, :]
     blk = torch.where(j < ns[:, None], j, lo[:, None] + j - ns[:, None])
     blk = torch.where(j < count[:, None], blk, torch.zeros_like(blk))
@@ -190,13 +193,29 @@ def vertical_slash_scores(q, k, last_q: int = 64, scale: float | None = None):
     p = _gqa_last_scores(q, k, last_q, scale)                                  # (B, Hq, lq, N)
     lq = p.shape[2]
     col = p.sum(2)                                                              # (B, Hq, N)
-    nk = min(VERTICAL_KEEP, N)
-    col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=col.dtype)
     diag = _diagonal_sums(p.view(B * Hq, lq, N)).view(B, Hq, N)               # strided view sums
     del p
-    nk = min(SLASH_KEEP, N)  # nearest first, so s < SLASH_KEEP still keeps the main diagonal
-    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=q.device, dtype=diag.dtype)
+    return _force_keeps(col, diag, lq)
+
+
+def _force_keeps(col, diag, lq: int):
+    """Scores above any real one (a sum is <= lq) for the first VERTICAL_KEEP columns and the
+    SLASH_KEEP nearest diagonals, in their own order (nearest first, so s < SLASH_KEEP still keeps
+    the main diagonal)."""
+    N = col.shape[-1]
+    nk = min(VERTICAL_KEEP, N)
+    col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=col.device, dtype=col.dtype)
+    nk = min(SLASH_KEEP, N)
+    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=diag.device, dtype=diag.dtype)
     return col, diag
+
+
+def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = None):
+    """`vertical_slash_scores` from the fused Triton kernels (`vs_fused`): same scores up to fp32
+    rounding, no (last_q, N) slab, no host sync."""
+    from .vs_fused import vertical_slash_sums
+    col, diag = vertical_slash_sums(q, k, last_q, scale)
+    return _force_keeps(col, diag, min(last_q, q.shape[2]))
 
 
 def _top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -377,7 +396,7 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
-    tk = torch.as_tensor([topk] * Hq if isinstance(topk, int) else list(topk), device=q.device)
+    tk = _dev_index([topk] * Hq if isinstance(topk, int) else [int(t) for t in topk], q.device)  # (Hq,)
     qp = _pool(q, block_m)                                                # (B, Hq, M, D)
     kp = _pool(k, block_n)                                                # (B, Hkv, Nb, D)
     M, Nb = qp.shape[2], kp.shape[2]
@@ -386,7 +405,10 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
     allowed = (kb[None, :] * block_n) <= (r1 - 1)[:, None]                # (M, Nb)
     forced = allowed & ((kb[None, :] * block_n + block_n - 1) >= r0[:, None])
     nforced = forced.sum(-1)
-    K = min(Nb, max(int(tk.max().item()), int(nforced.max().item())))
+    # forced (diagonal) blocks per query block: at most (block_m-1)//block_n + 2; both from Python ints,
+    # so no device sync sizes the selection
+    tk_max = max(topk) if not isinstance(topk, int) else topk
+    K = min(Nb, max(int(tk_max), (block_m - 1) // block_n + 2))
     count = torch.minimum(tk[None, :, None], allowed.sum(-1)[None, None, :])
     count = torch.maximum(count, nforced[None, None, :]).expand(B, Hq, M).contiguous()
     sel = torch.empty(B, Hq, M, K, dtype=torch.int64, device=q.device)
@@ -406,6 +428,21 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
 # --------------------------------------------------------------------------------------------
 # one index for a whole layer
 # --------------------------------------------------------------------------------------------
+_CONST_CACHE: dict = {}
+
+
+def _dev_index(values, device) -> torch.Tensor:
+    """A small int64 tensor of head numbers on `device`, made once per (values, device): a fresh
+    host->device copy per call would be a sync point and cannot be captured in a CUDA graph."""
+    key = (tuple(values), str(device))
+    t = _CONST_CACHE.get(key)
+    if t is None:
+        if len(_CONST_CACHE) > 4096:   # bounded: distinct head sets x devices of one process
+            _CONST_CACHE.clear()
+        t = _CONST_CACHE[key] = torch.as_tensor(list(values), dtype=torch.int64, device=device)
+    return t
+
+
 def check_qkv(q, k):
     """ValueError unless q (B,Hq,N,D), k (B,Hkv,N,D) are a prefill pair with Hq % Hkv == 0 (GQA)."""
     if q.dim() != 4 or k.dim() != 4:
@@ -415,6 +452,24 @@ def check_qkv(q, k):
         raise ValueError(f"k {tuple(k.shape)} does not match q {tuple(q.shape)} (prefill needs equal lengths)")
     if Hq % k.shape[1]:
         raise ValueError(f"query heads {Hq} must be a multiple of kv heads {k.shape[1]} (GQA)")
+
+
+def use_fused(fused, q, last_q, block_m, block_n) -> bool:
+    """Fused Triton estimation + sync-free conversion: by default on CUDA, where it is the fast path;
+    the CPU keeps the torch reference (the interpreter would be slow), unless asked for (tests)."""
+    if fused is None and not q.is_cuda:
+        return False
+    from . import vs_fused  # Triton: imported only where it runs
+    ok = vs_fused.fused_supported(q, last_q, block_m, block_n)
+    if fused is None:
+        return ok
+    if fused and not ok:
+        raise ValueError(f"fused vertical-slash estimation needs head_dim in 16..256 (power of two), "
+                         f"last_q <= 128 and block_m a multiple of block_n; got D={q.shape[-1]}, "
+                         f"last_q={last_q}, blocks {block_m}x{block_n}: pass fused=False")
+    if fused and not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("fused=True on CPU needs TRITON_INTERPRET=1 (slow; for tests)")
+    return bool(fused)
 
 
 def top_vertical_slash(col: torch.Tensor, diag: torch.Tensor, sizes: list[tuple[int, int]]):
@@ -433,7 +488,7 @@ def top_vertical_slash(col: torch.Tensor, diag: torch.Tensor, sizes: list[tuple[
     vert = torch.full((B, H, vmax), -1, dtype=torch.int64, device=dev)
     sl = torch.full((B, H, smax), -1, dtype=torch.int64, device=dev)
     for (vv, ss) in set(sizes):  # group equal sizes
-        idx = torch.as_tensor([i for i, sz in enumerate(sizes) if sz == (vv, ss)], device=dev)
+        idx = _dev_index([i for i, sz in enumerate(sizes) if sz == (vv, ss)], dev)
         vert[:, idx, :vv] = _top_sorted(col[:, idx], vv)
         sl[:, idx, :ss] = _top_sorted(diag[:, idx], ss)
     return vert, sl
@@ -445,6 +500,11 @@ def assemble_index(parts, B: int, Hq: int, n: int, block_m: int, block_n: int, d
     column_count (B,h,M), column_index (B,h,M,*)).  Heads in no part (dense heads) keep zero counts;
     `dense_heads` is a (Hq,) bool or list of bools."""
     M = triton_cdiv(n, block_m)
+    if len(parts) == 1 and list(parts[0][0]) == list(range(Hq)):  # one pattern family: no re-assembly copy
+        _, c, o, cc, ci = parts[0]
+        return SparseIndex(c.to(torch.int32).contiguous(), o.to(torch.int32).contiguous(),
+                           cc.to(torch.int32).contiguous(), ci.to(torch.int32).contiguous(),
+                           n, block_m, block_n, torch.as_tensor(dense_heads, dtype=torch.bool))
     MB = max([p[2].shape[-1] for p in parts] + [1])
     MC = max([p[4].shape[-1] for p in parts] + [1])
     count = torch.zeros(B, Hq, M, dtype=torch.int32, device=device)
@@ -452,7 +512,7 @@ def assemble_index(parts, B: int, Hq: int, n: int, block_m: int, block_n: int, d
     ccount = torch.zeros(B, Hq, M, dtype=torch.int32, device=device)
     cindex = torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=device)
     for hs, c, o, cc, ci in parts:
-        hsel = torch.as_tensor(hs, device=device)
+        hsel = _dev_index(hs, device)
         count[:, hsel] = c.to(torch.int32)
         offset[:, hsel, :, :o.shape[-1]] = o.to(torch.int32)
         ccount[:, hsel] = cc.to(torch.int32)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .index import (SLASH_KEEP, VERTICAL_KEEP, SparseIndex, a_shape_index, assemble_index, check_qkv,
-                    estimate_block_sparse, top_vertical_slash, triton_cdiv, vertical_slash_index,
-                    vertical_slash_scores)
+from .index import (SLASH_KEEP, VERTICAL_KEEP, SparseIndex, _dev_index, a_shape_index, assemble_index,
+                    check_qkv, estimate_block_sparse, top_vertical_slash, triton_cdiv, use_fused,
+                    vertical_slash_index, vertical_slash_scores, vertical_slash_scores_fused)
 
 __all__ = ["HeadPattern", "Pattern", "PatternError", "PATTERNS", "PATTERN_NAMES", "SCALING_RULES",
            "get_pattern", "register", "validate_entry", "build_index", "pattern_cost", "dense_cost", "predicted_work",
@@ -101,9 +101,10 @@ class Pattern:
 
     # ---- index ---------------------------------------------------------------------------------
     def build(self, q, k, heads: list[int], patterns: list["HeadPattern"], block_m: int, block_n: int,
-              last_q: int, scale: float | None) -> list[tuple]:
+              last_q: int, scale: float | None, fused: bool | None = None) -> list[tuple]:
         """Index parts for `heads` (all of this kind): [(heads, count (B,h,M), offset (B,h,M,*),
-        column_count (B,h,M), column_index (B,h,M,*))], see `index.assemble_index`."""
+        column_count (B,h,M), column_index (B,h,M,*))], see `index.assemble_index`. ``fused``: use the
+        fused Triton estimation where the kind has one (None = on CUDA)."""
         raise NotImplementedError
 
     # ---- cost ----------------------------------------------------------------------------------
@@ -199,17 +200,26 @@ class VerticalSlash(Pattern):
         if s < 1:
             raise PatternError("vertical_and_slash needs s (size_2) >= 1: the main diagonal is always kept")
 
-    def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale):
-        # one softmax for all heads; each head then takes its own top-v / top-s from the same scores
-        col, diag = vertical_slash_scores(q, k, last_q=last_q, scale=scale)          # (B, Hq, N) x2
-        hsel = torch.as_tensor(heads, device=q.device)
-        return [(heads, *self.parts_from_scores(col[:, hsel], diag[:, hsel], [patterns[h] for h in heads],
-                                                q.shape[2], block_m, block_n))]
+    def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
+        # one softmax for all heads; each head then takes its own top-v / top-s from the same scores.
+        # On CUDA the fused Triton estimation (vs_fused: no (last_q, N) slab, no host sync) gives the
+        # same indices as the torch reference.
+        fast = use_fused(fused, q, last_q, block_m, block_n)
+        scores = vertical_slash_scores_fused if fast else vertical_slash_scores
+        col, diag = scores(q, k, last_q=last_q, scale=scale)                           # (B, Hq, N) x2
+        if heads != list(range(q.shape[1])):  # an all-vertical-slash layer needs no gather
+            hsel = _dev_index(heads, q.device)
+            col, diag = col[:, hsel], diag[:, hsel]
+        return [(heads, *self.parts_from_scores(col, diag, [patterns[h] for h in heads],
+                                                q.shape[2], block_m, block_n, fused=fast))]
 
-    def parts_from_scores(self, col, diag, patterns, n, block_m, block_n):
+    def parts_from_scores(self, col, diag, patterns, n, block_m, block_n, fused: bool = False):
         """(count, offset, column_count, column_index) from `vertical_slash_scores` of these heads:
         the search scores many (v, s) settings on one estimation through this."""
         vert, sl = top_vertical_slash(col, diag, [(p.size_1, p.size_2) for p in patterns])
+        if fused:
+            from .vs_fused import vertical_slash_index_fused
+            return vertical_slash_index_fused(vert, sl, n, block_m, block_n)
         return vertical_slash_index(vert, sl, n, block_m, block_n)
 
     def index_from_scores(self, col, diag, patterns, n, block_m, block_n) -> SparseIndex:
@@ -258,7 +268,7 @@ class StreamLLM(Pattern):
         if window < 1:
             raise PatternError("stream_llm needs a local window (size_2) >= 1 so each query sees itself")
 
-    def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale):
+    def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
         B, N, dev = q.shape[0], q.shape[2], q.device
         M = triton_cdiv(N, block_m)
         by_size: dict[tuple, list[int]] = {}   # identical for every head of one size: build once
@@ -313,7 +323,7 @@ class BlockSparse(Pattern):
         if topk < 1:
             raise PatternError("block_sparse needs top-k (size_1) >= 1: the diagonal block is always kept")
 
-    def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale):
+    def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
         B, Hq, N = q.shape[:3]
         M, dev = triton_cdiv(N, block_m), q.device
         # estimate for all heads (one batched op) but only these heads' top-k matter: others get 1,
@@ -321,7 +331,7 @@ class BlockSparse(Pattern):
         mine = set(heads)
         tk = [max(patterns[h].size_1, 1) if h in mine else 1 for h in range(Hq)]
         cnt, sel = estimate_block_sparse(q, k, tk, block_m, block_n)
-        hsel = torch.as_tensor(heads, device=dev)
+        hsel = _dev_index(heads, dev)
         return [(heads, cnt[:, hsel].to(torch.int32), (sel[:, hsel] * block_n).to(torch.int32),
                  torch.zeros(B, len(heads), M, dtype=torch.int32, device=dev),
                  torch.zeros(B, len(heads), M, 1, dtype=torch.int32, device=dev))]
@@ -351,7 +361,7 @@ class Dense(Pattern):
     dense = True
     tie_rank = 3
 
-    def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale):
+    def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
         return []   # flagged in `dense_heads`; the kernels never read their counts
 
     def block_tiles(self, p, r0, r1, n, block, mode):
@@ -458,7 +468,7 @@ def to_minference(layers) -> list[dict]:
 # what the registry gives the rest of the package
 # --------------------------------------------------------------------------------------------
 def build_index(q, k, patterns: list, block_m: int = 64, block_n: int = 64,
-                last_q: int = 64, scale: float | None = None) -> SparseIndex:
+                last_q: int = 64, scale: float | None = None, *, fused: bool | None = None) -> SparseIndex:
     """One `SparseIndex` for a layer: ``patterns[h]`` is query head h's pattern (a list of Hq).
 
     Heads are grouped by kind; each kind builds its heads' part with `index.py`'s builders (one
@@ -473,7 +483,7 @@ def build_index(q, k, patterns: list, block_m: int = 64, block_n: int = 64,
         groups.setdefault(p.name, []).append(h)
     parts = []
     for name, heads in groups.items():
-        parts += PATTERNS[name].build(q, k, heads, patterns, block_m, block_n, last_q, scale)
+        parts += PATTERNS[name].build(q, k, heads, patterns, block_m, block_n, last_q, scale, fused)
     return assemble_index(parts, B, Hq, N, block_m, block_n, [p.is_dense for p in patterns], q.device)
 
 

@@ -24,7 +24,14 @@ import triton.language as tl
 from .index import SparseIndex
 
 
-@triton.jit
+# Every int derived from the prompt length is a runtime value: Triton would otherwise specialise on
+# "== 1" and "% 16 == 0" of each and compile a new binary for a new length class (measured 2-9 s per
+# unseen prompt on an H200).  Strides stay specialised: with D % 16 == 0 their divisibility never
+# changes with N, and it is what lets the compiler issue 16-byte loads.
+LENGTH_ARGS = ("N", "M", "MAX_B", "MAX_C")
+
+
+@triton.jit(do_not_specialize=LENGTH_ARGS)
 def _sparse_attn_fwd(
     Q, K, V, O, BC, BO, CC, CI,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
@@ -112,21 +119,31 @@ def _sparse_attn_fwd(
              out.to(O.dtype.element_ty), mask=offs_m[:, None] < N)
 
 
-def _default_config(block_m: int, d: int):
-    # Hopper: one warpgroup (4 warps) per 64 query rows keeps wgmma M=64 tiles; deeper pipelining
-    # only pays when a key tile is small enough to double/triple buffer in shared memory.
-    # measured on H200, D=128 (results/kernels-h200-run2-configs.json): 128-row tiles want 8 warps and
-    # 3 stages (128x128: 409 TFLOP/s vs 394 with 2 stages); 64-row tiles 4 warps, 3 stages.
-    num_warps = 4 if block_m <= 64 else 8
-    num_stages = 3
-    return num_warps, num_stages
+# Launch configurations (num_warps, num_stages) per (head_dim, BLOCK_M, BLOCK_N).  Measured on H200 at
+# D=128 (results/kernels-h200-run2-configs.json): 128-row tiles want 8 warps and 3 stages (128x128: 409
+# TFLOP/s vs 394 with 2 stages); 64-row tiles 4 warps, 3 stages.  D=64 (Qwen2.5-0.5B class, 14 q / 2 kv
+# heads) starts from the same guesses; `scripts/gpu_sparse_speed.py` sweeps them and prints the rows to
+# paste here.  `set_kernel_config` overrides an entry at run time (benchmarks, sweeps).
+KERNEL_CONFIGS: dict[tuple[int, int, int], tuple[int, int]] = {
+    (128, 128, 128): (8, 3), (128, 128, 64): (8, 3), (128, 64, 64): (4, 3),
+    (64, 128, 128): (8, 3), (64, 128, 64): (8, 3), (64, 64, 64): (4, 3),
+}
 
 
-def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = None, *,
-                            num_warps: int | None = None, num_stages: int | None = None,
-                            heavy_first: bool = True, always_mask: bool = False, k_rows: bool = True,
-                            dense_sdpa: bool = True):
-    """q (B,Hq,N,D), k/v (B,Hkv,N,D) -> (B,Hq,N,D); keys per `index` (causal)."""
+def set_kernel_config(head_dim: int, block_m: int, block_n: int, num_warps: int, num_stages: int) -> None:
+    """Use (num_warps, num_stages) for this (head_dim, BLOCK_M, BLOCK_N) from now on (a tuning hook)."""
+    KERNEL_CONFIGS[(int(head_dim), int(block_m), int(block_n))] = (int(num_warps), int(num_stages))
+
+
+def _default_config(block_m: int, d: int, block_n: int | None = None):
+    # Hopper: one warpgroup (4 warps) per 64 query rows keeps wgmma M=64 tiles
+    hit = KERNEL_CONFIGS.get((d, block_m, block_n if block_n is not None else block_m))
+    if hit is not None:
+        return hit
+    return (4 if block_m <= 64 else 8), 3
+
+
+def _check(q, k, index):
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     if Hq % Hkv:
@@ -135,6 +152,35 @@ def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = N
         raise ValueError(f"index {index.shape} (n={index.n}) does not fit q {tuple(q.shape)}")
     if D not in (16, 32, 64, 128, 256):
         raise ValueError(f"head_dim {D} not supported by the Triton kernel (16/32/64/128/256)")
+
+
+def _launch_args(q, k, v, o, index: SparseIndex, scale: float, *, num_warps=None, num_stages=None,
+                 heavy_first=True, always_mask=False, k_rows=True):
+    """(grid, positional args, keyword args) of one `_sparse_attn_fwd` launch: split out so a test can
+    compute Triton's specialisation key for any input without a GPU."""
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    bc, bo = index.block_count.contiguous(), index.block_offset.contiguous()
+    cc, ci = index.column_count.contiguous(), index.column_index.contiguous()
+    M = bc.shape[-1]
+    nw, ns = _default_config(index.block_m, D, index.block_n)
+    nw, ns = num_warps or nw, num_stages or ns
+    args = (q, k, v, o, bc, bo, cc, ci,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            N, Hq, Hq // Hkv, M, bo.shape[-1], ci.shape[-1], scale * 1.4426950408889634)
+    kwargs = dict(BLOCK_M=index.block_m, BLOCK_N=index.block_n, HEAD_D=D, HEAVY_FIRST=heavy_first,
+                  ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns)
+    return (B * Hq, M), args, kwargs
+
+
+def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = None, *,
+                            num_warps: int | None = None, num_stages: int | None = None,
+                            heavy_first: bool = True, always_mask: bool = False, k_rows: bool = True,
+                            dense_sdpa: bool = True):
+    """q (B,Hq,N,D), k/v (B,Hkv,N,D) -> (B,Hq,N,D); keys per `index` (causal)."""
+    _check(q, k, index)
+    D = q.shape[-1]
     scale = D ** -0.5 if scale is None else scale
     if q.stride(-1) != 1:
         q = q.contiguous()
@@ -143,20 +189,9 @@ def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = N
     if v.stride(-1) != 1:
         v = v.contiguous()
     o = torch.empty_like(q)
-    bc, bo = index.block_count.contiguous(), index.block_offset.contiguous()
-    cc, ci = index.column_count.contiguous(), index.column_index.contiguous()
-    M = bc.shape[-1]
-    nw, ns = _default_config(index.block_m, D)
-    nw, ns = num_warps or nw, num_stages or ns
-    grid = (B * Hq, M)
-    _sparse_attn_fwd[grid](
-        q, k, v, o, bc, bo, cc, ci,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        N, Hq, Hq // Hkv, M, bo.shape[-1], ci.shape[-1], scale * 1.4426950408889634,
-        BLOCK_M=index.block_m, BLOCK_N=index.block_n, HEAD_D=D,
-        HEAVY_FIRST=heavy_first, ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns,
-    )
+    grid, args, kwargs = _launch_args(q, k, v, o, index, scale, num_warps=num_warps, num_stages=num_stages,
+                                      heavy_first=heavy_first, always_mask=always_mask, k_rows=k_rows)
+    _sparse_attn_fwd[grid](*args, **kwargs)
     if dense_sdpa and bool(index.dense_heads.any()):
         from .dense import dense_heads_sdpa
         dense_heads_sdpa(q, k, v, o, index.dense_heads, scale)

@@ -1,0 +1,64 @@
+"""Compile every sparse-prefill Triton kernel for Hopper (sm_90) on a machine WITHOUT a GPU.
+
+  .venv/bin/python scripts/compile_sm90.py
+
+Uses the ptxas that ships with Triton; signatures mirror what the launcher specialises on a GPU
+(pointers and strides divisible by 16, length-derived ints not specialised).  Per kernel / config it
+prints compile success, shared memory, and for the attention kernel the number of wgmma instructions
+and of 16-byte async copies in the PTX (0 would mean a slower path): a free check before spending GPU
+time on a config sweep (KERNEL_CONFIGS in kernels/triton_sparse.py).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from accel.kernels import triton_sparse as ts  # noqa: E402
+from accel.kernels import vs_fused as vf  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def compile_one(fn, types, consts, **opts):
+    names = fn.arg_names
+    sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in names}
+    div = [n for n in names if n not in consts and (sig[n].startswith("*") or (n.startswith("s") and sig[n] == "i32"))]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
+    t = time.time()
+    k = triton.compile(src, target=TARGET, options=opts)
+    ptx = k.asm["ptx"]
+    print(f"{fn.__name__:>17} {str(consts):<95} {opts} {time.time() - t:5.1f}s shared {k.metadata.shared:>6} "
+          f"wgmma {len(re.findall(r'wgmma.mma_async', ptx)):>3} cp.async16 {len(re.findall(r'cp.async.cg', ptx)):>3}",
+          flush=True)
+
+
+def main():
+    est = {"Q": "*bf16", "K": "*bf16", "MS": "*fp32", "LS": "*fp32", "COL": "*fp32", "DP": "*fp32", "SCR": "*fp32",
+           "qk_scale": "fp32"}
+    for d in (64, 128):
+        for fn in (vf._vs_stats, vf._vs_sums):
+            compile_one(fn, est, dict(LQ=64, BLOCK_N=64, HEAD_D=d, SPLIT_MAX=vf.SPLIT_MAX, PREC="tf32"), num_warps=4)
+    for s_pad, nw in ((256, 4), (8192, 8)):
+        compile_one(vf._slash_tiles, {"A": "*i32", "REL": "*i32", "TOTAL": "*i32"},
+                    dict(BLOCK_M=128, BLOCK_N=128, S_PAD=s_pad), num_warps=nw)
+    compile_one(vf._block_lists, {**{k: "*i32" for k in ("REL", "FIRST", "CNT", "NCAUS", "COLS", "BO", "CI", "CC")},
+                                  "COVER": "*u8"}, dict(BLOCK_M=128, CH=128), num_warps=4)
+    attn = {**{k: "*bf16" for k in "QKVO"}, **{k: "*i32" for k in ("BC", "BO", "CC", "CI")}, "qk_scale": "fp32"}
+    for (d, bm, bn), (nw, ns) in sorted(ts.KERNEL_CONFIGS.items()):
+        try:
+            compile_one(ts._sparse_attn_fwd, attn, dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_D=d, HEAVY_FIRST=True,
+                                                        ALWAYS_MASK=False, K_ROWS=True), num_warps=nw, num_stages=ns)
+        except Exception as e:  # e.g. out of shared memory: say so, keep going
+            print(f"  attention d={d} {bm}x{bn} w{nw} s{ns}: {type(e).__name__}: {str(e)[:160]}")
+
+
+if __name__ == "__main__":
+    main()

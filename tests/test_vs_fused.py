@@ -1,0 +1,110 @@
+"""Fused vertical-slash estimation (kernels/vs_fused.py) against the torch reference (kernels/index.py):
+same scores to fp32 rounding, the same top-k indices, the same index (block lists and gathered
+columns) and kept keys, and the kernel on the fused index still equals float64 on its kept keys.
+Triton runs under TRITON_INTERPRET=1 on the CPU, so shapes stay small."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from accel.kernels import HeadPattern, build_index, kept_mask  # noqa: E402
+from accel.kernels.index import _top_sorted, vertical_slash_index, vertical_slash_scores  # noqa: E402
+from accel.kernels.reference import dense_causal_reference  # noqa: E402
+from accel.kernels.index import vertical_slash_scores_fused  # noqa: E402
+from accel.kernels.vs_fused import vertical_slash_index_fused  # noqa: E402
+
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+
+def qk(B, Hq, Hkv, N, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, Hq, N, D, generator=g), torch.randn(B, Hkv, N, D, generator=g)
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,N,D,lq", [
+    (1, 14, 2, 517, 64, 64),   # the 32K model's heads (Qwen2.5 class): head_dim 64, 14 q / 2 kv
+    (2, 4, 2, 300, 64, 64),
+    (1, 2, 1, 40, 16, 64),     # fewer keys than estimation queries
+    (1, 4, 4, 200, 32, 32),    # last_q 32, no GQA
+])
+def test_fused_scores_and_topk_equal_reference(B, Hq, Hkv, N, D, lq):
+    q, k = qk(B, Hq, Hkv, N, D, seed=N)
+    col_r, diag_r = vertical_slash_scores(q, k, last_q=lq)
+    col_f, diag_f = vertical_slash_scores_fused(q, k, last_q=lq)
+    assert torch.allclose(col_f, col_r, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(diag_f, diag_r, rtol=1e-5, atol=1e-6)
+    for v, s in ((40, 60), (10, 150), (N, N)):
+        v, s = min(v, N), min(s, N)
+        assert torch.equal(_top_sorted(col_f, v), _top_sorted(col_r, v))
+        assert torch.equal(_top_sorted(diag_f, s), _top_sorted(diag_r, s))
+
+
+def _same_index(a, b):
+    assert torch.equal(a.block_count, b.block_count) and torch.equal(a.column_count, b.column_count)
+    bc, cc = a.block_count.flatten(0, 2), a.column_count.flatten(0, 2)
+    ao, bo = a.block_offset.flatten(0, 2), b.block_offset.flatten(0, 2)
+    ac, bcol = a.column_index.flatten(0, 2), b.column_index.flatten(0, 2)
+    for r in range(bc.numel()):
+        assert torch.equal(ao[r, :bc[r]], bo[r, :bc[r]]), r
+        assert torch.equal(ac[r, :cc[r]], bcol[r, :cc[r]]), r
+    assert torch.equal(kept_mask(a), kept_mask(b))
+
+
+@pytest.mark.parametrize("bm,bn", [(64, 64), (128, 64), (32, 16)])
+def test_fused_build_index_equals_reference(bm, bn):
+    q, k = qk(1, 14, 2, 431, 64, seed=bm + bn)
+    pats = [HeadPattern("vertical_and_slash", 30, 80), HeadPattern("vertical_and_slash", 60, 200),
+            HeadPattern("stream_llm", 16, 64), HeadPattern("vertical_and_slash", 5, 3)] * 3 \
+        + [HeadPattern("block_sparse", 2), HeadPattern("dense")]
+    ref = build_index(q, k, pats, bm, bn, fused=False)
+    fus = build_index(q, k, pats, bm, bn, fused=True)
+    _same_index(ref, fus)
+
+
+def test_fused_conversion_cascaded_merges():
+    """Diagonals in clusters a block apart: segments merge over several rounds of the fixpoint."""
+    g = torch.Generator().manual_seed(1)
+    N = 600
+    for bm, bn in ((64, 64), (32, 16), (128, 64), (16, 16)):
+        for _ in range(3):
+            d = torch.cumsum(torch.randint(1, 2 * bn, (80,), generator=g), 0)
+            d = d[d < N].view(1, 1, -1)
+            vert = torch.randperm(N, generator=g)[:30].sort().values.view(1, 1, 30)
+            from accel.kernels.index import SparseIndex
+            a = SparseIndex(*vertical_slash_index(vert, d, N, bm, bn), n=N, block_m=bm, block_n=bn)
+            b = SparseIndex(*vertical_slash_index_fused(vert, d, N, bm, bn), n=N, block_m=bm, block_n=bn)
+            _same_index(a, b)
+
+
+def test_fused_shapes_depend_only_on_length_and_budgets():
+    """No host sync sizes an output: two inputs of one length give identically shaped indexes."""
+    shapes = set()
+    for seed in (0, 1):
+        q, k = qk(1, 4, 2, 300, 32, seed)
+        idx = build_index(q, k, [HeadPattern("vertical_and_slash", 20, 50)] * 4, 64, 64, fused=True)
+        shapes.add((tuple(idx.block_offset.shape), tuple(idx.column_index.shape)))
+    assert len(shapes) == 1
+
+
+def test_kernel_on_fused_index_equals_float64():
+    from accel.kernels.triton_sparse import sparse_attention_triton
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, h, 260, 64, generator=g) for h in (14, 2, 2))
+    idx = build_index(q, k, [HeadPattern("vertical_and_slash", 24, 40)] * 14, 64, 64, fused=True)
+    out = sparse_attention_triton(q, k, v, idx)
+    ref = dense_causal_reference(q, k, v, mask=kept_mask(idx))
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_scratch_skew_variant_gives_identical_sums(monkeypatch):
+    from accel.kernels import vs_fused
+    q, k = qk(1, 4, 2, 290, 32, seed=2)
+    a = vertical_slash_scores_fused(q, k)
+    monkeypatch.setattr(vs_fused, "SKEW_GATHER", False)
+    b = vertical_slash_scores_fused(q, k)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
