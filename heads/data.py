@@ -28,6 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from ..runtime.files import atomic_write
+
 try:  # the lead's user-facing error base; the CLI prints its message as one line
     from ..runtime.errors import AccelError as _ErrorBase
 except ImportError:  # pragma: no cover - only before the runtime package grows errors.py
@@ -409,11 +411,8 @@ def self_distill(model, tokenizer, prompts: Sequence[Any], max_new_tokens: int =
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         # rewrite complete cache atomically in prompt order, then drop the partial file
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for k in keys:
-                f.write(json.dumps({"id": k, "continuation": done[k]}) + "\n")
-        os.replace(tmp, final)
+        atomic_write(final, "".join(json.dumps({"id": k, "continuation": done[k]}) + "\n" for k in keys),
+                     what="distillation cache")
         partial.unlink(missing_ok=True)
 
     out = []

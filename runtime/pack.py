@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .errors import PackError
+from .files import atomic_write
 
 __all__ = ["FORMAT_VERSION", "Pack", "load_pack", "save_pack", "validate_for_model",
            "expected_head_shapes", "export_minference"]
@@ -90,18 +90,8 @@ def save_pack(pack: Pack, path: str | os.PathLike) -> Path:
     if pack.medusa is not None:
         meta[_K + "medusa"] = json.dumps(pack.medusa, sort_keys=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in pack.heads.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), what="pack",
+                        create_parents=True)
 
 
 def load_pack(path: str | os.PathLike) -> Pack:
@@ -214,15 +204,12 @@ def validate_for_model(pack: Pack, model, fingerprint: str, *, force: bool = Fal
                             f"{pack.medusa['vocab_size']}; the model has {H} / {V}")
 
 
-def export_minference(pack: Pack, path: str | os.PathLike) -> Path:
-    """Write the patterns as MInference's best-pattern JSON (what MInference, vLLM and SGLang load)."""
+def export_minference(pack: Pack, path: str | os.PathLike, *, inputs=()) -> Path:
+    """Write the patterns as MInference's best-pattern JSON (what MInference, vLLM and SGLang load).
+
+    ``inputs``: files the output must not overwrite (the pack it was read from)."""
     if not pack.patterns:
         raise PackError("the pack holds no patterns to export: run `accel search-patterns` first")
     out = [{h: [v[0], int(v[1]), int(v[2]), float(v[3]) if len(v) > 3 else 0.0]
             for h, v in layer.items()} for layer in pack.patterns]
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(out, f)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(out), inputs=inputs, what="--output")
