@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -111,15 +112,31 @@ class Generator:
         return [encode_prompt(self.loaded.tokenizer, p, chat=c.chat, context_length=self.loaded.context_length,
                               max_new_tokens=c.max_new_tokens, truncate=c.truncate) for p in prompts]
 
-    def run(self, prompts: list[Prompt]) -> list[Completion]:
+    def run(self, prompts: list[Prompt],
+            on_completion: Callable[[Completion], None] | None = None) -> list[Completion]:
+        """Generate every prompt. ``on_completion(c)`` is called as each completion is final (Medusa runs
+        prompts one by one, so each is handed over as soon as it is done; a batch hands all over at its end),
+        so a caller can save finished work before a later prompt fails or is interrupted."""
         ids = self.encode(prompts)
-        if self.engine == "compact":
-            results = self._run_compact(ids)
-        else:
-            results = self._run_hf(ids)
         tok = self.loaded.tokenizer
-        return [Completion(p.id, tok.decode(r["tokens"], skip_special_tokens=True), len(x), len(r["tokens"]),
-                           r["tokens"], r.get("stats", {})) for p, x, r in zip(prompts, ids, results)]
+        done: list[Completion] = []
+
+        def finish(chunk_prompts, chunk_ids, results):
+            for p, x, r in zip(chunk_prompts, chunk_ids, results):
+                c = Completion(p.id, tok.decode(r["tokens"], skip_special_tokens=True), len(x), len(r["tokens"]),
+                               r["tokens"], r.get("stats", {}))
+                done.append(c)
+                if on_completion is not None:
+                    on_completion(c)
+
+        if self.engine == "compact" and self.use_medusa:  # one prompt at a time anyway: hand each over
+            for p, x in zip(prompts, ids):
+                finish([p], [x], self._run_compact([x]))
+        elif self.engine == "compact":
+            finish(prompts, ids, self._run_compact(ids))
+        else:
+            finish(prompts, ids, self._run_hf(ids))
+        return done
 
     def _strip_eos(self, toks: list[int]) -> list[int]:
         eos = set(self.loaded.eos_ids)
