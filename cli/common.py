@@ -94,19 +94,26 @@ def user_errors(oom_hint: str = TRAIN_OOM_HINT):
         except typer.Exit:
             raise
         except AccelError as e:
-            fail(one_line(e), e.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
-        except MemoryError:
-            fail(f"out of memory: {oom_hint}", 3)
+            fail(_noted(one_line(e), e), e.exit_code)
+        except KeyboardInterrupt as e:
+            fail(_noted("interrupted", e), 130)
+        except MemoryError as e:
+            fail(_noted(f"out of memory: {oom_hint}", e), 3)
         except Exception as e:  # noqa: BLE001 - the contract is: never a traceback without --debug
             if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower():
-                fail(f"out of memory: {oom_hint}", 3)
+                fail(_noted(f"out of memory: {oom_hint}", e), 3)
             if isinstance(e, OSError) and e.strerror:
-                fail(os_error_line(e))
+                fail(_noted(os_error_line(e), e))
             if isinstance(e, (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)):
-                fail(one_line(e))
-            fail(f"internal error ({type(e).__name__}: {one_line(e)}); rerun with --debug for the traceback", 1)
+                fail(_noted(one_line(e), e))
+            fail(_noted(f"internal error ({type(e).__name__}: {one_line(e)}); rerun with --debug for the "
+                        "traceback", e), 1)
+
+
+def _noted(message: str, e: BaseException) -> str:
+    """The message plus the notes a command attached on the way out (e.g. how many results were kept)."""
+    notes = [str(n) for n in getattr(e, "__notes__", ()) if str(n).strip()]
+    return "; ".join([message] + notes)
 
 
 def os_error_line(e: OSError) -> str:
