@@ -184,7 +184,7 @@ def command_line() -> str:
 
     ctx = get_current_context(silent=True)
     if ctx is None:
-        return " ".join(["accel"] + sys.argv[1:])
+        return " ".join(["accel"] + [_portable(a) for a in sys.argv[1:]])
     parts = ctx.command_path.split()
     parts[0] = "accel"
     for param in ctx.command.params:
@@ -192,10 +192,24 @@ def command_line() -> str:
             continue
         value = ctx.params.get(param.name)
         if param.param_type_name == "argument":
-            parts.append(shlex.quote(str(value)))
+            parts.append(shlex.quote(_portable(value)))
         elif getattr(param, "is_flag", False) and isinstance(value, bool):
             flags = param.opts if value else (param.secondary_opts or param.opts)
             parts.append(flags[0])
         else:
-            parts += [param.opts[0], shlex.quote(str(value))]
+            parts += [param.opts[0], shlex.quote(_portable(value))]
     return " ".join(parts)
+
+
+def _portable(value) -> str:
+    """A path as it may be recorded in a pack's provenance: relative to the working folder when inside it,
+    else only its file name -- a pack must not carry the folders of the machine that built it."""
+    text = str(value)
+    if not (text.startswith(("/", "~")) and len(text) > 1):
+        return text
+    p = os.path.abspath(os.path.expanduser(text))
+    try:
+        rel = os.path.relpath(p, os.getcwd())
+    except ValueError:  # another drive (Windows)
+        rel = os.pardir
+    return rel if not rel.startswith(os.pardir) else os.path.basename(p.rstrip("/")) or text
