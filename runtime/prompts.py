@@ -77,15 +77,15 @@ def _open(path: str):
     """-> (binary stream, printable name, close?)."""
     if path == "-":
         return sys.stdin.buffer, "standard input", False
-    p = Path(path)
+    p = Path(path)  # messages name the file as the user wrote it
     if not p.exists():
-        raise PromptError(f"prompt file not found: {p}")
+        raise PromptError(f"prompt file not found: {path}")
     if p.is_dir():
-        raise PromptError(f"{p} is a folder; --prompt-file wants a .txt or .jsonl file")
+        raise PromptError(f"{path} is a folder; --prompt-file wants a .txt or .jsonl file")
     try:
-        return open(p, "rb"), str(p), True  # FIFOs and devices stream too: the limits below bound them
+        return open(p, "rb"), path, True  # FIFOs and devices stream too: the limits below bound them
     except OSError as e:
-        raise PromptError(f"cannot read prompt file {p}: {(e.strerror or str(e)).lower()}") from None
+        raise PromptError(f"cannot read prompt file {path}: {(e.strerror or str(e)).lower()}") from None
 
 
 def read_prompt_file(path: str, *, context_length: int | None = None) -> list[Prompt]:
