@@ -162,8 +162,8 @@ def _parse_line(line: str, where: str, n: int, seen: set) -> Prompt:
         raise PromptError(f"{where}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
         raise PromptError(f"{where}:{n}: not valid JSON for a prompt (nested too deeply)") from None
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise PromptError(f"{where}:{n}: not valid JSON for a prompt ({str(e).splitlines()[0][:100]})") from None
+    except ValueError:  # an integer with more digits than Python converts (4300)
+        raise PromptError(f"{where}:{n}: not valid JSON for a prompt (a number with too many digits)") from None
     if not isinstance(obj, dict):
         raise PromptError(f"{where}:{n}: each line must be a JSON object with \"prompt\" or \"messages\"")
     raw_id = obj.get("id", n)
