@@ -93,8 +93,8 @@ def user_errors(oom_hint: str = TRAIN_OOM_HINT):
             yield
         except typer.Exit:
             raise
-        except AccelError as e:
-            fail(_noted(one_line(e), e), e.exit_code)
+        except AccelError as e:  # our own messages are one line by design; printable() escapes any stray \n
+            fail(_noted(str(e).strip() or type(e).__name__, e), e.exit_code)
         except KeyboardInterrupt as e:
             fail(_noted("interrupted", e), 130)
         except MemoryError as e:

@@ -82,13 +82,16 @@ def _read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
     except UnicodeDecodeError:
         raise HeadsDataError(f"{what} {path} is not UTF-8 text; re-save it as UTF-8") from None
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # "\n" only: str.splitlines() would also cut at U+2028/U+0085, which are legal inside JSON strings
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             rows.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise HeadsDataError(f"{path}:{n}: not valid JSON ({e.msg}); write one JSON object per line") from None
+        except (RecursionError, ValueError):  # nested too deeply / a number with thousands of digits
+            raise HeadsDataError(f"{path}:{n}: not usable JSON (nested too deeply or a number too long)") from None
     if not rows:
         raise HeadsDataError(f"{what} {path} is empty; give at least one line")
     return rows

@@ -407,3 +407,18 @@ def test_case8_truncate_left_keeps_the_chat_header():
     assert "B" * 20 in text and text.endswith("<|assistant|>") and text.startswith("<|user|>A")
     with pytest.raises(PromptError, match="template alone"):
         encode_prompt(tok, long, context_length=14, max_new_tokens=10, truncate="left")
+
+
+def test_case6_training_jsonl_splits_on_newline_only(tmp_path):
+    from accel.heads.data import load_data_file, load_prompt_file
+
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"text": "a\u2028b\u0085c"}, ensure_ascii=False) + "\r\n" + json.dumps({"text": "d"}) + "\n")
+    assert load_data_file(f) == ["a\u2028b\u0085c", "d"]
+    f.write_text(json.dumps({"id": "x", "prompt": "p\u2028q"}, ensure_ascii=False) + "\n")
+    assert load_prompt_file(f)[0]["messages"][0]["content"] == "p\u2028q"
+
+
+def test_case1_newline_in_a_file_name_stays_on_one_line(no_model_load):
+    line = one_line_error(_run("generate", "-p", "a\nb.txt"), "not found")
+    assert line.endswith("a\\nb.txt")
