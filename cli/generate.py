@@ -95,30 +95,47 @@ def generate(
 
 
 def _run_to_file(gen, prompts, output: Path, inputs) -> list:
-    """Generate into ``output`` atomically, one JSON line per completion as it finishes. On a failure or
-    Ctrl-C the finished completions are still written (the error line says how many); with none
-    finished, whatever ``output`` held before is kept."""
+    """Generate into ``output`` atomically, one JSON line per completion as it finishes.
+
+    On a failure or Ctrl-C the finished completions are still written (the error line says how many);
+    with none finished, whatever ``output`` held before is kept. If ``output`` itself cannot be written
+    (disk full, ...), the finished completions go to standard output instead: produced work is never lost."""
+    from ..runtime.errors import AccelError
     from ..runtime.files import AtomicFile
 
     af = AtomicFile(output, "w", inputs=inputs, what="--output")
-    good = [0, 0]  # completions written, bytes of whole lines
+    rows: list[str] = []  # JSON lines of the finished completions, in order
+    whole = [0, 0]  # lines and bytes that reached the temporary file completely
 
     def write(c):
-        af.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
+        line = json.dumps(c.to_json(), ensure_ascii=False) + "\n"
+        rows.append(line)
+        af.write(line)
         af.file.flush()
-        good[:] = [good[0] + 1, af.file.tell()]
+        whole[:] = [len(rows), af.file.tell()]
 
     try:
         completions = gen.run(prompts, on_completion=write)
         af.commit()
         return completions
     except BaseException as e:
-        if good[0]:
-            af.file.truncate(good[1])  # an interrupted write must not leave half a line
-            af.commit()
-            e.add_note(f"the {good[0]} of {len(prompts)} completions finished before it were written to {output}")
-        else:
-            af.discard()
+        saved = False
+        if whole[0] and af.state == "open":
+            try:
+                af.file.truncate(whole[1])  # an interrupted write must not leave half a line
+                af.commit()
+                saved = True
+            except (OSError, AccelError):
+                pass
+        if saved:
+            e.add_note(f"the {whole[0]} of {len(prompts)} completions finished before it were written to {output}")
+            rows = rows[whole[0]:]  # a completion cut off mid-write (Ctrl-C) goes to stdout below
+        if rows:
+            for line in rows:
+                out.print(line.rstrip("\n"), soft_wrap=True)
+            e.add_note(f"{output} could not take them, so {len(rows)} finished completion(s) were printed "
+                       "on standard output instead")
+        elif not saved:
             e.add_note(f"no completion had finished; {output} was left as it was")
         raise
     finally:

@@ -91,12 +91,17 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike 
         except OSError as e:
             raise WriteError(f"cannot write {given}: cannot create folder {parent}: {_reason(e)}") from None
     try:  # the real test: can a file be created there right now?
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
+        fd, probe = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".probe", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise WriteError(f"cannot write {given}: {_reason(e)}") from None
     return target
+
+
+def _tmp_prefix(target: Path) -> str:
+    """A hidden name beside the target; cut so that a 255-byte file name still leaves room for the suffix."""
+    return f".{target.name[:100]}."
 
 
 def _new_file_mode() -> int:
@@ -120,7 +125,7 @@ class AtomicFile:
         self.given = Path(os.fspath(path))
         self.path = check_output(path, inputs=inputs, what=what, create_parents=create_parents)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(self.path), suffix=".tmp", dir=self.path.parent)
         except OSError as e:
             raise WriteError(f"cannot write {self.given}: {_reason(e)}") from None
         self.tmp_path = Path(tmp)
@@ -149,10 +154,15 @@ class AtomicFile:
                 with open(self.tmp_path, "rb+") as f:
                     os.fsync(f.fileno())
             try:
-                mode = stat.S_IMODE(os.stat(self.path).st_mode)
+                old = os.stat(self.path)
             except FileNotFoundError:
-                mode = _new_file_mode()
-            os.chmod(self.tmp_path, mode)
+                old = None
+            os.chmod(self.tmp_path, stat.S_IMODE(old.st_mode) if old else _new_file_mode())
+            if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                try:  # keep the owner too where we may (root writing someone else's file)
+                    os.chown(self.tmp_path, old.st_uid, old.st_gid)
+                except OSError:
+                    pass
             os.replace(self.tmp_path, self.path)
             self.state = "committed"
         except OSError as e:

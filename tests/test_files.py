@@ -141,3 +141,16 @@ def test_symlinks_are_written_through(tmp_path):
     (tmp_path / "to_fifo").symlink_to(tmp_path / "fifo")
     with pytest.raises(WriteError, match="FIFO"):
         check_output(tmp_path / "to_fifo")
+
+
+def test_owner_kept_and_long_names(tmp_path):
+    f = tmp_path / "o.txt"
+    f.write_text("old")
+    if os.getuid() == 0:
+        os.chown(f, 1234, 5678)
+    atomic_write(f, "new")
+    if os.getuid() == 0:
+        assert (f.stat().st_uid, f.stat().st_gid) == (1234, 5678)
+    long = tmp_path / ("n" * 250)
+    atomic_write(long, "x")
+    assert long.read_text() == "x" and _names(tmp_path) == sorted(["o.txt", "n" * 250])

@@ -422,3 +422,24 @@ def test_case6_training_jsonl_splits_on_newline_only(tmp_path):
 def test_case1_newline_in_a_file_name_stays_on_one_line(no_model_load):
     line = one_line_error(_run("generate", "-p", "a\nb.txt"), "not found")
     assert line.endswith("a\\nb.txt")
+
+
+def test_case4_disk_full_mid_run_prints_finished_completions(tiny_model_dir, tmp_path, monkeypatch):
+    """The output cannot be written (ENOSPC on fsync): the finished completions reach stdout, not the void."""
+    import errno
+
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"id": "a", "prompt": "hello"}\n{"id": "b", "prompt": "abc"}\n')
+    out = tmp_path / "o.jsonl"
+    out.write_text("old\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    r = _run("generate", "-p", f, "-m", tiny_model_dir, "-n", 3, "-o", out)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    err_lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(err_lines) == 1 and "no space left on device" in err_lines[0] and "2 finished" in err_lines[0]
+    assert [json.loads(ln)["id"] for ln in r.stdout.splitlines() if ln.strip()] == ["a", "b"]
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "p.jsonl"]
