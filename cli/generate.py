@@ -33,7 +33,7 @@ def generate(
     acceptance: str = typer.Option("typical", "--acceptance", help="Sampling with Medusa: typical (fast, Medusa's) or speculative (distribution-exact)."),
     tree: Optional[str] = typer.Option(None, "--tree", help="JSON file with a Medusa tree (list of paths of top-k indices)."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the chat template to plain prompts (default: when the model has one)."),
-    truncate: Optional[str] = typer.Option(None, "--truncate", help="'left' drops the oldest prompt tokens that do not fit the context."),
+    truncate: Optional[str] = typer.Option(None, "--truncate", help="'left' drops the oldest prompt text that does not fit the context (the chat template's header is kept)."),
     sparse_min_len: Optional[int] = typer.Option(None, "--sparse-min-len", min=1, help="Prompt length from which sparse prefill is used (default: measured threshold on CUDA; off on CPU)."),
     compile: Optional[str] = typer.Option(None, "--compile", help="Decode steps on CUDA: exact (default: batch-invariant Triton kernels in a CUDA graph; greedy output is the same with or without Medusa and in any batch, and it is the fastest step measured), graph (cuBLAS/SDPA in a CUDA graph), inductor (torch.compile'd layers), eager."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON line per prompt here instead of text on stdout."),

@@ -147,12 +147,23 @@ def _read_jsonl(f, path: str, where: str, context_length: int | None) -> list[Pr
     return prompts
 
 
-def _check_text(s: str, where: str, n: int, field: str) -> None:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as e:  # a JSON "\ud800" escape: a lone surrogate is not text
-        raise PromptError(f"{where}:{n}: {field} holds an unpaired surrogate (\\u{ord(s[e.start]):04x}): "
-                          "fix the \\u escape") from None
+def _check_text(obj, where: str, n: int) -> None:
+    """Every string in the parsed line must be encodable text: a JSON ``"\\ud800"`` escape decodes to a lone
+    surrogate, which the tokenizer cannot take. Iterative: the line may nest as deep as the parser allowed."""
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise PromptError(f"{where}:{n}: a string holds an unpaired surrogate (\\u{ord(x[e.start]):04x}): "
+                                  "fix the \\u escape") from None
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
 
 
 def _parse_line(line: str, where: str, n: int, seen: set) -> Prompt:
@@ -166,13 +177,13 @@ def _parse_line(line: str, where: str, n: int, seen: set) -> Prompt:
         raise PromptError(f"{where}:{n}: not valid JSON for a prompt (a number with too many digits)") from None
     if not isinstance(obj, dict):
         raise PromptError(f"{where}:{n}: each line must be a JSON object with \"prompt\" or \"messages\"")
+    _check_text(obj, where, n)
     raw_id = obj.get("id", n)
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         raise PromptError(f"{where}:{n}: \"id\" must be a string or an integer")
     pid = str(raw_id)
     if not pid.strip() or len(pid) > MAX_ID_CHARS:
         raise PromptError(f"{where}:{n}: \"id\" must be a non-empty string of at most {MAX_ID_CHARS} characters")
-    _check_text(pid, where, n, "\"id\"")
     if pid in seen:
         raise PromptError(f"{where}:{n}: duplicate id {pid!r}")
     seen.add(pid)
@@ -184,13 +195,10 @@ def _parse_line(line: str, where: str, n: int, seen: set) -> Prompt:
         if not ok:
             raise PromptError(f"{where}:{n}: \"messages\" must be a non-empty list of "
                               f"{{\"role\": ..., \"content\": ...}} objects with string values")
-        for m in msgs:
-            _check_text(m["role"] + m["content"], where, n, "\"messages\"")
-        return Prompt(pid, messages=[{"role": m["role"], "content": m["content"]} for m in msgs])
+        return Prompt(pid, messages=msgs)
     if "prompt" in obj:
         if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
             raise PromptError(f"{where}:{n}: \"prompt\" must be a non-empty string")
-        _check_text(obj["prompt"], where, n, "\"prompt\"")
         return Prompt(pid, prompt=obj["prompt"])
     raise PromptError(f"{where}:{n}: the object needs a \"prompt\" string or a \"messages\" list")
 
@@ -199,7 +207,7 @@ def _chat_ids(tokenizer, p: Prompt, msgs: list[dict]) -> list[int]:
     try:
         text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # noqa: BLE001 - jinja's TemplateError (e.g. "roles must alternate") and friends
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = " ".join(str(e).split())[:200] or type(e).__name__
         raise PromptError(f"prompt {p.id}: the model's chat template refused the messages: {first}") from None
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -443,3 +443,18 @@ def test_case4_disk_full_mid_run_prints_finished_completions(tiny_model_dir, tmp
     assert len(err_lines) == 1 and "no space left on device" in err_lines[0] and "2 finished" in err_lines[0]
     assert [json.loads(ln)["id"] for ln in r.stdout.splitlines() if ln.strip()] == ["a", "b"]
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "p.jsonl"]
+
+
+def test_case8_chat_template_refusal_is_a_prompt_error():
+    tok = make_tokenizer()
+    tok.chat_template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must alternate\\nuser/assistant') }}{% endif %}x"
+    with pytest.raises(PromptError, match="prompt a: the model's chat template refused the messages: roles must alternate user/assistant"):
+        encode_prompt(tok, Prompt("a", messages=[{"role": "assistant", "content": "hi"}]), context_length=100,
+                      max_new_tokens=10)
+
+
+def test_case6_unpaired_surrogate_anywhere_in_the_line(tmp_path):
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"prompt": "ok", "meta": {"note": ["\\udc00"]}}\n')
+    with pytest.raises(PromptError, match="q.jsonl:1: a string holds an unpaired surrogate"):
+        read_prompt_file(str(f))
