@@ -54,6 +54,7 @@ def printable(text: object) -> str:
             outp.append(ch)
     return "".join(outp)
 
+
 _state = {"debug": False}
 
 

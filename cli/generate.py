@@ -67,7 +67,9 @@ def generate(
                 raise AccelError("--tree shapes Medusa decoding, which --no-medusa turns off: drop one of them")
             _check_tree_file(tree)
         # everything this command reads: the output may be none of them
-        inputs = [prompt_file, pack, tree] + ([model] if model and Path(model).exists() else [])
+        from ..runtime.generate import default_pack_path
+
+        inputs = [prompt_file, pack or default_pack_path(), tree] + ([model] if model and Path(model).exists() else [])
         if output is not None:  # before the slow part: a bad -o fails now, not after generating
             check_output(output, inputs=inputs, what="--output")
         prompts = read_prompt_file(prompt_file, context_length=_context_hint(model))

@@ -458,3 +458,9 @@ def test_case6_unpaired_surrogate_anywhere_in_the_line(tmp_path):
     f.write_text('{"prompt": "ok", "meta": {"note": ["\\udc00"]}}\n')
     with pytest.raises(PromptError, match="q.jsonl:1: a string holds an unpaired surrogate"):
         read_prompt_file(str(f))
+
+
+@pytest.mark.parametrize("cmd", [["bench", "prefill"], ["bench", "decode"], ["bench", "kernels"], ["bench", "quality"]])
+def test_case4_bench_json_checked_before_the_benchmark(tmp_path, cmd):
+    one_line_error(_run(*cmd, "--json", tmp_path), "is a folder")
+    one_line_error(_run(*cmd, "--json", "/dev/null"), "character device")
