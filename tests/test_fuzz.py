@@ -439,13 +439,13 @@ def test_fuzz_known_valid_inputs_accepted(tmp_path, stub_model, suffix, data, ok
 
 def _subprocess_cases(base):
     cases = []
-    for seed in (0, 2, 4, 6):  # truncation, JSON field, tensor, raw bytes
+    for seed in (0, 2):  # truncated file, a hostile value inside a metadata JSON field
         data, what = _pack_case(seed, base)
         cases.append(("p.safetensors", data, ["pack", "inspect"], what))
-    for seed in (1, 4, 7):
+    for seed in (4, 7):  # a huge JSONL line, a .txt variant
         suffix, data, what = _prompt_case(seed)
         cases.append((f"p{suffix}", data, ["generate", "-n", "1", "-p"], what))
-    return cases
+    return cases  # 4 processes: each pays ~4 s of interpreter + torch start-up on the CI CPU
 
 
 def test_fuzz_sample_in_subprocess(base_pack, tmp_path):
