@@ -73,6 +73,10 @@ def generate(
         if output is not None:  # before the slow part: a bad -o fails now, not after generating
             check_output(output, inputs=inputs, what="--output")
         prompts = read_prompt_file(prompt_file, context_length=_context_hint(model))
+        if pack is not None:  # a broken pack fails now, not after the slow model load (it is read again there)
+            from ..runtime.pack import load_pack
+
+            load_pack(pack)
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                seed=seed, medusa=medusa, dense_prefill=dense_prefill,
                                acceptance=acceptance, tree_file=tree, chat=chat, truncate=truncate,

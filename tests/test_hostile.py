@@ -464,3 +464,9 @@ def test_case6_unpaired_surrogate_anywhere_in_the_line(tmp_path):
 def test_case4_bench_json_checked_before_the_benchmark(tmp_path, cmd):
     one_line_error(_run(*cmd, "--json", tmp_path), "is a folder")
     one_line_error(_run(*cmd, "--json", "/dev/null"), "character device")
+
+
+def test_case7_broken_pack_fails_before_the_model_loads(tmp_path, prompts, no_model_load):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    one_line_error(_run("generate", "-p", prompts, "--pack", bad), "not an accel pack")
