@@ -126,6 +126,9 @@ def load_pack(path: str | os.PathLike) -> Pack:
         raw = meta.get(_K + key)
         if raw is None:
             return default
+        if len(raw) > MAX_FIELD_CHARS:  # bound before parsing: JSON objects take ~10x their text in memory
+            raise PackError(f"{path}: metadata field accel.{key} is {len(raw) / 2**20:.0f} MiB of text; "
+                            f"an accel pack's fields are at most {MAX_FIELD_CHARS // 2**20} MiB")
         try:
             return json.loads(raw)
         except json.JSONDecodeError:
@@ -201,6 +204,7 @@ MEDUSA_BOUNDS = {"num_heads": (1, 64), "num_layers": (0, 8), "hidden_size": (1, 
 MAX_TREE_NODES = 1024
 MAX_TREE_RANK = 1024  # a top-k rank; more candidates than this per head is never useful
 HEAD_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_FIELD_CHARS = 8 * 2**20  # one metadata field; 128 layers x 128 heads of patterns is ~0.7 MB
 MAX_TENSORS = 2048  # 64 heads x (8 ResBlocks x 2 + 1 projection) = 1088 at most
 MAX_LAYERS, MAX_HEADS = 1024, 1024  # of a pattern table
 MAX_PATTERN_SIZE = 2**24  # tokens / columns / diagonals / blocks: 16M, beyond any context

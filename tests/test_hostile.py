@@ -470,3 +470,16 @@ def test_case7_broken_pack_fails_before_the_model_loads(tmp_path, prompts, no_mo
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     one_line_error(_run("generate", "-p", prompts, "--pack", bad), "not an accel pack")
+
+
+def test_case2_huge_metadata_field_refused_before_parsing(tmp_path):
+    import resource
+
+    path = valid_pack(tmp_path / "p.safetensors")
+    meta, tensors = read_raw(path)
+    write_raw(path, {**meta, "accel.patterns": "[" + "0," * (10 * 2**20) + "0]"}, tensors)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    with pytest.raises(PackError, match="accel.patterns is 20 MiB of text"):
+        load_pack(path)
+    assert time.perf_counter() - t0 < 2 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0 < 500
