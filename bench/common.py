@@ -16,11 +16,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from ..runtime.files import atomic_write
 
 __all__ = ["environment", "time_ms", "copy_bandwidth_gbs", "write_json", "synchronize"]
 
@@ -93,11 +94,4 @@ def copy_bandwidth_gbs(size_mb: int = 2048) -> float | None:
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(data, indent=2, default=str) + "\n", create_parents=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import typer
 
 from . import bench, generate, pack, search_patterns, train_heads
-from .common import set_debug
+from .common import OneLineGroup, set_debug
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="accel",
+    cls=OneLineGroup,  # usage errors as one line
     help="Make Hugging Face causal LMs fast at inference: sparse prefill + Medusa heads, in one pack.",
     no_args_is_help=True,
     add_completion=False,

@@ -41,6 +41,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _check_json(json_path: Optional[Path], *inputs) -> None:
+    """--json is checked before the benchmark runs: a bad path fails now, not after minutes of timing."""
+    if json_path is not None:
+        from ..runtime.files import check_output
+
+        check_output(json_path, inputs=inputs, what="--json", create_parents=True)
+
+
 def _save(json_path: Optional[Path], payload: dict) -> None:
     if json_path is not None:
         from ..bench.common import environment, write_json
@@ -115,6 +123,7 @@ def prefill(
 ):
     """Time to first token, dense vs sparse prefill; attention work share and index-estimation share."""
     with user_errors():
+        _check_json(json_path, pack)
         import torch
 
         from ..bench.prefill import bench_prefill
@@ -168,6 +177,7 @@ def quality(
 ):
     """Needle-in-a-haystack grid and perplexity (dense vs sparse), and greedy Medusa == plain greedy."""
     with user_errors():
+        _check_json(json_path, pack)
         from rich.progress import Progress
 
         from ..bench.quality import medusa_exactness, needle_grid, perplexity
@@ -250,6 +260,7 @@ def decode(
 ):
     """Tokens/s: transformers generate (eager) vs our plain decode vs Medusa; accepted length; bandwidth use."""
     with user_errors():
+        _check_json(json_path, pack)
         from ..bench.decode import run_decode_bench
 
         from ..runtime.errors import AccelError
@@ -287,6 +298,7 @@ def kernels(
 ):
     """Sparse kernels vs cuDNN SDPA vs FlexAttention, one layer of Llama-3-8B attention (32/8 heads, d=128, bf16)."""
     with user_errors():
+        _check_json(json_path)
         from ..bench.kernels import run_kernel_bench
 
         names = [p.strip() for p in patterns.split(",") if p.strip()]

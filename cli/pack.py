@@ -1,4 +1,9 @@
-"""``accel pack inspect|export``: look inside an acceleration pack, or export its patterns."""
+"""``accel pack inspect|export``: look inside an acceleration pack, or export its patterns.
+
+A pack is input from anywhere: every value taken from it is printed through ``printable`` (control
+characters such as terminal escape sequences escaped; rich markup is off on the consoles) and numbers
+are formatted defensively.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import err, out, user_errors
+from .common import err, out, printable, user_errors
+
+
+def _num(v, spec: str = ".3f") -> str:
+    """A number from the pack's free-form provenance, or the value itself when it is not one."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format(v, spec)
+    return printable(v)
 
 app = typer.Typer(help="Inspect or export an acceleration pack.", no_args_is_help=True)
 
@@ -21,18 +33,18 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
         from ..runtime.pack import load_pack
 
         p = load_pack(pack)
-        meta = Table(title=f"pack {pack}", show_header=False)
-        meta.add_row("base model", p.base_model)
-        meta.add_row("fingerprint", p.fingerprint)
-        meta.add_row("format version", str(p.format_version))
-        meta.add_row("drafter", p.drafter_kind or "none")
+        meta = Table(title=f"pack {printable(pack)}", show_header=False)
+        meta.add_row("base model", printable(p.base_model))
+        meta.add_row("fingerprint", printable(p.fingerprint))
+        meta.add_row("format version", printable(p.format_version))
+        meta.add_row("drafter", printable(p.drafter_kind or "none"))
         meta.add_row("size", f"{pack.stat().st_size / 1e6:.2f} MB")
         prov = p.provenance or {}
         for k in ("accel_version", "date"):
             if k in prov:
-                meta.add_row(k, str(prov[k]))
+                meta.add_row(k, printable(prov[k]))
         for k, v in (prov.get("commands") or {}).items():
-            meta.add_row(f"command ({k})", str(v))
+            meta.add_row(f"command ({printable(k)})", printable(v))
         out.print(meta)
         if p.patterns:
             from ..kernels import PATTERNS
@@ -47,7 +59,7 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
                           f"{sum(scores) / max(len(scores), 1):.3f}")
             out.print(t)
             if p.patterns_info:
-                out.print("patterns info: " + json.dumps(p.patterns_info, default=str), markup=False)
+                out.print("patterns info: " + printable(json.dumps(p.patterns_info, default=str)))
         else:
             out.print("patterns: none")
         if p.has_drafter and p.drafter_kind == "medusa":
@@ -56,16 +68,20 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
             for col in ("heads", "ResBlocks", "projection", "hidden", "vocab", "tree nodes", "tensors", "params"):
                 t.add_column(col, justify="right")
             n_params = sum(v.numel() for v in p.heads.values())
-            t.add_row(str(m["num_heads"]), str(m["num_layers"]), m.get("projection", "shared"), str(m["hidden_size"]),
+            t.add_row(str(m["num_heads"]), str(m["num_layers"]), printable(m.get("projection", "shared")), str(m["hidden_size"]),
                       str(m["vocab_size"]), str(len(m.get("tree") or [])), str(len(p.heads)), f"{n_params / 1e6:.2f} M")
             out.print(t)
-            metrics = (prov.get("train_heads") or {}).get("metrics") or {}
-            if metrics.get("top1"):
+            th = prov.get("train_heads")
+            metrics = (th.get("metrics") if isinstance(th, dict) else None) or {}
+            top1 = metrics.get("top1") if isinstance(metrics, dict) else None
+            top5 = metrics.get("top5") if isinstance(metrics, dict) else None
+            if isinstance(top1, list) and top1:
                 acc = Table(title="held-out accuracy per head")
                 for col in ("head", "predicts", "top-1", "top-5"):
                     acc.add_column(col, justify="right")
-                for i, (t1, t5) in enumerate(zip(metrics["top1"], metrics.get("top5", []))):
-                    acc.add_row(str(i), f"t+{i + 2}", f"{t1:.3f}", f"{t5:.3f}")
+                top5 = top5 if isinstance(top5, list) else []
+                for i, t1 in enumerate(top1[:64]):
+                    acc.add_row(str(i), f"t+{i + 2}", _num(t1), _num(top5[i]) if i < len(top5) else "-")
                 out.print(acc)
         else:
             out.print(f"drafter: {p.drafter_kind}" if p.has_drafter else "heads: none (drafter: none)")
@@ -80,9 +96,11 @@ def export(
     """Export the pack's patterns as MInference's best-pattern config (read by vLLM and SGLang too)."""
     with user_errors():
         from ..runtime.errors import AccelError
+        from ..runtime.files import check_output
         from ..runtime.pack import export_minference, load_pack
 
         if format != "minference":
             raise AccelError(f"unknown --format {format!r}: only 'minference' is supported")
-        path = export_minference(load_pack(pack), output)
-        err.print(f"wrote {path}")
+        check_output(output, inputs=[pack], what="--output")  # never the pack itself, never a FIFO, ...
+        path = export_minference(load_pack(pack), output, inputs=[pack])
+        err.print(f"wrote {printable(path)}")

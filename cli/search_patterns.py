@@ -35,10 +35,12 @@ def search_patterns(
     seed: int = typer.Option(0, "--seed", help="Seed of the built-in calibration text."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model folder's own Python code (off unless asked for)."),
 ):
     """Search every head's best sparse-attention pattern (equal kernel cost, attention-mass recall) into a pack."""
     with user_errors():
         from ..runtime.errors import AccelError, PackError
+        from ..runtime.files import check_output
         from ..runtime.models import load_model
         from ..runtime.pack import Pack, load_pack, save_pack
         from ..search import (SearchConfig, calibration_ids, held_out_ids, minference_budget,
@@ -57,11 +59,13 @@ def search_patterns(
                 raise AccelError(f"{calibration} is not UTF-8 text: convert it (iconv -t utf-8) or pick another file") from None
             if not text.strip():
                 raise AccelError(f"{calibration} is empty: give a long text, or drop --calibration for the built-in one")
+        # before the slow part: --output must be writable, not the calibration text, not a FIFO ...
+        check_output(output, inputs=[calibration], what="--output", create_parents=True)
         base = None
         if output.exists():
             base = load_pack(output)  # fail before the slow part if --output is not a pack
 
-        lm = load_model(model, device=device, dtype=dtype)
+        lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         if base is not None and base.fingerprint != lm.fingerprint:
             raise PackError(f"{output} was built for {base.base_model or 'another model'} (fingerprint {base.fingerprint}), "
                             f"not {lm.name} ({lm.fingerprint}): choose another --output")

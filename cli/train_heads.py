@@ -30,7 +30,7 @@ def train_heads(
     distill_batch_size: int = typer.Option(64, "--distill-batch-size", min=1),
     distill_samples: int = typer.Option(0, "--distill-samples", min=0, help="Extra sampled answers per prompt (more, varied data) besides the greedy one."),
     distill_temperature: float = typer.Option(0.7, "--distill-temperature", min=0.0),
-    tree_nodes: int = typer.Option(63, "--tree-nodes", min=1, help="Size of the Medusa candidate tree built from the measured accuracies."),
+    tree_nodes: int = typer.Option(63, "--tree-nodes", min=1, max=1024, help="Size of the Medusa candidate tree built from the measured accuracies."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Default: OUTPUT.ckpt/"),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its checkpoint."),
@@ -38,6 +38,7 @@ def train_heads(
     force: bool = typer.Option(False, "--force", help="Add to a pack whose fingerprint does not match the model."),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model folder's own Python code (off unless asked for)."),
 ):
     """Train Medusa heads on the frozen base model and add them to a pack."""
     with user_errors():
@@ -45,6 +46,7 @@ def train_heads(
         from ..heads.train import TrainConfig
         from ..heads.train import train_heads as run_training
         from ..runtime.errors import AccelError
+        from ..runtime.files import check_output
         from ..runtime.models import load_model
         from ..runtime.pack import Pack, load_pack, save_pack, validate_for_model
 
@@ -53,8 +55,8 @@ def train_heads(
         for f in (prompts, data):
             if f is not None and not f.is_file():
                 raise AccelError(f"file not found: {f}")
-        if output.is_dir():
-            raise AccelError(f"--output {output} is a folder; give a file name like pack.safetensors")
+        # before the slow part: --output must be writable and not one of the data files (it may be --pack: merge)
+        check_output(output, inputs=[prompts, data], what="--output", create_parents=True)
         base_path = pack or (output if output.exists() else None)
         base = load_pack(base_path) if base_path is not None else None  # fail before the slow parts
         cfg = TrainConfig(num_heads=num_heads, num_layers=num_layers,
@@ -63,7 +65,7 @@ def train_heads(
                           checkpoint_dir=str(checkpoint_dir or output.with_name(output.name + ".ckpt")),
                           checkpoint_every=checkpoint_every, resume=resume, seed=seed)
         cfg.validate()
-        lm = load_model(model, device=device, dtype=dtype)
+        lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         if base is not None:
             validate_for_model(base, lm.model, lm.fingerprint, force=force, where=f"pack {base_path}")
         if data is not None:

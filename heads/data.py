@@ -28,6 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from ..runtime.files import atomic_write
+
 try:  # the lead's user-facing error base; the CLI prints its message as one line
     from ..runtime.errors import AccelError as _ErrorBase
 except ImportError:  # pragma: no cover - only before the runtime package grows errors.py
@@ -80,13 +82,16 @@ def _read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
     except UnicodeDecodeError:
         raise HeadsDataError(f"{what} {path} is not UTF-8 text; re-save it as UTF-8") from None
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # "\n" only: str.splitlines() would also cut at U+2028/U+0085, which are legal inside JSON strings
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             rows.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise HeadsDataError(f"{path}:{n}: not valid JSON ({e.msg}); write one JSON object per line") from None
+        except (RecursionError, ValueError):  # nested too deeply / a number with thousands of digits
+            raise HeadsDataError(f"{path}:{n}: not usable JSON (nested too deeply or a number too long)") from None
     if not rows:
         raise HeadsDataError(f"{what} {path} is empty; give at least one line")
     return rows
@@ -409,11 +414,8 @@ def self_distill(model, tokenizer, prompts: Sequence[Any], max_new_tokens: int =
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         # rewrite complete cache atomically in prompt order, then drop the partial file
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for k in keys:
-                f.write(json.dumps({"id": k, "continuation": done[k]}) + "\n")
-        os.replace(tmp, final)
+        atomic_write(final, "".join(json.dumps({"id": k, "continuation": done[k]}) + "\n" for k in keys),
+                     what="distillation cache")
         partial.unlink(missing_ok=True)
 
     out = []

@@ -15,7 +15,7 @@ Design
   step, heads, optimizer, scheduler and RNG states to continue a killed run bit-for-bit.
 - Multi-GPU: ``accelerate launch`` of the same code is data-parallel (``Accelerator`` wraps the loss
   module in DDP; ``batch_size`` is per device, each rank takes its own slice of every global batch).
-- Checkpoints (``checkpoint_dir/checkpoint.pt``) are written atomically (temp + ``os.replace``) and carry an
+- Checkpoints (``checkpoint_dir/checkpoint.pt``) are written atomically (``runtime.files.atomic_write``) and carry an
   identity (fingerprint, head shape, schedule, data hash); resuming from a different one is an error.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .data import Example, HeadsDataError, HeadsError, to_examples
 from ..runtime.drafters.medusa_heads import MedusaConfig, MedusaHeads
+from ..runtime.files import atomic_write
 
 __all__ = ["TrainConfig", "TrainResult", "train_heads", "evaluate_heads", "head_loss",
            "HeadsCheckpointError", "HeadsConfigError"]
@@ -322,10 +322,8 @@ def _identity(config: TrainConfig, heads_cfg: MedusaConfig, fingerprint: str | N
 
 
 def _save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill leaves either the old or the new checkpoint, never half of one
+    # atomic (runtime.files): a kill leaves either the old or the new checkpoint, never half of one
+    atomic_write(path, lambda tmp: torch.save(state, tmp), what="checkpoint", create_parents=True)
 
 
 def _load(path: Path, identity: dict) -> dict:

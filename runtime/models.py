@@ -155,12 +155,16 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: str | 
     hf_logging.set_verbosity_error()  # GGUF dequantisation is chatty
     hf_logging.disable_progress_bar()
     _quiet_gguf_progress()
+    if not src.gguf_file and not any((src.path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelError(f"model folder {src.path} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...): "
+                         "copy them from the original model next to config.json")
     try:
         tok = AutoTokenizer.from_pretrained(src.path, **kw)
         model = AutoModelForCausalLM.from_pretrained(src.path, dtype=dt, **kw)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"could not load model {src.name!r}: {first}") from e
+        # the whole message on one line: transformers' first line often ends in "one of:" and says nothing
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise ModelError(f"could not load model {src.name!r}: {text[:300]}") from e
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
@@ -184,6 +188,9 @@ def _quiet_gguf_progress() -> None:
     except Exception:  # a cosmetic fix must never break loading
         pass
 
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model",
+                    "vocab.txt", "tiktoken.model")
 
 _CONFIG_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
