@@ -200,11 +200,14 @@ def _check_structure(pack: Pack, where: str) -> None:
             if not layer or set(layer) != {str(h) for h in range(len(layer))}:
                 raise PackError(f"{where}: layer {li} of accel.patterns must name heads 0..H-1")
             for h, v in layer.items():
+                if not (isinstance(v, list) and 3 <= len(v) <= 4):
+                    raise PackError(f"{where}: layer {li} head {h}: bad pattern entry {_short(v)} "
+                                    "(expected [name, size_1, size_2, score])")
+                check_pattern_entry(v, f"{where}: accel.patterns layer {li} head {h}")  # JSON types, bounds
                 try:
-                    validate_entry(v)   # the pattern registry's name and size bounds
+                    validate_entry(v)   # the pattern registry's names and per-pattern bounds
                 except PatternError as e:
                     raise PackError(f"{where}: layer {li} head {h}: {e}") from None
-                check_pattern_entry(v, f"{where}: accel.patterns layer {li} head {h}")
     if pack.drafter is None:
         if pack.tensors:
             raise PackError(f"{where}: the pack has head tensors but no drafter config (accel.drafter)")
@@ -292,25 +295,26 @@ def check_tree(tree, where: str, max_depth: int | None = None) -> list[tuple[int
     return paths
 
 
-def check_medusa_config(cfg, where: str) -> None:
-    """``accel.medusa``: a JSON object with bounded integer sizes, a known projection, a bounded tree."""
+def check_medusa_config(cfg, where: str, field: str = "accel.drafter") -> None:
+    """The Medusa drafter's config (``field``: ``accel.drafter``, or ``{field}`` in a format-1 pack): a
+    JSON object with bounded integer sizes, a known projection, a bounded tree."""
     if not isinstance(cfg, dict):
-        raise PackError(f"{where}: accel.medusa must be a JSON object, got {type(cfg).__name__}")
+        raise PackError(f"{where}: {field} must be a JSON object, got {type(cfg).__name__}")
     for key, (lo, hi) in MEDUSA_BOUNDS.items():
         if key not in cfg:
-            raise PackError(f"{where}: accel.medusa lacks {key} (needs num_heads, num_layers, hidden_size, vocab_size)")
-        _bounded_int(cfg[key], lo, hi, f"{where}: accel.medusa.{key}")
+            raise PackError(f"{where}: {field} lacks {key} (needs num_heads, num_layers, hidden_size, vocab_size)")
+        _bounded_int(cfg[key], lo, hi, f"{where}: {field}.{key}")
     if cfg.get("projection", "shared") not in ("shared", "own"):
-        raise PackError(f"{where}: accel.medusa.projection must be \"shared\" or \"own\", got {_short(cfg['projection'])}")
+        raise PackError(f"{where}: {field}.projection must be \"shared\" or \"own\", got {_short(cfg['projection'])}")
     if cfg.get("tree") is not None:
-        check_tree(cfg["tree"], f"{where}: accel.medusa.tree", max_depth=cfg["num_heads"])
+        check_tree(cfg["tree"], f"{where}: {field}.tree", max_depth=cfg["num_heads"])
     acc = cfg.get("rank_acceptance")
     if acc is not None:
         ok = (isinstance(acc, list) and len(acc) <= cfg["num_heads"]
               and all(isinstance(row, list) and len(row) <= MAX_TREE_RANK
                       and all(_is_number(x) and math.isfinite(x) for x in row) for row in acc))
         if not ok:
-            raise PackError(f"{where}: accel.medusa.rank_acceptance must be one list of finite numbers per head")
+            raise PackError(f"{where}: {field}.rank_acceptance must be one list of finite numbers per head")
 
 
 def check_pattern_entry(v: list, what: str) -> None:
@@ -348,7 +352,7 @@ def check_pack_fields(pack: Pack, where: str) -> None:
                                      and all(isinstance(v, str) for v in commands.values())):
         raise PackError(f"{where}: accel.provenance.commands must map names to command lines (strings)")
     if pack.medusa is not None:
-        check_medusa_config(pack.medusa, where)
+        check_medusa_config(pack.medusa, where, "accel.medusa" if pack.format_version == "1" else "accel.drafter")
 
 
 def check_head_tensors(heads: dict, where: str) -> None:

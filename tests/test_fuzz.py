@@ -122,7 +122,7 @@ def _mutate_meta_json(rng, meta):
 
 
 def _mutate_meta_raw(rng, meta):
-    key = rng.choice(["accel.format_version", "accel.medusa", "accel.patterns", "accel.patterns_info",
+    key = rng.choice(["accel.format_version", "accel.drafter", "accel.drafter.kind", "accel.patterns", "accel.patterns_info",
                       "accel.provenance", "accel.fingerprint", "accel.base_model"])
     if rng.random() < 0.3:
         meta.pop(key, None)
@@ -185,7 +185,7 @@ def _mutate_header(rng, data: bytes) -> tuple[bytes, str]:
     if op == "meta_type":
         header["__metadata__"] = rng.choice([[], "x", 1, None])
     elif op == "meta_nonstr":
-        header["__metadata__"]["accel.medusa"] = {"num_heads": 1}
+        header["__metadata__"]["accel.drafter"] = {"num_heads": 1}
     else:
         k = rng.choice(names)
         if op == "dtype":
@@ -373,6 +373,7 @@ class _StubGen:
     """Stands in for the model: the reader and the output path are what is fuzzed, not generation."""
 
     use_medusa = False
+    fallback_reason = None
 
     def run(self, prompts, on_completion=None):
         from accel.runtime.generate import Completion

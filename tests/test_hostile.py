@@ -75,15 +75,15 @@ def test_case1_pack_inspect_escapes_what_the_pack_holds(tmp_path):
 def test_case2_medusa_sizes_bounded_before_use(tmp_path, field, value):
     path = valid_pack(tmp_path / "p.safetensors")
     meta, tensors = read_raw(path)
-    medusa = json.loads(meta["accel.medusa"])
+    medusa = json.loads(meta["accel.drafter"])
     medusa[field] = value
-    meta["accel.medusa"] = json.dumps(medusa)
+    meta["accel.drafter"] = json.dumps(medusa)
     write_raw(path, meta, tensors)
     t0 = time.perf_counter()
-    with pytest.raises(PackError, match=f"accel.medusa.{field}"):
+    with pytest.raises(PackError, match=f"accel.drafter.{field}"):
         load_pack(path)
     assert time.perf_counter() - t0 < 2
-    one_line_error(_run("pack", "inspect", path), f"accel.medusa.{field}")
+    one_line_error(_run("pack", "inspect", path), f"accel.drafter.{field}")
 
 
 def test_case2_tree_bounded(tmp_path):
@@ -91,9 +91,9 @@ def test_case2_tree_bounded(tmp_path):
     meta, tensors = read_raw(path)
     for tree, needle in [([[0]] * 2000, "at most 1024"), ([[0, 0, 0]], "deep"), ([[0.5]], "integers"),
                          ([[5000]], "integers"), ([[0], [1, 1]], "prefix-closed"), ("x", "list")]:
-        medusa = json.loads(meta["accel.medusa"])
+        medusa = json.loads(meta["accel.drafter"])
         medusa["tree"] = tree
-        write_raw(path, {**meta, "accel.medusa": json.dumps(medusa)}, tensors)
+        write_raw(path, {**meta, "accel.drafter": json.dumps(medusa)}, tensors)
         with pytest.raises(PackError, match=needle):
             load_pack(path)
 
@@ -179,15 +179,17 @@ def test_case4_failure_partway_keeps_finished_completions(tiny_model_dir, tmp_pa
     f.write_text("".join(json.dumps({"id": i, "prompt": t}) + "\n" for i, t in enumerate(["hello", "abc", "xyz"])))
     out = tmp_path / "o.jsonl"
     out.write_text("old\n")
-    real, calls = engine.run, []
+    real, calls = engine.Engine.generate, []
 
-    def second_fails(gen, ids):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(gen, ids)
+    def second_fails(self, prompts, sampling, *, on_result=None, **kw):
+        def on_result_then_stop(row, result):  # Ctrl-C while the second prompt is being generated
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            on_result(row, result)
+        return real(self, prompts, sampling, on_result=on_result_then_stop, **kw)
 
-    monkeypatch.setattr(engine, "run", second_fails)
+    monkeypatch.setattr(engine.Engine, "generate", second_fails)
     r = _run("generate", "-p", f, "-m", tiny_model_dir, "--pack", pack, "--medusa", "-n", 4, "-o", out)
     assert r.exit_code == 130
     one_line_error(r, "interrupted; the 1 of 3 completions finished before it were written to")
@@ -196,7 +198,7 @@ def test_case4_failure_partway_keeps_finished_completions(tiny_model_dir, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors", "o.jsonl", "p.jsonl"]
     # nothing finished: the old file stays
     calls.clear()
-    monkeypatch.setattr(engine, "run", lambda gen, ids: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(engine.Engine, "generate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     one_line_error(_run("generate", "-p", f, "-m", tiny_model_dir, "--pack", pack, "--medusa", "-n", 4, "-o", out),
                    "no completion had finished")
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["0"]
@@ -304,8 +306,8 @@ def test_case7_other_fields_typed(tmp_path):
                                ("accel.patterns_info", "[1]", "must be a JSON object"),
                                ("accel.provenance", '"text"', "must be a JSON object"),
                                ("accel.provenance", '{"commands": [1]}', "commands"),
-                               ("accel.medusa", '{"num_heads": 2}', "lacks num_layers"),
-                               ("accel.medusa", "[]", "must be a JSON object"),
+                               ("accel.drafter", '{"num_heads": 2}', "lacks num_layers"),
+                               ("accel.drafter", "[]", "must be a JSON object"),
                                ("accel.patterns", "[" * 100000 + "]" * 100000, "nested too deeply")]:
         write_raw(path, {**meta, key: value}, tensors)
         with pytest.raises(PackError, match=needle):
