@@ -111,7 +111,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def layer_forward(x, cos, sin, rows, write_pos, mask, kc, vc, attn_norm, wqkv, bqkv, wo, bo, mlp_norm, w13, w2,
-                  eps: float, n_head: int, n_kv: int, patterns=None, causal_self: bool = False):
+                  eps: float, n_head: int, n_kv: int, patterns=None, causal_self: bool = False,
+                  dense_above: float | None = 0.6, sparse_stats: list | None = None):
     """One decoder layer as a pure function of its tensors, so one ``torch.compile`` serves all layers.
 
     x (B, T, H); cos/sin (B, T, 1, D); rows (B, 1); write_pos (B, T); mask (B, 1, G*T, S) when
@@ -130,8 +131,14 @@ def layer_forward(x, cos, sin, rows, write_pos, mask, kc, vc, attn_norm, wqkv, b
     vc[rows, :, write_pos] = v
     if patterns is not None:
         from ..kernels import sparse_attention  # lazy: optional Triton dependency
-        # prompt chunk at slot 0; an index keeping > 60 % of the work runs dense (faster there)
-        y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns, dense_above=0.6)
+        # prompt chunk at slot 0; an index keeping > dense_above of the work runs dense (faster there)
+        y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns, dense_above=dense_above,
+                             return_index=sparse_stats is not None)
+        if sparse_stats is not None:  # what really ran, for fidelity benchmarks (accel bench quality)
+            y, index = y
+            ran_dense = dense_above is not None and index.density() > dense_above
+            sparse_stats.append({"density": 1.0 if ran_dense else index.density(), "heads": n_head,
+                                 "sparse_heads": 0 if ran_dense else int((~index.dense_heads).sum())})
     elif causal_self:  # a prompt chunk at slot 0 sees only itself: causal SDPA (cuDNN), no (T, S) mask
         from ..kernels.attention import dense_causal_sdpa
         y = dense_causal_sdpa(q, k.transpose(1, 2), v.transpose(1, 2))
@@ -257,6 +264,11 @@ class CompactLM(nn.Module):
         self._w32: torch.Tensor | None = None
         self.patterns: list | None = None  # per layer: list[HeadPattern] for the sparse prefill kernel
         self.sparse_min_len = 1024
+        # sparse prefill runs a layer dense when its index keeps more than this share of the work;
+        # None forces the sparse kernels (fidelity benchmarks). sparse_stats: a list to append each
+        # sparse layer's {"density", "heads", "sparse_heads"} to (None: not collected)
+        self.sparse_dense_above: float | None = 0.6
+        self.sparse_stats: list | None = None
         self.exact = False  # decode / verify / prefill through forward_exact (set by the generators' callers)
         self.max_batch = self.max_seq_len = 0
         self.kv: torch.Tensor | None = None  # (2, layers, B, Hkv, S, D), set by setup_cache
@@ -405,7 +417,8 @@ class CompactLM(nn.Module):
         for i, layer in enumerate(self.layers):
             if sparse:
                 x = layer_forward(x, cos, sin, rows, write_pos, dense_mask, *layer.args(B), self.n_head, self.n_kv,
-                                  patterns=self.patterns[i])
+                                  patterns=self.patterns[i], dense_above=self.sparse_dense_above,
+                                  sparse_stats=self.sparse_stats)
             elif from_zero:
                 x = layer_forward(x, cos, sin, rows, write_pos, None, *layer.args(B), self.n_head, self.n_kv,
                                   causal_self=True)
