@@ -23,6 +23,7 @@ import contextlib
 import math
 import random
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +164,7 @@ def ruler_suite(compact, tokenizer, tasks, lengths, patterns_for, *, samples: in
     for n in lengths:
         pats = patterns_for(n)
         for task in tasks:
+            t0 = time.perf_counter()
             cases = make_cases(tokenizer, task, n, samples, seed)
             scores, same, stats, shown = {"dense": [], "sparse": []}, 0, [], []
             for i in range(0, len(cases), batch):
@@ -183,7 +185,7 @@ def ruler_suite(compact, tokenizer, tasks, lengths, patterns_for, *, samples: in
             dense, sparse = _percent(scores["dense"]), _percent(scores["sparse"])
             rows.append({"task": task, "length": n, "samples": len(cases), "dense": dense, "sparse": sparse,
                          "delta": sparse - dense, "identical_answers": same / len(cases),
-                         **sparse_summary(stats), "examples": shown})
+                         **sparse_summary(stats), "wall_s": time.perf_counter() - t0, "examples": shown})
     return {"rows": rows, "averages": ruler_averages(rows)}
 
 
