@@ -421,7 +421,7 @@ def ruler_section():
             out += "Perplexity of natural long text (the Python documentation; last half scored):\n\n"
             out += table(ppl, [("tokens", "length"), ("dense", "dense"), ("sparse", "sparse"),
                                ("sparse / dense", lambda p: f"{p['ratio']:.4f}")]) + "\n\n"
-        out += "\n".join(env_line(name, d.get("env")) for name, d in files) + "\n"
+        out += "\n\n".join(env_line(name, d.get("env")) for name, d in files) + "\n"
         parts.append(out)
     return "\n".join(parts)
 
