@@ -29,7 +29,7 @@ from functools import lru_cache
 from ..runtime.errors import AccelError
 
 __all__ = ["TASKS", "RulerCase", "RulerError", "make_case", "make_cases", "score", "natural_text",
-           "shared_ngrams"]
+           "shared_ngrams", "suite_text_sample"]
 
 
 class RulerError(AccelError):
@@ -150,6 +150,12 @@ def _vocabulary() -> tuple[str, ...]:
     """English words for common-words extraction (from the same documentation text)."""
     words = set(re.findall(r"\b[a-z]{3,14}\b", "\n".join(_docs()).lower()))
     return tuple(sorted(words))
+
+
+def suite_text_sample() -> str:
+    """Every fixed text the cases draw from (haystacks, templates, word lists), for disjointness checks."""
+    return "\n".join([natural_text(), _NOISE, " ".join(_ADJ), " ".join(_NOUN), " ".join(_vocabulary()),
+                      *(t for pair in _TEMPLATES.values() for t in pair)])
 
 
 def shared_ngrams(text: str, other: str, n: int = 8) -> set[tuple[str, ...]]:

@@ -281,9 +281,14 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
         res = ruler_suite(compact, tok, task_list, lens, patterns_for, samples=samples, batch=batch, seed=seed,
                           eos_ids=eos, progress=lambda k: prog.advance(bar, k))
     ppl = perplexity_curve(compact, tok, ppl_lens, patterns_for, seed=seed) if ppl_lens else []
+    from ..bench.ruler import shared_ngrams, suite_text_sample
+    from ..search.calibration import haystack_paragraphs
+
+    # the suite's text sources share no 8-word run with the search's built-in calibration prose
+    disjoint = not shared_ngrams(suite_text_sample(), "\n".join(haystack_paragraphs()))
     result = {"bench": "quality", "suite": "ruler", "model": name, "dtype": str(compact.dtype),
               "lengths": lens, "tasks": task_list, "samples": samples, "seed": seed, "forced_sparse": True,
-              **res, "perplexity": ppl}
+              "disjoint_from_calibration": disjoint, **res, "perplexity": ppl}
     rows = res["rows"]
     t = Table(title=f"RULER-style suite: {name}, dense vs forced sparse prefill (score 0-100, {samples} cases each)")
     t.add_column("task")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from accel.bench.ruler import TASKS, RulerError, make_case, natural_text, score, shared_ngrams
+from accel.bench.ruler import TASKS, RulerError, make_case, natural_text, score, shared_ngrams, suite_text_sample
 from accel.cli import app
 from tests.conftest import make_tiny_llama, make_tokenizer
 
@@ -79,7 +79,7 @@ def test_suite_text_is_disjoint_from_calibration_text(tok):
     calib = "\n".join(haystack_paragraphs())
     calib += "\n".join(tok.decode(calibration_ids(tok, 4096, kind=k, seed=s)[0].tolist())
                        for k in ("mixed", "kv", "needle") for s in (0, 1))
-    assert not shared_ngrams(natural_text(), calib)
+    assert not shared_ngrams(natural_text(), calib) and not shared_ngrams(suite_text_sample(), calib)
     for task in TASKS:
         for i in range(2):
             assert not shared_ngrams(tok.decode(make_case(tok, task, 1536, i).ids), calib), task
@@ -109,6 +109,7 @@ def test_bench_quality_ruler_end_to_end(tiny_long_dir, tmp_path):
     # a window covering every key: forced sparse prefill must give dense's answers exactly
     d, text = _quality(tmp_path, tiny_long_dir, "stream_llm:64:2048", "all")
     assert d["suite"] == "ruler" and d["forced_sparse"] and d["env"]["command"].startswith("accel bench")
+    assert d["disjoint_from_calibration"] is True
     assert [(r["task"], r["length"]) for r in d["rows"]] == [
         (t, n) for n in (1024, 1152) for t in ("niah_multikey_2", "vt")]
     for r in d["rows"]:
