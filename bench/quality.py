@@ -6,17 +6,29 @@
 - **Long-text perplexity**: dense vs sparse prefill over the same long text, scored on its last half.
 - **Medusa exactness**: the share of prompts on which greedy Medusa output equals plain greedy output
   token for token (it must be 1.0).
+- **RULER suite** (``--suite ruler``, cases from ``bench.ruler``): per task x length accuracy (RULER's
+  0-100 scores) of dense vs sparse prefill on the same cases in one run, plus the density and the share
+  of heads that really ran sparse; perplexity of natural long text, dense vs sparse, per length.
+
+Sparse prefill is *forced* here (``forced_plan``): at every length, with no dense fallback for layers
+whose index keeps most of the work — a fidelity figure must measure the sparse kernels, not hide them.
+Cases of one task and length have the same token count, so they run as unpadded batches (which sparse
+prefill needs), through eager steps captured in CUDA graphs (the batch-invariant "exact" path prefills
+a batch densely).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["needle_prompt", "needle_grid", "perplexity", "medusa_exactness"]
+__all__ = ["needle_prompt", "needle_grid", "perplexity", "medusa_exactness", "forced_plan", "ruler_suite",
+           "perplexity_curve", "sparse_summary"]
 
 NEEDLE = "The special magic number for {city} is {number}."
 QUESTION = "\n\nWhat is the special magic number for {city}? Answer with the number only."
@@ -62,7 +74,6 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
                 progress=None) -> dict:
     """{"dense": grid, "sparse": grid} with grid[depth_i][length_j] = share of correct answers."""
     from ..runtime.decode import generate_plain
-    from ..runtime.prefill import DENSE, PrefillPlan
 
     out = {"dense": [[0.0] * len(lengths) for _ in depths], "sparse": [[0.0] * len(lengths) for _ in depths]}
     for j, n in enumerate(lengths):
@@ -70,7 +81,7 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
             for t in range(trials):
                 ids, number = needle_prompt(tokenizer, n, depth, seed=1000 * j + 10 * i + t)
                 for mode in ("dense", "sparse"):
-                    plan = PrefillPlan(patterns_for(len(ids))) if mode == "sparse" else DENSE
+                    plan = forced_plan(patterns_for(len(ids)) if mode == "sparse" else None)
                     [r] = generate_plain(compact, [ids], 32, eos_ids=eos_ids, plans=[plan])  # digits are single tokens
                     answer = tokenizer.decode(r.tokens, skip_special_tokens=True)
                     out[mode][i][j] += (number in answer.replace(",", "")) / trials
@@ -80,15 +91,13 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
 
 
 @torch.no_grad()
-def perplexity(compact, ids: torch.Tensor, patterns=None) -> float:
-    """Perplexity of the last half of ``ids`` (1, N) with one prefill (dense, or sparse patterns)."""
+def perplexity(compact, ids: torch.Tensor, patterns=None, stats: list | None = None) -> float:
+    """Perplexity of the last half of ``ids`` (1, N) with one prefill (dense, or forced sparse patterns)."""
     from ..runtime.attention_meta import AttentionMeta
-    from ..runtime.prefill import DENSE, PrefillPlan
 
     compact.setup_cache(1, ids.shape[1])
     pos = torch.arange(ids.shape[1], device=ids.device)[None]
-    plan = PrefillPlan(patterns) if patterns is not None else DENSE
-    _, hidden = compact(ids, AttentionMeta.prompt(pos, plan), last_only=True)
+    _, hidden = compact(ids, AttentionMeta.prompt(pos, forced_plan(patterns, stats)), last_only=True)
     half = ids.shape[1] // 2
     nll, count = 0.0, 0
     for s in range(half, ids.shape[1] - 1, 1024):  # project to the vocab in chunks: (N, V) is large
@@ -112,3 +121,96 @@ def medusa_exactness(compact, heads, tree, prompts: list[list[int]], max_new_tok
         accept += med.accept_lengths
     return {"prompts": len(prompts), "identical": same, "share_identical": same / max(len(prompts), 1),
             "mean_accepted": sum(accept) / max(len(accept), 1), "accept_lengths": accept}
+
+
+def forced_plan(patterns, stats: list | None = None):
+    """A prefill plan that runs ``patterns`` (None: dense) at any length and never falls back to dense
+    attention; each sparse layer appends what it ran to ``stats`` ({"density", "heads", "sparse_heads"})."""
+    from ..runtime.prefill import DENSE, PrefillPlan
+
+    return DENSE if patterns is None else PrefillPlan(patterns, dense_above=None, stats=stats)
+
+
+def sparse_summary(stats: list[dict]) -> dict:
+    """Mean kept share of the attention work and share of (layer, head) pairs that ran sparse."""
+    if not stats:
+        return {"density": None, "sparse_head_share": None}
+    return {"density": statistics.mean(s["density"] for s in stats),
+            "sparse_head_share": sum(s["sparse_heads"] for s in stats) / sum(s["heads"] for s in stats)}
+
+
+def _percent(xs) -> float:
+    return 100.0 * statistics.mean(xs) if xs else float("nan")
+
+
+@torch.no_grad()
+def ruler_suite(compact, tokenizer, tasks, lengths, patterns_for, *, samples: int = 50, batch: int = 8,
+                seed: int = 0, eos_ids=(), examples: int = 2, progress=None) -> dict:
+    """Dense vs forced-sparse prefill on the same RULER cases -> {"rows": per task x length, "averages"}.
+
+    A row: RULER score (0-100) dense and sparse, sparse - dense, the share of cases whose two answers
+    are identical, the sparse runs' density and share of heads run sparse, and the first ``examples``
+    cases' answers (to see *how* a case fails)."""
+    from ..runtime.decode import generate_plain
+    from .ruler import make_cases
+
+    mode = "graph" if compact.device.type == "cuda" else "eager"  # see the module docstring
+    rows = []
+    for n in lengths:
+        pats = patterns_for(n)
+        for task in tasks:
+            t0 = time.perf_counter()
+            cases = make_cases(tokenizer, task, n, samples, seed)
+            scores, same, stats, shown = {"dense": [], "sparse": []}, 0, [], []
+            for i in range(0, len(cases), batch):
+                chunk = cases[i:i + batch]
+                texts = {}
+                for m in ("dense", "sparse"):
+                    plan = forced_plan(pats if m == "sparse" else None, stats)
+                    res = generate_plain(compact, [c.ids for c in chunk], chunk[0].max_new_tokens,
+                                         eos_ids=eos_ids, compile=mode, plans=[plan] * len(chunk))
+                    texts[m] = [tokenizer.decode(r.tokens, skip_special_tokens=True) for r in res]
+                    scores[m] += [c.score(t) for c, t in zip(chunk, texts[m])]
+                same += sum(a == b for a, b in zip(texts["dense"], texts["sparse"]))
+                for c, d, sp in zip(chunk, texts["dense"], texts["sparse"]):
+                    if len(shown) < examples:
+                        shown.append({"index": c.index, "answers": c.answers, "dense": d, "sparse": sp})
+                if progress:
+                    progress(len(chunk))
+            dense, sparse = _percent(scores["dense"]), _percent(scores["sparse"])
+            rows.append({"task": task, "length": n, "samples": len(cases), "dense": dense, "sparse": sparse,
+                         "delta": sparse - dense, "identical_answers": same / len(cases),
+                         **sparse_summary(stats), "wall_s": time.perf_counter() - t0, "examples": shown})
+    return {"rows": rows, "averages": ruler_averages(rows)}
+
+
+def ruler_averages(rows: list[dict]) -> list[dict]:
+    """Per length: mean over all tasks and over the needle (niah_*) tasks, dense and sparse."""
+    out = []
+    for n in sorted({r["length"] for r in rows}):
+        at = [r for r in rows if r["length"] == n]
+        niah = [r for r in at if r["task"].startswith("niah")]
+        out.append({"length": n, "dense": statistics.mean(r["dense"] for r in at),
+                    "sparse": statistics.mean(r["sparse"] for r in at),
+                    "needle_dense": statistics.mean(r["dense"] for r in niah) if niah else None,
+                    "needle_sparse": statistics.mean(r["sparse"] for r in niah) if niah else None,
+                    "worst_task_delta": min(r["delta"] for r in at)})
+    return out
+
+
+@torch.no_grad()
+def perplexity_curve(compact, tokenizer, lengths, patterns_for, *, seed: int = 0) -> list[dict]:
+    """Perplexity (last half) of natural long text (bench.ruler.natural_text), dense vs forced sparse."""
+    from .ruler import RulerError, natural_text
+
+    ids = tokenizer(natural_text(seed=seed), add_special_tokens=False)["input_ids"]
+    rows = []
+    for n in lengths:
+        if n > len(ids):
+            raise RulerError(f"perplexity at {n} tokens: the built-in natural text has only {len(ids)} tokens")
+        x = torch.tensor([ids[:n]], device=compact.device)
+        stats: list = []
+        dense = perplexity(compact, x)
+        sparse = perplexity(compact, x, patterns_for(n), stats)
+        rows.append({"length": n, "dense": dense, "sparse": sparse, "ratio": sparse / dense, **sparse_summary(stats)})
+    return rows

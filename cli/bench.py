@@ -159,15 +159,23 @@ def prefill(
         del torch
 
 
+_RULER_LENGTHS = "4k,8k,16k,31k"
+
+
 @app.command("quality")
 def quality(
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     pack: Optional[Path] = typer.Option(None, "--pack"),
     pattern: Optional[str] = typer.Option(None, "--pattern", help="NAME:SIZE1:SIZE2 for every head instead of the pack's patterns."),
-    lengths: str = typer.Option("1k,2k,4k", "--lengths"),
+    suite: str = typer.Option("needle", "--suite", help="needle: needle grid + perplexity + Medusa exactness; ruler: RULER-style tasks x lengths + perplexity."),
+    lengths: Optional[str] = typer.Option(None, "--lengths", help=f"Prompt lengths (default: needle 1k,2k,4k; ruler {_RULER_LENGTHS}, those that fit the model's context)."),
+    samples: int = typer.Option(50, "--samples", min=1, help="ruler: cases per task and length."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="ruler: comma-separated tasks (default: all 11: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, cwe, fwe)."),
+    batch: int = typer.Option(8, "--batch", min=1, help="ruler: cases per batch (same length, no padding)."),
+    seed: int = typer.Option(0, "--seed", help="ruler: case seed."),
     depths: str = typer.Option("0,0.25,0.5,0.75,1", "--depths"),
     trials: int = typer.Option(2, "--trials", min=1),
-    ppl_length: str = typer.Option("4k", "--ppl-length"),
+    ppl_length: Optional[str] = typer.Option(None, "--ppl-length", help="Perplexity length(s), comma-separated (default: needle 4k; ruler the suite's lengths; 0 skips)."),
     medusa_prompts: int = typer.Option(8, "--medusa-prompts", min=0, help="Held-out chat prompts (heads/heldout_prompts.jsonl) for the Medusa exactness check (0 skips)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -175,7 +183,7 @@ def quality(
     json_path: Optional[Path] = typer.Option(None, "--json"),
     plot: Optional[Path] = typer.Option(None, "--plot"),
 ):
-    """Needle-in-a-haystack grid and perplexity (dense vs sparse), and greedy Medusa == plain greedy."""
+    """Fidelity of forced sparse prefill vs dense: needle grid or RULER suite, perplexity; Medusa == plain greedy."""
     with user_errors():
         _check_json(json_path, pack)
         from rich.progress import Progress
@@ -184,7 +192,12 @@ def quality(
         from ..runtime.errors import AccelError
         from ..runtime.model import CompactLM, supports
 
-        lens = _lengths(lengths)
+        if suite not in ("needle", "ruler"):
+            raise AccelError(f"unknown --suite {suite!r}: use needle or ruler")
+        if suite == "ruler":
+            return _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, ppl_length,
+                                  device, dtype, json_path, plot)
+        lens = _lengths(lengths or "1k,2k,4k")
         try:
             dps = [float(d) for d in depths.split(",")]
         except ValueError:
@@ -204,7 +217,7 @@ def quality(
                                progress=lambda: prog.advance(task))
         from ..search.calibration import held_out_ids
 
-        n_ppl = parse_length(ppl_length)
+        n_ppl = parse_length((ppl_length or "4k").split(",")[0])
         ids = held_out_ids(tok, n_ppl)[0].reshape(1, -1)[:, :n_ppl].to(compact.device)
         ppl = {"length": n_ppl, "dense": perplexity(compact, ids), "sparse": perplexity(compact, ids, patterns_for(n_ppl))}
         result = {"bench": "quality", "model": name, "lengths": lens, "depths": dps, "trials": trials,
@@ -242,6 +255,87 @@ def quality(
             if "medusa" in result and result["medusa"]["accept_lengths"]:
                 histogram(plot / "medusa-accepted.png", result["medusa"]["accept_lengths"],
                           bins=range(1, 7), xlabel="tokens accepted per step", title=f"Medusa: {name}")
+
+
+def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, ppl_length, device, dtype,
+                   json_path, plot):
+    """``bench quality --suite ruler``: the RULER-style tasks and natural-text perplexity, dense vs forced sparse."""
+    from rich.progress import Progress
+
+    from ..bench.quality import perplexity_curve, ruler_suite
+    from ..bench.ruler import TASKS
+    from ..runtime.errors import AccelError
+    from ..runtime.model import CompactLM, supports
+
+    task_list = [t.strip() for t in (tasks or ",".join(TASKS)).split(",") if t.strip()]
+    bad = [t for t in task_list if t not in TASKS]
+    if bad:
+        raise AccelError(f"--tasks: unknown {bad}; choose from {', '.join(TASKS)}")
+    hf, tok, name, patterns_for, _ = _model_and_patterns(model, None, pack, pattern, device, dtype, None)
+    if not supports(hf):
+        raise AccelError(f"bench quality needs a Llama-family model (the compact engine); {name} is not one")
+    ctx = hf.config.max_position_embeddings
+    room = max(TASKS[t].max_new_tokens for t in task_list)
+    if lengths is None:  # the default lengths that fit, leaving room for the answer
+        lens = [n for n in _lengths(_RULER_LENGTHS) if n + room <= ctx] or [ctx - room]
+    else:
+        lens = _lengths(lengths)
+        if max(lens) + room > ctx:
+            raise AccelError(f"--lengths up to {max(lens)} plus {room} answer tokens exceed {name}'s {ctx}-token "
+                             f"context: use lengths up to {ctx - room}")
+    ppl_lens = lens if ppl_length is None else [n for n in _lengths(ppl_length) if n > 0] if ppl_length.strip() != "0" else []
+    if ppl_lens and max(ppl_lens) > ctx:
+        raise AccelError(f"--ppl-length {max(ppl_lens)} exceeds {name}'s {ctx}-token context")
+    compact = CompactLM.from_hf(hf)
+    eos = sorted({hf.config.eos_token_id} if isinstance(hf.config.eos_token_id, int) else set(hf.config.eos_token_id or []))
+    if getattr(tok, "eos_token_id", None) is not None:
+        eos = sorted(set(eos) | {tok.eos_token_id})
+    with Progress(console=err, transient=True) as prog:
+        bar = prog.add_task("RULER cases", total=len(lens) * len(task_list) * samples)
+        res = ruler_suite(compact, tok, task_list, lens, patterns_for, samples=samples, batch=batch, seed=seed,
+                          eos_ids=eos, progress=lambda k: prog.advance(bar, k))
+    ppl = perplexity_curve(compact, tok, ppl_lens, patterns_for, seed=seed) if ppl_lens else []
+    from ..bench.ruler import shared_ngrams, suite_text_sample
+    from ..search.calibration import haystack_paragraphs
+
+    # the suite's text sources share no 8-word run with the search's built-in calibration prose
+    disjoint = not shared_ngrams(suite_text_sample(), "\n".join(haystack_paragraphs()))
+    result = {"bench": "quality", "suite": "ruler", "model": name, "dtype": str(compact.dtype),
+              "lengths": lens, "tasks": task_list, "samples": samples, "seed": seed, "forced_sparse": True,
+              "disjoint_from_calibration": disjoint, **res, "perplexity": ppl}
+    rows = res["rows"]
+    t = Table(title=f"RULER-style suite: {name}, dense vs forced sparse prefill (score 0-100, {samples} cases each)")
+    t.add_column("task")
+    for n in lens:
+        t.add_column(f"{n} dense", justify="right")
+        t.add_column(f"{n} sparse", justify="right")
+    for task in task_list + ["average"]:
+        cells = []
+        for n in lens:
+            r = next((r for r in (res["averages"] if task == "average" else rows)
+                      if r["length"] == n and r.get("task", "average") == task), None)
+            cells += [f"{r['dense']:.1f}", f"{r['sparse']:.1f}"]
+        t.add_row(task, *cells)
+    out.print(t)
+    for n in lens:
+        at = [r for r in rows if r["length"] == n and r["density"] is not None]
+        if at:
+            out.print(f"{n} tokens: density {sum(r['density'] for r in at) / len(at):.3f}, "
+                      f"heads run sparse {sum(r['sparse_head_share'] for r in at) / len(at):.2f}")
+    for r in ppl:
+        out.print(f"perplexity at {r['length']} tokens: dense {r['dense']:.3f}, sparse {r['sparse']:.3f} "
+                  f"({100 * (r['ratio'] - 1):+.2f} %)")
+    _save(json_path, result)
+    if plot is not None:
+        from ..bench.plots import heatmap, line_plot
+
+        for mode in ("dense", "sparse"):
+            grid = [[next(r[mode] for r in rows if r["task"] == task and r["length"] == n) / 100 for n in lens]
+                    for task in task_list]
+            heatmap(plot / f"ruler-{mode}.png", grid, xlabels=[str(n) for n in lens], ylabels=task_list,
+                    xlabel="prompt tokens", ylabel="task", title=f"RULER score / 100, {mode} prefill: {name}")
+        line_plot(plot / "ruler-average.png", lens, {m: [a[m] for a in res["averages"]] for m in ("dense", "sparse")},
+                  xlabel="prompt tokens", ylabel="mean RULER score (0-100)", title=f"RULER-style suite: {name}")
 
 
 @app.command("decode")

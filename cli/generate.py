@@ -22,7 +22,7 @@ _MAX_TREE_FILE = 256 * 1024
 
 def generate(
     prompt_file: str = typer.Option(..., "--prompt-file", "-p", help=".txt (one prompt), .jsonl (one per line: {id, prompt|messages}), or - for stdin."),
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="smollm2-135m, a HF model folder, a .gguf file, or a cached hub id."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="smollm2-135m, qwen2.5-coder-0.5b (32K), a HF model folder, a .gguf file, or a cached hub id."),
     pack: Optional[str] = typer.Option(None, "--pack", help="Acceleration pack (.safetensors). Default model: the shipped pack."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", min=1),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (Medusa gives plain greedy's tokens)."),

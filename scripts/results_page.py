@@ -380,6 +380,52 @@ Perplexity of the last half of a {d['perplexity']['length']}-token held-out text
             + "\n![needle dense](img/needle-dense.png) ![needle sparse](img/needle-sparse.png) ![accepted](img/medusa-accepted.png)\n")
 
 
+def ruler_section():
+    """Per model: the RULER-style suite's per-task table from every results/ruler-*.json of that model
+    (runs split by length are merged), the sparse work kept, and natural-text perplexity."""
+    runs: dict[str, list] = {}
+    for f in sorted(R.glob("ruler-*.json")):
+        d = json.loads(f.read_text())
+        runs.setdefault(d["model"], []).append((f.name, d))
+    if not runs:
+        return ""
+    parts = ["## Long-context fidelity: RULER-style suite, dense vs forced sparse prefill\n\n"
+             "RULER's synthetic tasks generated offline with seeds (`bench/ruler.py`); score 0-100 (RULER's "
+             "string_match_all); sparse prefill forced at every length with no dense fallback; the same cases "
+             "dense and sparse in one run.\n"]
+    for model, files in runs.items():
+        rows = [r for _, d in files for r in d["rows"]]
+        avgs = {a["length"]: a for _, d in files for a in d["averages"]}
+        lens = sorted({r["length"] for r in rows})
+        tasks = list(dict.fromkeys(r["task"] for r in rows))
+        cell = {(r["task"], r["length"]): r for r in rows}
+        head = "| task | " + " | ".join(f"{n} dense | {n} sparse" for n in lens) + " |"
+        lines = [head, "|---|" + "---|---|" * len(lens)]
+        for t in tasks:
+            lines.append(f"| {t} | " + " | ".join(
+                f"{cell[t, n]['dense']:.1f} | {cell[t, n]['sparse']:.1f}" if (t, n) in cell else "— | —" for n in lens) + " |")
+        lines.append("| **average** | " + " | ".join(f"**{avgs[n]['dense']:.1f}** | **{avgs[n]['sparse']:.1f}**" for n in lens) + " |")
+        work = []
+        for n in lens:
+            at = [r for r in rows if r["length"] == n and r.get("density") is not None]
+            if at:
+                work.append(dict(length=n, density=sum(r["density"] for r in at) / len(at),
+                                 heads=sum(r["sparse_head_share"] for r in at) / len(at),
+                                 same=sum(r["identical_answers"] for r in at) / len(at)))
+        ppl = sorted((p for _, d in files for p in d.get("perplexity", [])), key=lambda p: p["length"])
+        samples = sorted({d["samples"] for _, d in files})
+        out = f"### {model} ({', '.join(map(str, samples))} cases per task and length)\n\n" + "\n".join(lines) + "\n\n"
+        out += table(work, [("prompt tokens", "length"), ("density (kept work)", "density"),
+                            ("share of heads run sparse", "heads"), ("identical answers", "same")]) + "\n\n"
+        if ppl:
+            out += "Perplexity of natural long text (the Python documentation; last half scored):\n\n"
+            out += table(ppl, [("tokens", "length"), ("dense", "dense"), ("sparse", "sparse"),
+                               ("sparse / dense", lambda p: f"{p['ratio']:.4f}")]) + "\n\n"
+        out += "\n\n".join(env_line(name, d.get("env")) for name, d in files) + "\n"
+        parts.append(out)
+    return "\n".join(parts)
+
+
 def main():
     IMG.mkdir(parents=True, exist_ok=True)
     head = """# Results
@@ -391,7 +437,7 @@ model — its timings are real, its acceptance/quality figures are meaningless a
 were on one NVIDIA H200 (the device tool's machine); none on an H100.
 """
     body = [head, kernels_section(), prefill_section(), exact_section(), decode_section(), acceptance_section(), training_section(), multigpu_section(), cpu_tree_section(),
-            search_section(), quality_section()]
+            search_section(), quality_section(), ruler_section()]
     (ROOT / "docs" / "results.md").write_text("\n".join(b for b in body if b))
     print("wrote docs/results.md")
 
