@@ -223,7 +223,7 @@ def test_draft_cache_rolls_back_to_the_accepted_path(model):
 
 @pytest.mark.model
 def test_greedy_eagle_equals_plain_on_smollm2(smollm2):
-    m = smollm2.compact if hasattr(smollm2, "compact") else CompactLM.from_hf(smollm2.model)
+    m = CompactLM.from_hf(smollm2.model)
     d = EagleDraft(EagleConfig.for_base(m.config), m.tok_embeddings, m.output.weight).init_weights(0, 0.02).eval()
     prompt = smollm2.tokenizer.encode("The capital of France is")
     ref = generate_plain(m, [prompt], 16)[0].tokens
