@@ -39,7 +39,7 @@ def make_draft(model, seed=1, std=0.3, cls=EagleDraft):
 
 def test_config_round_trip_and_bounds(model):
     c = EagleConfig.for_base(model.config)
-    assert c.feature_layers == (2, 2, 1) and default_feature_layers(32) == (2, 16, 29)
+    assert c.feature_layers == (2, 2, 1) and default_feature_layers(32) == (2, 16, 29) and default_feature_layers(2) == (1, 1, 1)
     assert EagleConfig.from_dict(c.to_dict()) == EagleConfig(**{**c.to_dict(), "aux_layers": (2, 2, 1)})
     bad = [({"hidden_size": 0}, "hidden_size"), ({"aux_layers": [0, 1, 4]}, "outside"),
            ({"aux_layers": [0, 1]}, "3 base layers"), ({"num_key_value_heads": 3}, "multiple"),

@@ -37,9 +37,10 @@ class EagleConfigError(AccelError):
 
 
 def default_feature_layers(num_layers: int) -> tuple[int, int, int]:
-    """EAGLE-3's low / mid / high capture points (2, L//2, L-3), clamped for shallow models."""
-    top = num_layers - 1
-    return tuple(min(max(i, 0), top) for i in (2, num_layers // 2, num_layers - 3))  # type: ignore[return-value]
+    """EAGLE-3's low / mid / high capture points (2, L//2, L-3), clamped to 1..L-1 for shallow models
+    (layer 0's input is the bare embedding, which the draft already reads)."""
+    top, lo = num_layers - 1, min(1, num_layers - 1)
+    return tuple(min(max(i, lo), top) for i in (2, num_layers // 2, num_layers - 3))  # type: ignore[return-value]
 
 
 _LIMITS = {  # key: (type, min, max) -- bounds for configs read from files

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PackError
-from .eagle import EagleConfig, EagleConfigError, EagleDraft, default_feature_layers
+from .eagle import EagleConfig, EagleConfigError, EagleDraft
 
 __all__ = ["save_eagle", "load_eagle", "export_eagle3", "eagle3_tensor_names"]
 
@@ -127,7 +127,8 @@ def export_eagle3(draft: EagleDraft, out_dir, lm_head_weight: torch.Tensor | Non
     if lm is None or tuple(lm.shape) != (c.vocab_size, c.hidden_size):
         raise PackError(f"export needs the base lm_head of shape {(c.vocab_size, c.hidden_size)}; attach the base model")
     layers = list(c.feature_layers)
-    default = list(default_feature_layers(c.target_num_layers))
+    L = c.target_num_layers
+    default = [2, L // 2, L - 3]  # both engines' own default, unclamped
     if layers != default and min(layers) < 1:
         raise PackError(f"feature layer 0 (the embedding) cannot be expressed in SGLang's EAGLE-3 config; "
                         f"retrain with layers >= 1 (default {default})")
