@@ -229,3 +229,46 @@ def test_greedy_eagle_equals_plain_on_smollm2(smollm2):
     ref = generate_plain(m, [prompt], 16)[0].tokens
     res = generate_eagle(m, d, prompt, 16, top_k=4, depth=4, num_nodes=16)
     assert res.tokens == ref
+
+
+def test_speculative_acceptance_on_a_dynamic_tree_preserves_distribution():
+    """Exact check of the dynamic tree's rejection sampler with fixed node distributions (5-token vocab)."""
+    from accel.runtime.drafters.eagle_decode import accept_speculative
+    Vs, n = 5, 6000
+    g = torch.Generator().manual_seed(0)
+    # root; three depth-1 drafts; two children of node 1, one of node 2, one grandchild: parents first
+    toks = torch.tensor([0, 1, 2, 3, 2, 4, 0, 1])
+    parents = torch.tensor([-1, 0, 0, 0, 1, 1, 2, 4])
+    depth = torch.tensor([0, 1, 1, 1, 2, 2, 2, 3])
+    tree = select_tree(toks, -depth.double() - torch.arange(8) * 1e-3, parents, depth, 7)
+    assert tree.parents.tolist() == parents.tolist()
+    logits = torch.randn(8, Vs, generator=g) * 1.5
+    probs = torch.softmax(logits, -1)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(1)
+    first, second = np.zeros(Vs), {}
+    for _ in range(n):
+        path, nxt = accept_speculative(tree, logits, 1.0, 1.0, gen, rng)
+        path = path.tolist()
+        out = tree.tokens[path[1:]].tolist() + [int(nxt)]
+        first[out[0]] += 1
+        if len(path) > 1:  # a draft was accepted: the token after it comes from that node's distribution
+            second.setdefault(path[1], np.zeros(Vs))[out[1]] += 1
+    assert np.abs(first / n - probs[0].numpy()).max() < 0.025
+    checked = 0
+    for node, counts in second.items():
+        if counts.sum() > 800:
+            assert np.abs(counts / counts.sum() - probs[node].numpy()).max() < 0.05
+            checked += 1
+    assert checked >= 1
+
+
+def test_sampling_runs_is_seeded_and_greedy_at_zero_temperature(model):
+    d = make_draft(model)
+    prompt = [1, 5, 7, 9, 11]
+    a = generate_eagle(model, d, prompt, 30, top_k=4, depth=3, num_nodes=12, temperature=0.8, top_p=0.9, seed=3)
+    b = generate_eagle(model, d, prompt, 30, top_k=4, depth=3, num_nodes=12, temperature=0.8, top_p=0.9, seed=3)
+    assert a.tokens == b.tokens and len(a.tokens) == 30
+    ref = generate_plain(model, [prompt], 30)[0].tokens
+    assert generate_eagle(model, d, prompt, 30, top_k=4, depth=3, num_nodes=12, temperature=0.0).tokens == ref
+    with pytest.raises(ValueError, match="top_p"):
+        generate_eagle(model, d, prompt, 5, temperature=1.0, top_p=0.0)

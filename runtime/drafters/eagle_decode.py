@@ -1,4 +1,4 @@
-"""Greedy EAGLE decoding on the compact model's exact tree-verify path (batch 1, eager).
+"""EAGLE decoding on the compact model's exact tree-verify path (batch 1, eager).
 
 One step, with P tokens committed (base KV and draft KV hold positions 0..P-1) and the root r = the base
 model's next token (position P):
@@ -15,8 +15,13 @@ model's next token (position P):
    then the new root), overwriting its dead tree slots: its cache is rolled back to the accepted path
    by construction, and its last query gives the next depth-1 log-probs.
 
-The drafter never decides the output, only how many tokens a step emits, so any drafter (random, wrong,
-untrained) gives plain greedy's tokens. Eager for now; every tensor has a static shape per (k, depth, N),
+Acceptance: "greedy" (temperature 0) -- the output is plain greedy's, token for token; "speculative" --
+distribution-exact: the draft tree's tokens are deterministic given the context (top-k of the draft), so at
+each node the children are tried in draft-rank order, child c accepted with probability p(c) / (mass not yet
+rejected); when none is, the next token is drawn from p with the rejected tokens removed (SpecInfer's
+multi-draft rejection for point-mass drafts, as runtime/medusa.py does). The output is distributed exactly
+as plain sampling with the same temperature / top_p. The drafter never decides the output, only how many
+tokens a step emits, so any drafter (random, wrong, untrained) is lossless. Eager for now; every tensor has a static shape per (k, depth, N),
 so the step can be captured in a CUDA graph once the engine's static state exists.
 """
 
@@ -26,12 +31,15 @@ import time
 
 import torch
 
+import numpy as np
+
 from ..decode import GenerationResult, _sync, exact_kernels, resolve_mode
+from ..sampling import check_sampling_args, logits_to_probs, make_generator, sample_from_probs
 from .dynamic_tree import DynamicTree, grow_tree
 from .eagle import DraftCache, EagleDraft
 from .features import forward_exact_features, forward_features
 
-__all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree"]
+__all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree", "accept_greedy", "accept_speculative"]
 
 
 def verify_tree(model, layers, tree: DynamicTree, prefix: int):
@@ -65,6 +73,40 @@ def accept_greedy(tree: DynamicTree, logits: torch.Tensor):
     a = int(acc_len[best])
     nodes = tree.retrieve[best, : a + 1]
     return nodes, pred[nodes[-1]]
+
+
+def accept_speculative(tree: DynamicTree, logits: torch.Tensor, temperature: float, top_p: float,
+                       gen: torch.Generator, rng: np.random.Generator):
+    """Distribution-exact tree acceptance (see the module docstring). One host sync.
+    -> (accepted node ids root..last (a+1,), next token ())."""
+    probs = logits_to_probs(logits, temperature, top_p)  # (N+1, V)
+    parents = tree.parents.tolist()
+    tokens = tree.tokens.tolist()
+    kids: list[list[int]] = [[] for _ in parents]
+    for i in range(1, len(parents)):  # node order keeps each parent's children in draft-rank order
+        kids[parents[i]].append(i)
+    kid_p = probs[:, tree.tokens].cpu().numpy()  # (N+1, N+1): [i, j] = p(node j's token | node i); the host sync
+    node, path = 0, [0]
+    while True:
+        left, rejected, nxt = 1.0, [], None
+        for c in kids[node]:
+            p = float(kid_p[node, c])
+            if left > 1e-12 and rng.random() * left < p:
+                nxt = c
+                break
+            left -= p
+            rejected.append(tokens[c])
+        if nxt is None:
+            break
+        path.append(nxt)
+        node = nxt
+    p = probs[node]
+    if rejected:
+        q = p.clone()
+        q[torch.tensor(rejected, device=p.device)] = 0.0
+        if float(q.sum()) > 0:  # all mass on rejected drafts only through round-off: keep p
+            p = q / q.sum()
+    return torch.tensor(path, device=logits.device), sample_from_probs(p, gen)
 
 
 def _draft_catch_up(drafter: EagleDraft, cache: DraftCache, feats, tokens):
@@ -105,7 +147,7 @@ def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h,
     return grow_tree(root, root_logp, step, k, depth, num_nodes)
 
 
-def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache):
+def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache, sampling=None):
     """Base prefill + draft prefill. -> (root token (), draft log-probs after it (V,), draft h (H,))."""
     dev = model.device
     layers = drafter.config.feature_layers
@@ -117,18 +159,21 @@ def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache):
         logits, _, feats = forward_exact_features(model, layers, ids, pos, pos, zero, zero + L, pos + 1)
     else:
         logits, _, feats = forward_features(model, layers, ids, pos)
-    root = logits[0, -1].argmax(-1)
+    root = logits[0, -1].argmax(-1) if sampling is None else \
+        sample_from_probs(logits_to_probs(logits[0, -1], sampling[0], sampling[1]), sampling[2])
     cache.rollback(0)
     logp, h = _draft_catch_up(drafter, cache, feats[0], torch.cat([ids[0, 1:], root.reshape(1)]))
     return root, logp, h
 
 
 def eagle_step(model, drafter: EagleDraft, cache: DraftCache, prefix: int, root, root_logp, root_h,
-               top_k: int, depth: int, num_nodes: int):
-    """One draft + verify + accept + catch-up step. -> (emitted tokens (a+1,), next root, its log-probs, h)."""
+               top_k: int, depth: int, num_nodes: int, sampling=None):
+    """One draft + verify + accept + catch-up step. -> (emitted tokens (a+1,), next root, its log-probs, h).
+
+    ``sampling``: None (greedy) or (temperature, top_p, torch generator, numpy generator)."""
     tree = _draft_tree(drafter, cache, root, root_logp, root_h, top_k, depth, num_nodes)
     logits, feats = verify_tree(model, drafter.config.feature_layers, tree, prefix)
-    nodes, nxt = accept_greedy(tree, logits)
+    nodes, nxt = accept_greedy(tree, logits) if sampling is None else accept_speculative(tree, logits, *sampling)
     a1 = nodes.shape[0]
     ar = torch.arange(a1, device=nodes.device)
     model.copy_kv(prefix + nodes, prefix + ar)  # accepted path's KV to the contiguous prefix
@@ -139,10 +184,13 @@ def eagle_step(model, drafter: EagleDraft, cache: DraftCache, prefix: int, root,
 
 @torch.no_grad()
 def generate_eagle(model, drafter: EagleDraft, prompt_ids: list[int], max_new_tokens: int, top_k: int = 8,
-                   depth: int = 5, num_nodes: int = 48, eos_ids=(), compile=None) -> GenerationResult:
-    """Greedy speculative decoding with an EAGLE draft and a dynamic tree; tokens == plain greedy.
+                   depth: int = 5, num_nodes: int = 48, eos_ids=(), compile=None, temperature: float = 0.0,
+                   top_p: float = 1.0, seed: int = 0) -> GenerationResult:
+    """Speculative decoding with an EAGLE draft and a dynamic tree. temperature 0: tokens == plain greedy;
+    else distribution-exact sampling (same distribution as plain sampling at that temperature / top_p).
 
     ``accept_lengths``: tokens emitted per verify step (1 = no draft token accepted)."""
+    check_sampling_args(temperature, top_p)
     if not prompt_ids or max_new_tokens < 1:
         raise ValueError("need a non-empty prompt and max_new_tokens >= 1")
     if drafter.config.hidden_size != model.config.hidden_size or drafter.config.vocab_size != model.vocab_size:
@@ -157,14 +205,17 @@ def generate_eagle(model, drafter: EagleDraft, prompt_ids: list[int], max_new_to
         model.setup_cache(1, L + max_new_tokens + num_nodes + depth + 2)
         cache = drafter.new_cache(1, L + max_new_tokens + depth + 1 + depth * k)
         eos = set(int(e) for e in eos_ids)
+        sampling = None if temperature == 0 else (temperature, top_p, make_generator(device, seed),
+                                                  np.random.default_rng(seed))
         _sync(device)
         t0 = time.perf_counter()
-        root, logp, h = eagle_prefill(model, drafter, prompt_ids, cache)
+        root, logp, h = eagle_prefill(model, drafter, prompt_ids, cache, sampling)
         _sync(device)
         t1 = time.perf_counter()
         out, accept, prefix = [], [], L
         while len(out) < max_new_tokens and not (eos & set(out)):
-            emitted, root, logp, h = eagle_step(model, drafter, cache, prefix, root, logp, h, k, depth, num_nodes)
+            emitted, root, logp, h = eagle_step(model, drafter, cache, prefix, root, logp, h, k, depth, num_nodes,
+                                                sampling)
             toks = emitted.tolist()
             out += toks
             accept.append(len(toks))
