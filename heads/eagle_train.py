@@ -160,7 +160,9 @@ class _TTTLoss(nn.Module):
         losses, correct, counts = [], [], []
         for j, h in enumerate(unroll(self.draft, feats, ids, self.steps)):
             valid = _shift(tmask, j + 2)  # target token t+j+2 is a training target
-            tgt = _shift(base_logits, j + 1)[valid]  # base distribution at t+j+1 (predicting t+j+2)
+            T = valid.shape[1]
+            # base distribution at t+j+1 (predicting t+j+2); sliced, not shifted: no (B, T, V) copy
+            tgt = base_logits[:, j + 1:][valid[:, : T - j - 1]]
             n = int(valid.sum())
             if n == 0:
                 losses.append(total.detach() * 0)
