@@ -21,17 +21,18 @@ each node the children are tried in draft-rank order, child c accepted with prob
 rejected); when none is, the next token is drawn from p with the rejected tokens removed (SpecInfer's
 multi-draft rejection for point-mass drafts, as runtime/medusa.py does). The output is distributed exactly
 as plain sampling with the same temperature / top_p. The drafter never decides the output, only how many
-tokens a step emits, so any drafter (random, wrong, untrained) is lossless. Eager for now; every tensor has a static shape per (k, depth, N),
-so the step can be captured in a CUDA graph once the engine's static state exists.
+tokens a step emits, so any drafter (random, wrong, untrained) is lossless.
+
+Eager for now, with a few host reads per step (acceptance length, loop control); every tensor has a static
+shape per (k, depth, N), so the step can be captured in a CUDA graph once the engine's static state exists.
 """
 
 from __future__ import annotations
 
 import time
 
-import torch
-
 import numpy as np
+import torch
 
 from ..decode import GenerationResult, _sync, exact_kernels, resolve_mode
 from ..sampling import check_sampling_args, logits_to_probs, make_generator, sample_from_probs
