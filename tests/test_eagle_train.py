@@ -142,3 +142,15 @@ def test_bad_settings(model):
                        ({"aux_layers": (0, 1, 9)}, "outside"), ({"resume": True}, "checkpoint_dir")]:
         with pytest.raises(HeadsConfigError, match=needle):
             train_eagle(model, None, toy_sequences(8), small_cfg(**kw), progress=False)
+
+
+def test_bf16_paths_run_on_cpu(model):
+    # the CUDA recipe (bf16 autocast) and a bf16 base model without autocast both work device-agnostically
+    res = train_eagle(model, None, toy_sequences(16), small_cfg(steps=2, precision="bf16"), progress=False)
+    assert all(v == v for v in res.loss_history)  # no NaN
+    import copy
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    res = train_eagle(m16, None, toy_sequences(16), small_cfg(steps=2), progress=False)
+    assert res.draft.fc.weight.dtype == torch.float32  # fp32 master weights
+    assert all(v == v for v in res.loss_history)
+    assert res.draft.lm_head_weight.data_ptr() == m16.lm_head.weight.data_ptr()  # shared, not copied

@@ -247,7 +247,7 @@ class EagleDraft(nn.Module):
         """The decoder layer up to attention: -> q (B, Hq, T, D), k, v (B, Hkv, T, D) with RoPE applied."""
         c, m = self.config, self.midlayer
         B, T, _ = h.shape
-        emb = F.embedding(token_ids, self.embed_weight).to(self.dtype)  # (B, T, H)
+        emb = F.embedding(token_ids, self.embed_weight).to(h.dtype)  # (B, T, H)
         x = torch.cat([m.input_layernorm(emb), m.hidden_norm(h)], dim=-1)  # (B, T, 2H)
         a = m.self_attn
         q = a.q_proj(x).view(B, T, c.num_attention_heads, c.head_dim)
@@ -266,7 +266,8 @@ class EagleDraft(nn.Module):
 
     def logits(self, h_out: torch.Tensor) -> torch.Tensor:
         """Pre-norm layer output (…, H) -> logits (…, V) through the base's lm_head."""
-        return F.linear(self.norm(h_out), self.lm_head_weight.to(self.dtype))
+        x = self.norm(h_out)
+        return F.linear(x, _as(self.lm_head_weight, x))
 
     def forward(self, hidden, token_ids, positions, cache: DraftCache, write_slots, mask):
         if self.embed_weight is None:
@@ -294,6 +295,13 @@ class EagleDraft(nn.Module):
         self.fc.weight.data.copy_(torch.cat([eye, eye, eye], dim=1) + torch.randn(H, 3 * H, generator=g) * std / 4)
         self.midlayer.self_attn.o_proj.weight.data.mul_(1 / math.sqrt(2))
         return self
+
+
+def _as(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The shared base weight in x's dtype; under autocast leave it as is (autocast casts once, no fp32 copy)."""
+    if w.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+        return w
+    return w.to(x.dtype)
 
 
 def _rotate_half(x):
