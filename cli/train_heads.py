@@ -1,4 +1,8 @@
-"""``accel train-heads``: self-distil data, train Medusa heads on the frozen model, write them into a pack."""
+"""``accel train-heads``: self-distil data, train a drafter on the frozen model.
+
+``--drafter medusa`` (default): Medusa heads, written into the pack. ``--drafter eagle``: an EAGLE-3 draft
+layer (training-time test), written as its own drafter file (``--output``) until the engine's drafter
+protocol stores drafters inside the pack; ``--export-eagle3 DIR`` also writes it in the SGLang / vLLM layout."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ def train_heads(
     steps: int = typer.Option(1000, "--steps", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     seq_len: int = typer.Option(512, "--seq-len", min=8),
-    lr: float = typer.Option(1e-3, "--lr"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default: 1e-3 (medusa), 3e-4 (eagle)."),
     warmup: int = typer.Option(50, "--warmup", min=0),
     grad_accum: int = typer.Option(1, "--grad-accum", min=1),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts to self-distil (default: the built-in set)."),
@@ -39,13 +43,27 @@ def train_heads(
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a model folder's own Python code (off unless asked for)."),
+    drafter: str = typer.Option("medusa", "--drafter", help="medusa (heads in the pack) | eagle (EAGLE-3 draft layer)."),
+    ttt_steps: int = typer.Option(5, "--ttt-steps", min=1, max=16, help="eagle: draft steps unrolled in training (training-time test)."),
+    eagle_loss: str = typer.Option("kl", "--eagle-loss", help="eagle: kl (base distribution) | ce (base argmax)."),
+    export_eagle3: Optional[Path] = typer.Option(None, "--export-eagle3", help="eagle: also write the draft in the EAGLE-3 layout SGLang / vLLM load (a folder)."),
 ):
-    """Train Medusa heads on the frozen base model and add them to a pack."""
+    """Train a drafter (Medusa heads or an EAGLE-3 draft layer) on the frozen base model."""
     with user_errors():
-        from ..heads.data import load_builtin_prompts, load_data_file, load_prompt_file, self_distill, to_examples
+        from ..runtime.errors import AccelError
+
+        if drafter not in ("medusa", "eagle"):
+            raise AccelError(f"--drafter must be 'medusa' or 'eagle', got {drafter!r}")
+        if drafter == "eagle":
+            return _train_eagle(output, model, pack, steps, batch_size, seq_len, 3e-4 if lr is None else lr, warmup, grad_accum, prompts,
+                                data, distill_tokens, distill_batch_size, distill_samples, distill_temperature,
+                                checkpoint_dir, checkpoint_every, resume, seed, force, device, dtype, ttt_steps,
+                                eagle_loss, export_eagle3, trust_remote_code)
+        if export_eagle3 is not None:
+            raise AccelError("--export-eagle3 needs --drafter eagle")
+        lr = 1e-3 if lr is None else lr
         from ..heads.train import TrainConfig
         from ..heads.train import train_heads as run_training
-        from ..runtime.errors import AccelError
         from ..runtime.files import check_output
         from ..runtime.models import load_model
         from ..runtime.pack import Pack, load_pack, save_pack, validate_for_model
@@ -68,20 +86,8 @@ def train_heads(
         lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         if base is not None:
             validate_for_model(base, lm.model, lm.fingerprint, force=force, where=f"pack {base_path}")
-        if data is not None:
-            examples = to_examples(lm.tokenizer, load_data_file(data))
-            data_info = {"source": "data", "file": str(data)}
-        else:
-            plist = load_prompt_file(prompts) if prompts is not None else load_builtin_prompts()
-            err.print(f"self-distilling {len(plist)} prompts ({distill_tokens} new tokens each; cached)")
-            examples = []
-            for i in range(1 + distill_samples):  # the greedy answers, then sampled ones (each cached)
-                examples += self_distill(lm.model, lm.tokenizer, plist, max_new_tokens=distill_tokens,
-                                         batch_size=distill_batch_size, fingerprint=lm.fingerprint, seed=seed + i,
-                                         temperature=0.0 if i == 0 else distill_temperature, progress=True)
-            data_info = {"source": "self-distillation", "prompts": str(prompts) if prompts else "built-in",
-                         "num_prompts": len(plist), "new_tokens": distill_tokens, "sampled_answers": distill_samples,
-                         "sample_temperature": distill_temperature, "examples": len(examples)}
+        examples, data_info = _examples(lm, prompts, data, distill_tokens, distill_batch_size, distill_samples,
+                                        distill_temperature, seed)
         result = run_training(lm.model, lm.tokenizer, examples, cfg, fingerprint=lm.fingerprint, progress=True)
         medusa = {**result.heads.config.to_dict(), "rank_acceptance": result.rank_acceptance}
         medusa["tree"] = _tree_from(result.rank_acceptance, tree_nodes)
@@ -127,3 +133,84 @@ def _version() -> str:
         return version("accel")
     except Exception:
         return "unknown"
+
+
+def _examples(lm, prompts, data, distill_tokens, distill_batch_size, distill_samples, distill_temperature, seed):
+    """Training examples and a JSON description of where they came from (self-distilled unless --data)."""
+    from ..heads.data import load_builtin_prompts, load_data_file, load_prompt_file, self_distill, to_examples
+
+    if data is not None:
+        return to_examples(lm.tokenizer, load_data_file(data)), {"source": "data", "file": str(data)}
+    plist = load_prompt_file(prompts) if prompts is not None else load_builtin_prompts()
+    err.print(f"self-distilling {len(plist)} prompts ({distill_tokens} new tokens each; cached)")
+    examples = []
+    for i in range(1 + distill_samples):  # the greedy answers, then sampled ones (each cached)
+        examples += self_distill(lm.model, lm.tokenizer, plist, max_new_tokens=distill_tokens,
+                                 batch_size=distill_batch_size, fingerprint=lm.fingerprint, seed=seed + i,
+                                 temperature=0.0 if i == 0 else distill_temperature, progress=True)
+    return examples, {"source": "self-distillation", "prompts": str(prompts) if prompts else "built-in",
+                      "num_prompts": len(plist), "new_tokens": distill_tokens, "sampled_answers": distill_samples,
+                      "sample_temperature": distill_temperature, "examples": len(examples)}
+
+
+def _train_eagle(output, model, pack, steps, batch_size, seq_len, lr, warmup, grad_accum, prompts, data,
+                 distill_tokens, distill_batch_size, distill_samples, distill_temperature, checkpoint_dir,
+                 checkpoint_every, resume, seed, force, device, dtype, ttt_steps, eagle_loss, export_dir,
+                 trust_remote_code=False):
+    from ..heads.eagle_train import EagleTrainConfig, train_eagle
+    from ..runtime.drafters.eagle_io import export_eagle3, save_eagle
+    from ..runtime.errors import AccelError
+    from ..runtime.models import load_model
+    from ..runtime.pack import load_pack, validate_for_model
+
+    if prompts is not None and data is not None:
+        raise AccelError("pass either --prompts (self-distillation) or --data (given text), not both")
+    for f in (prompts, data):
+        if f is not None and not f.is_file():
+            raise AccelError(f"file not found: {f}")
+    if output.is_dir():
+        raise AccelError(f"--output {output} is a folder; give a file name like eagle.safetensors")
+    if output.exists() and _is_pack_with_content(output):
+        raise AccelError(f"--output {output} is an acceleration pack; the EAGLE draft is written to its own file "
+                         "(e.g. eagle.safetensors) until packs store drafters")
+    from ..runtime.files import check_output
+
+    check_output(output, inputs=[prompts, data, pack], what="--output", create_parents=True)
+    base = load_pack(pack) if pack is not None else None  # only to check the model matches
+    cfg = EagleTrainConfig(ttt_steps=ttt_steps, loss=eagle_loss, steps=steps, batch_size=batch_size, seq_len=seq_len,
+                           lr=lr, warmup=warmup, grad_accum=grad_accum,
+                           checkpoint_dir=str(checkpoint_dir or output.with_name(output.name + ".ckpt")),
+                           checkpoint_every=checkpoint_every, resume=resume, seed=seed)
+    cfg.validate()
+    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if base is not None:
+        validate_for_model(base, lm.model, lm.fingerprint, force=force, where=f"pack {pack}")
+    examples, data_info = _examples(lm, prompts, data, distill_tokens, distill_batch_size, distill_samples,
+                                    distill_temperature, seed)
+    result = train_eagle(lm.model, lm.tokenizer, examples, cfg, fingerprint=lm.fingerprint, progress=True)
+    provenance = {"accel_version": _version(),
+                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "commands": {"train_heads": command_line()},
+                  "train_heads": {"drafter": "eagle", "data": data_info, "metrics": result.metrics,
+                                  "config": {k: v for k, v in vars(cfg).items() if k != "checkpoint_dir"}}}
+    if _is_main_process():
+        save_eagle(output, result.draft, fingerprint=lm.fingerprint, base_model=lm.name, provenance=provenance)
+        m = result.metrics
+        err.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): EAGLE draft, held-out per-step acceptance "
+                  f"{m['eval_accept']}")
+        if export_dir is not None:
+            export_eagle3(result.draft, export_dir, base_config=lm.model.config)
+            err.print(f"wrote {export_dir}/ (EAGLE-3 layout for SGLang / vLLM)")
+    _finish_distributed()
+
+
+def _is_pack_with_content(path) -> bool:
+    """True for an existing acceleration pack (patterns or heads): never overwrite one with a draft."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return False
+    return "accel.drafter.kind" not in meta and ("accel.patterns" in meta or "accel.medusa" in meta)

@@ -1,0 +1,122 @@
+"""EAGLE-2 dynamic draft tree: grow by confidence, keep the best N nodes, verify in one forward.
+
+Design points:
+- Growth (``grow_tree``): depth 1 takes the draft's top-k tokens after the root; at every further depth
+  the k *frontier* nodes (the most confident of the previous depth by cumulative log-prob) are drafted
+  as one batch of k queries, each proposing its top-k children; the best k of those k*k become the next
+  frontier. Every proposed node is a candidate: 1 + k + (depth-1)*k*k of them, a fixed count, so all
+  shapes are static.
+- Selection (``select_tree``): the best ``num_nodes`` candidates by cumulative log-prob. A child's score
+  is parent + log p <= parent (IEEE addition is monotonic), and ties go to the shallower node (stable sort
+  over depth-major order), so the kept set is always prefix-closed: every kept node's parent is kept.
+- Output (``DynamicTree``): the fields runtime/tree.py's ``TreeBuffers`` gives the exact verify path
+  (``mask``, ``depth`` = position offset, ``ancestors``, ``retrieve``/``retrieve_valid``), plus the tree's
+  ``tokens`` and ``parents``. Nodes are in depth-major order (parents first), node 0 = the root.
+  ``retrieve`` has one row per node (its root path), a static (N+1, D+1) shape instead of one row per
+  leaf; the longest accepted path is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["DynamicTree", "select_tree", "grow_tree", "num_candidates"]
+
+
+@dataclass
+class DynamicTree:
+    tokens: torch.Tensor          # (N+1,) node tokens, node 0 = root
+    parents: torch.Tensor         # (N+1,) parent node, -1 for the root
+    depth: torch.Tensor           # (N+1,) depth = RoPE position offset from the root
+    mask: torch.Tensor            # (N+1, N+1) bool, node i attends to j iff j is i's ancestor or itself
+    ancestors: torch.Tensor       # (N+1, D+1) node ids root..node, padded with 0
+    retrieve: torch.Tensor        # (N+1, D+1) = ancestors: the path to each node
+    retrieve_valid: torch.Tensor  # (N+1, D+1) bool, real entries of retrieve
+    scores: torch.Tensor          # (N+1,) cumulative draft log-prob (root 0)
+    cand_index: torch.Tensor      # (N+1,) which candidate each node is (0 = root)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def num_heads(self) -> int:  # TreeBuffers' name for the maximal depth (static: the grown depth)
+        return self.ancestors.shape[1] - 1
+
+
+def num_candidates(top_k: int, depth: int) -> int:
+    return 1 + top_k + (depth - 1) * top_k * top_k
+
+
+def select_tree(cand_tokens: torch.Tensor, cand_scores: torch.Tensor, cand_parents: torch.Tensor,
+                cand_depth: torch.Tensor, num_nodes: int) -> DynamicTree:
+    """Candidates in depth-major order (0 = root, parents before children; ``cand_parents`` index the
+    candidate list, -1 for the root) -> the best ``num_nodes`` non-root candidates as a tree."""
+    M = cand_tokens.shape[0]
+    N = min(num_nodes, M - 1)
+    dev = cand_tokens.device
+    D = int(cand_depth.max()) if M > 1 else 0  # host read of a static-shape constant (max grown depth)
+    # stable sort on -score over depth-major order: ties keep the shallower (parent) first
+    order = torch.sort(-cand_scores[1:].double(), stable=True).indices[:N] + 1  # (N,) candidate ids
+    keep = torch.sort(order).values  # depth-major again: parents precede children
+    cand_index = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), keep])  # (N+1,)
+    node_of = torch.full((M,), -1, dtype=torch.long, device=dev)
+    node_of[cand_index] = torch.arange(N + 1, device=dev)
+    parents = torch.where(cand_index == 0, -1, node_of[cand_parents[cand_index].clamp(min=0)])  # (N+1,)
+    depth = cand_depth[cand_index]
+    # ancestors: walk up D times; column depth[i] holds i itself, column 0 the root
+    anc = torch.zeros(N + 1, D + 1, dtype=torch.long, device=dev)
+    cur = torch.arange(N + 1, device=dev)
+    cols = torch.arange(D + 1, device=dev)
+    valid = cols[None, :] <= depth[:, None]  # (N+1, D+1)
+    for up in range(D + 1):
+        col = depth - up  # the column this ancestor belongs to
+        ok = col >= 0
+        anc[torch.arange(N + 1, device=dev)[ok], col[ok]] = cur[ok]
+        cur = torch.where(parents[cur] >= 0, parents[cur], 0)
+    mask = torch.zeros(N + 1, N + 1, dtype=torch.bool, device=dev)
+    rows = torch.arange(N + 1, device=dev)[:, None].expand(N + 1, D + 1)
+    mask[rows[valid], anc[valid]] = True
+    scores = torch.where(cand_index == 0, torch.zeros_like(cand_scores[cand_index]), cand_scores[cand_index])
+    return DynamicTree(tokens=cand_tokens[cand_index], parents=parents, depth=depth, mask=mask, ancestors=anc,
+                       retrieve=anc, retrieve_valid=valid, scores=scores, cand_index=cand_index)
+
+
+def grow_tree(root_token: torch.Tensor, first_logp: torch.Tensor, step: Callable, top_k: int, depth: int,
+              num_nodes: int) -> DynamicTree:
+    """Grow EAGLE-2's candidate set and select the tree.
+
+    root_token: () or (1,) the base model's next token; first_logp (V,): the draft's log-probs after it.
+    ``step(d, tokens (k,), parent_rows (k,)) -> logp (k, V)`` drafts the depth-``d`` frontier (d >= 1):
+    ``tokens`` are the frontier's tokens and ``parent_rows`` index the previous frontier (depth d-1; for
+    d = 1 all 0, the root's query) whose draft state each continues. It must remember its own per-row
+    state (hidden, KV slots) between calls.
+    """
+    if top_k < 1 or depth < 1 or num_nodes < 1:
+        raise ValueError(f"top_k, depth and num_nodes must be >= 1, got {top_k}, {depth}, {num_nodes}")
+    dev = first_logp.device
+    k = min(top_k, first_logp.shape[-1])
+    top = first_logp.float().topk(k)
+    toks, scores = [root_token.reshape(1).long(), top.indices], [first_logp.new_zeros(1).float(), top.values]
+    parents = [torch.full((1,), -1, dtype=torch.long, device=dev), torch.zeros(k, dtype=torch.long, device=dev)]
+    depths = [torch.zeros(1, dtype=torch.long, device=dev), torch.ones(k, dtype=torch.long, device=dev)]
+    front_tok, front_score = top.indices, top.values           # (k,) frontier at depth 1
+    front_cand = torch.arange(1, k + 1, device=dev)             # their candidate ids
+    front_parent_row = torch.zeros(k, dtype=torch.long, device=dev)
+    offset = 1 + k
+    for d in range(1, depth):
+        logp = step(d, front_tok, front_parent_row).float()    # (k, V): children of each frontier node
+        child = logp.topk(k, dim=-1)
+        cum = front_score[:, None] + child.values                # (k, k)
+        toks.append(child.indices.reshape(-1))
+        scores.append(cum.reshape(-1))
+        parents.append(front_cand[:, None].expand(k, k).reshape(-1))
+        depths.append(torch.full((k * k,), d + 1, dtype=torch.long, device=dev))
+        best = cum.reshape(-1).topk(k).indices                   # next frontier: best k of k*k
+        front_tok, front_score = child.indices.reshape(-1)[best], cum.reshape(-1)[best]
+        front_cand, front_parent_row = offset + best, best // k
+        offset += k * k
+    return select_tree(torch.cat(toks), torch.cat(scores), torch.cat(parents), torch.cat(depths), num_nodes)

@@ -1,0 +1,237 @@
+"""EAGLE decoding on the compact model's exact tree-verify path (batch 1, eager).
+
+One step, with P tokens committed (base KV and draft KV hold positions 0..P-1) and the root r = the base
+model's next token (position P):
+1. Draft: the draft already ran the query at P-1 (token r) -> depth-1 log-probs. ``grow_tree`` drafts
+   frontiers of k nodes per depth (k queries at once, written to draft slots past the committed length,
+   each attending to the committed prefix and its own ancestors) and keeps the best N nodes.
+2. Verify: one base forward over the N+1 tree tokens with the ancestor-only mask, RoPE position P + depth,
+   cache slots P + node (``runtime/medusa.py``'s ``_verify`` layout), returning logits and the EAGLE-3
+   features of every node.
+3. Accept: the longest root path whose tokens equal the base argmax after their parent (greedy: output ==
+   plain greedy); a accepted drafts + the root are emitted, the base argmax after the last becomes the next
+   root. Their base KV entries move to slots P..P+a.
+4. Catch up: the draft re-runs positions P..P+a on the *verified* features (tokens: the accepted drafts,
+   then the new root), overwriting its dead tree slots: its cache is rolled back to the accepted path
+   by construction, and its last query gives the next depth-1 log-probs.
+
+Acceptance: "greedy" (temperature 0) -- the output is plain greedy's, token for token; "speculative" --
+distribution-exact: the draft tree's tokens are deterministic given the context (top-k of the draft), so at
+each node the children are tried in draft-rank order, child c accepted with probability p(c) / (mass not yet
+rejected); when none is, the next token is drawn from p with the rejected tokens removed (SpecInfer's
+multi-draft rejection for point-mass drafts, as runtime/medusa.py does). The output is distributed exactly
+as plain sampling with the same temperature / top_p. The drafter never decides the output, only how many
+tokens a step emits, so any drafter (random, wrong, untrained) is lossless.
+
+Eager for now, with a few host reads per step (acceptance length, loop control); every tensor has a static
+shape per (k, depth, N), so the step can be captured in a CUDA graph once the engine's static state exists.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..decode import GenerationResult, _sync, exact_kernels, resolve_mode
+from ..sampling import check_sampling_args, logits_to_probs, make_generator, sample_from_probs
+from .dynamic_tree import DynamicTree, grow_tree
+from .eagle import DraftCache, EagleDraft
+from .features import forward_exact_features, forward_features
+
+__all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree", "accept_greedy", "accept_speculative"]
+
+
+def verify_tree(model, layers, tree: DynamicTree, prefix: int):
+    """One base forward over the tree at committed length ``prefix`` -> (logits (N+1, V), features (N+1, 3H))."""
+    dev = tree.tokens.device
+    n = tree.num_nodes
+    ar = torch.arange(n, device=dev)
+    p = torch.full((1,), prefix, dtype=torch.long, device=dev)
+    if model.exact:  # node i sees the prefix, then its ancestors' slots in depth order
+        logits, _, feats = forward_exact_features(model, layers, tree.tokens[None], (p + tree.depth)[None],
+                                                  (p + ar)[None], torch.zeros_like(p), p,
+                                                  (p + tree.depth + 1)[None], (p + tree.ancestors)[None])
+        return logits[0], feats[0]
+    slots = torch.arange(model.max_seq_len, device=dev)
+    cols = slots - p
+    in_tree = (cols >= 0) & (cols < n)
+    tree_part = tree.mask[:, cols.clamp(0, n - 1)] & in_tree  # (N+1, S)
+    mask = ((slots < p) | tree_part)[None, None]  # (1, 1, N+1, S)
+    logits, _, feats = forward_features(model, layers, tree.tokens[None], (p + tree.depth)[None], mask=mask,
+                                        write_pos=(p + ar)[None])
+    return logits[0], feats[0]
+
+
+def accept_greedy(tree: DynamicTree, logits: torch.Tensor):
+    """-> (accepted node ids root..last (a+1,), next root token ())."""
+    pred = logits.argmax(-1)  # (N+1,)
+    cand = torch.where(tree.retrieve_valid, tree.tokens[tree.retrieve], -1)  # (N+1, D+1)
+    ok = (cand[:, 1:] == pred[tree.retrieve[:, :-1]]) & tree.retrieve_valid[:, 1:]
+    acc_len = ok.long().cumprod(-1).sum(-1)  # (N+1,)
+    best = int(acc_len.argmax())
+    a = int(acc_len[best])
+    nodes = tree.retrieve[best, : a + 1]
+    return nodes, pred[nodes[-1]]
+
+
+def accept_speculative(tree: DynamicTree, logits: torch.Tensor, temperature: float, top_p: float,
+                       gen: torch.Generator, rng: np.random.Generator):
+    """Distribution-exact tree acceptance (see the module docstring). One host sync.
+    -> (accepted node ids root..last (a+1,), next token ())."""
+    probs = logits_to_probs(logits, temperature, top_p)  # (N+1, V)
+    parents = tree.parents.tolist()
+    tokens = tree.tokens.tolist()
+    kids: list[list[int]] = [[] for _ in parents]
+    for i in range(1, len(parents)):  # node order keeps each parent's children in draft-rank order
+        kids[parents[i]].append(i)
+    kid_p = probs[:, tree.tokens].cpu().numpy()  # (N+1, N+1): [i, j] = p(node j's token | node i); the host sync
+    node, path = 0, [0]
+    while True:
+        left, rejected, nxt = 1.0, [], None
+        for c in kids[node]:
+            p = float(kid_p[node, c])
+            if left > 1e-12 and rng.random() * left < p:
+                nxt = c
+                break
+            left -= p
+            rejected.append(tokens[c])
+        if nxt is None:
+            break
+        path.append(nxt)
+        node = nxt
+    p = probs[node]
+    if rejected:
+        q = p.clone()
+        q[torch.tensor(rejected, device=p.device)] = 0.0
+        if float(q.sum()) > 0:  # all mass on rejected drafts only through round-off: keep p
+            p = q / q.sum()
+    return torch.tensor(path, device=logits.device), sample_from_probs(p, gen)
+
+
+def _draft_catch_up(drafter: EagleDraft, cache: DraftCache, feats, tokens):
+    """Draft queries for positions cache.length .. + T-1 (features (T, 3H), next tokens (T,)), causal over
+    the committed prefix. Commits them; -> (log-probs after the last (V,), h_out of the last (H,))."""
+    T = tokens.shape[0]
+    dev = tokens.device
+    P = cache.length
+    if P + T > cache.max_len:
+        raise ValueError(f"draft cache of {cache.max_len} slots is full; build it larger")
+    pos = torch.arange(P, P + T, device=dev)[None]  # (1, T)
+    slots = torch.arange(cache.max_len, device=dev)
+    mask = (slots[None, :] <= pos[0, :, None])[None, None]  # (1, 1, T, S): committed prefix + causal
+    logits, h = drafter(feats[None], tokens[None], pos, cache, pos, mask)
+    cache.length = P + T
+    return torch.log_softmax(logits[0, -1].float(), -1), h[0, -1]
+
+
+def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h, top_k, depth, num_nodes):
+    """Grow the dynamic tree from the root; draft KV goes to slots past the committed length (dead after)."""
+    dev = root_logp.device
+    P, k = cache.length, min(top_k, root_logp.shape[-1])
+    if P + depth * k > cache.max_len:
+        raise ValueError(f"draft cache of {cache.max_len} slots cannot hold a depth-{depth} tree; build it larger")
+    slots = torch.arange(cache.max_len, device=dev)
+    st = {"mask": (slots < P)[None].expand(k, -1), "h": root_h[None].expand(k, -1)}  # per parent row
+
+    def step(d, tokens, parent_rows):
+        # the k frontier nodes at depth d are k queries of one row (a tree, as in verify): token position
+        # P + d, query position P - 1 + d, each with its own mask row (prefix + ancestors + itself)
+        own = P + (d - 1) * k + torch.arange(k, device=dev)  # (k,) their slots
+        mask = st["mask"][parent_rows] | (slots[None, :] == own[:, None])  # (k, S)
+        pos = torch.full((1, k), P - 1 + d, dtype=torch.long, device=dev)
+        logits, h = drafter(st["h"][parent_rows][None], tokens[None], pos, cache, own[None], mask[None, None])
+        st["mask"], st["h"] = mask, h[0]
+        return torch.log_softmax(logits[0].float(), -1)
+
+    return grow_tree(root, root_logp, step, k, depth, num_nodes)
+
+
+def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache, sampling=None):
+    """Base prefill + draft prefill. -> (root token (), draft log-probs after it (V,), draft h (H,))."""
+    dev = model.device
+    layers = drafter.config.feature_layers
+    L = len(prompt_ids)
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=dev)
+    pos = torch.arange(L, device=dev)[None]
+    if model.exact:
+        zero = torch.zeros(1, dtype=torch.long, device=dev)
+        logits, _, feats = forward_exact_features(model, layers, ids, pos, pos, zero, zero + L, pos + 1)
+    else:
+        logits, _, feats = forward_features(model, layers, ids, pos)
+    root = logits[0, -1].argmax(-1) if sampling is None else \
+        sample_from_probs(logits_to_probs(logits[0, -1], sampling[0], sampling[1]), sampling[2])
+    cache.rollback(0)
+    logp, h = _draft_catch_up(drafter, cache, feats[0], torch.cat([ids[0, 1:], root.reshape(1)]))
+    return root, logp, h
+
+
+def eagle_step(model, drafter: EagleDraft, cache: DraftCache, prefix: int, root, root_logp, root_h,
+               top_k: int, depth: int, num_nodes: int, sampling=None):
+    """One draft + verify + accept + catch-up step. -> (emitted tokens (a+1,), next root, its log-probs, h).
+
+    ``sampling``: None (greedy) or (temperature, top_p, torch generator, numpy generator)."""
+    tree = _draft_tree(drafter, cache, root, root_logp, root_h, top_k, depth, num_nodes)
+    logits, feats = verify_tree(model, drafter.config.feature_layers, tree, prefix)
+    nodes, nxt = accept_greedy(tree, logits) if sampling is None else accept_speculative(tree, logits, *sampling)
+    a1 = nodes.shape[0]
+    ar = torch.arange(a1, device=nodes.device)
+    model.copy_kv(prefix + nodes, prefix + ar)  # accepted path's KV to the contiguous prefix
+    emitted = tree.tokens[nodes]
+    logp, h = _draft_catch_up(drafter, cache, feats[nodes], torch.cat([emitted[1:], nxt.reshape(1)]))
+    return emitted, nxt, logp, h
+
+
+@torch.no_grad()
+def generate_eagle(model, drafter: EagleDraft, prompt_ids: list[int], max_new_tokens: int, top_k: int = 8,
+                   depth: int = 5, num_nodes: int = 48, eos_ids=(), compile=None, temperature: float = 0.0,
+                   top_p: float = 1.0, seed: int = 0) -> GenerationResult:
+    """Speculative decoding with an EAGLE draft and a dynamic tree. temperature 0: tokens == plain greedy;
+    else distribution-exact sampling (same distribution as plain sampling at that temperature / top_p).
+
+    ``accept_lengths``: tokens emitted per verify step (1 = no draft token accepted)."""
+    check_sampling_args(temperature, top_p)
+    if not prompt_ids or max_new_tokens < 1:
+        raise ValueError("need a non-empty prompt and max_new_tokens >= 1")
+    if drafter.config.hidden_size != model.config.hidden_size or drafter.config.vocab_size != model.vocab_size:
+        raise ValueError("the EAGLE draft was built for another model (hidden or vocab size differs)")
+    device = model.device
+    mode = resolve_mode(compile, device, model)
+    if mode not in ("exact", "eager"):
+        raise ValueError(f"generate_eagle runs eagerly for now: use compile=None, False or 'exact' (got {compile!r})")
+    k = min(top_k, model.vocab_size)
+    L = len(prompt_ids)
+    with exact_kernels(model, mode == "exact"):
+        model.setup_cache(1, L + max_new_tokens + num_nodes + depth + 2)
+        cache = drafter.new_cache(1, L + max_new_tokens + depth + 1 + depth * k)
+        eos = set(int(e) for e in eos_ids)
+        sampling = None if temperature == 0 else (temperature, top_p, make_generator(device, seed),
+                                                  np.random.default_rng(seed))
+        _sync(device)
+        t0 = time.perf_counter()
+        root, logp, h = eagle_prefill(model, drafter, prompt_ids, cache, sampling)
+        _sync(device)
+        t1 = time.perf_counter()
+        out, accept, prefix = [], [], L
+        while len(out) < max_new_tokens and not (eos & set(out)):
+            emitted, root, logp, h = eagle_step(model, drafter, cache, prefix, root, logp, h, k, depth, num_nodes,
+                                                sampling)
+            toks = emitted.tolist()
+            out += toks
+            accept.append(len(toks))
+            prefix += len(toks)
+        _sync(device)
+        t2 = time.perf_counter()
+    out = out[:max_new_tokens]
+    first = next((j for j, t in enumerate(out) if t in eos), None)
+    if first is not None:
+        out = out[: first + 1]
+    kept, total = [], 0
+    for x in accept:
+        if total >= len(out):
+            break
+        kept.append(x)
+        total += x
+    return GenerationResult(tokens=out, num_new=len(out), prefill_s=t1 - t0, decode_s=t2 - t1,
+                            stopped_on_eos=first is not None, accept_lengths=kept)

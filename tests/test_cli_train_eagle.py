@@ -1,0 +1,64 @@
+"""`accel train-heads --drafter eagle` through the CLI: a loadable draft file, the EAGLE-3 export, resume, bad input."""
+
+import json
+
+from typer.testing import CliRunner
+
+from accel.cli import app
+from accel.runtime.drafters.eagle_io import load_eagle
+from accel.runtime.models import load_model
+from accel.runtime.pack import Pack, save_pack
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, list(map(str, args)))
+
+
+def _train(tiny_model_dir, out, data, *extra):
+    return _run("train-heads", "--drafter", "eagle", "--model", tiny_model_dir, "--data", data, "--output", out,
+                "--steps", 4, "--batch-size", 2, "--seq-len", 48, "--warmup", 1, "--ttt-steps", 2, *extra)
+
+
+def _one_line_error(r, needle):
+    assert r.exit_code != 0
+    lines = [l for l in r.output.strip().splitlines() if l.strip()]
+    assert lines and lines[-1].startswith("error:") and needle in lines[-1], r.output
+    assert "Traceback" not in r.output
+
+
+def test_train_eagle_writes_draft_export_and_resumes(tiny_model_dir, tmp_path):
+    text = tmp_path / "data.txt"
+    text.write_text(("the cat sat on the mat and the dog sat on the log. " * 12 + "\n") * 4)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    r = _train(tiny_model_dir, a, text, "--checkpoint-every", 2, "--export-eagle3", tmp_path / "e3")
+    assert r.exit_code == 0, r.output
+    draft, meta = load_eagle(a)
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    assert meta["fingerprint"] == lm.fingerprint and draft.config.hidden_size == 64
+    m = meta["provenance"]["train_heads"]["metrics"]
+    assert len(m["train_accept"]) == 2 and "--drafter" in meta["provenance"]["commands"]["train_heads"]
+    cfg = json.loads((tmp_path / "e3" / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and (tmp_path / "e3" / "model.safetensors").exists()
+    # a second run with --resume finds the finished checkpoint and reproduces the same draft
+    r = _train(tiny_model_dir, b, text, "--checkpoint-every", 2, "--resume", "--checkpoint-dir", str(a) + ".ckpt")
+    assert r.exit_code == 0, r.output
+    d2, _ = load_eagle(b)
+    sa, sb = draft.state_dict(), d2.state_dict()
+    assert all((sa[k] == sb[k]).all() for k in sa)
+
+
+def test_train_eagle_bad_input(tiny_model_dir, tmp_path):
+    text = tmp_path / "data.txt"
+    text.write_text("the cat sat on the mat. " * 40)
+    _one_line_error(_run("train-heads", "--drafter", "hydra", "--model", tiny_model_dir, "--data", text,
+                         "--output", tmp_path / "o.safetensors"), "--drafter")
+    _one_line_error(_run("train-heads", "--model", tiny_model_dir, "--data", text, "--output",
+                         tmp_path / "o.safetensors", "--export-eagle3", tmp_path / "x"), "--drafter eagle")
+    _one_line_error(_train(tiny_model_dir, tmp_path / "o.safetensors", text, "--eagle-loss", "mse"), "loss")
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    pack = save_pack(Pack(lm.name, lm.fingerprint, patterns=[{"0": ["dense", 0, 0, 1.0]}] * 2), tmp_path / "p.safetensors")
+    before = pack.read_bytes()
+    _one_line_error(_train(tiny_model_dir, pack, text), "acceleration pack")
+    assert pack.read_bytes() == before
