@@ -11,7 +11,7 @@ accepted length (``--tau``): tau / verify-step time.
 
   accel bench decode --model smollm2-135m --json results/decode.json        (real model, its pack's heads)
   accel bench decode --synthetic llama-3-8b --json results/decode-8b.json
-  python scripts/bench_decode.py --synthetic smollm2-135m llama-3-8b --out results/decode-synthetic.json
+  python -m accel.bench.decode --synthetic smollm2-135m llama-3-8b --out results/decode-synthetic.json
 
 ``run_decode_bench`` (behind ``accel bench decode``) times one prompt for HF/plain as above and measures
 Medusa over the held-out chat prompts (heads/heldout_prompts.jsonl): tokens/s over all of them, mean
@@ -273,7 +273,7 @@ def main(argv=None):
         ap.error("give --model-dir, --gguf and/or --synthetic NAME...")
 
     torch.manual_seed(0)
-    env = environment(" ".join(["scripts/bench_decode.py"] + (argv if argv is not None else sys.argv[1:])))
+    env = environment(" ".join(["python -m accel.bench.decode"] + (argv if argv is not None else sys.argv[1:])))
     bw = copy_bandwidth_gbs() if args.device == "cuda" else None
     print(f"copy bandwidth: {bw and round(bw)} GB/s", flush=True)
     rows = []

@@ -1,8 +1,8 @@
 """GPU benchmark: sparse prefill kernels vs cuDNN SDPA and FlexAttention.
 
   accel bench kernels --lengths 32k,128k,256k --json results/kernels.json
-  PYTHONUNBUFFERED=1 python scripts/bench_kernels.py --selftest --profile-index --out results/kernels-h200.json
-  python scripts/bench_kernels.py --shape 1,14,2,64 --sizes 16384,31744    # Qwen2.5-0.5B-class heads
+  PYTHONUNBUFFERED=1 python -m accel.bench.kernels --selftest --profile-index --out results/kernels-h200.json
+  python -m accel.bench.kernels --shape 1,14,2,64 --sizes 16384,31744    # Qwen2.5-0.5B-class heads
 
 Shape: default B=1, 32 query heads, 8 kv heads, d=128 (Llama-3-8B attention), bf16, causal; `shape=`
 / ``--shape B,Hq,Hkv,D`` for others.  For every N and pattern:

@@ -269,7 +269,7 @@ once under `accelerate launch --multi_gpu --num_processes 2` and once on one GPU
 
 {table(rows, [("GPUs", "gpus"), ("tokens/s", "tps"), ("training s", "wall"), ("held-out top-1 (heads 1-4)", "top1")])}
 
-{env_line("train-heads-multigpu-h200x2.json", d.get("env"))} (`scripts/gpu/run5_multigpu.sh`).
+{env_line("train-heads-multigpu-h200x2.json", d.get("env"))} (now `scripts/gpu/train_multigpu.sh`).
 """
 
 

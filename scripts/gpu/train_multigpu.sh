@@ -22,6 +22,6 @@ for path, wall in zip(sys.argv[1:3], sys.argv[3:5]):
     m = load_pack(path).provenance["train_heads"]["metrics"]
     rows.append({"pack": path, "world_size": m.get("world_size"), "tokens_per_s": m["tokens_per_s"],
                  "train_wall_s": m["train_wall_s"], "command_wall_s": int(wall), "top1": m["top1"]})
-print(json.dumps({"env": environment("bash scripts/gpu/run5_multigpu.sh"), "rows": rows}, indent=1))
+print(json.dumps({"env": environment("bash scripts/gpu/train_multigpu.sh"), "rows": rows}, indent=1))
 PY
 cat "$OUT/multigpu.json"
