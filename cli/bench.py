@@ -371,8 +371,9 @@ def decode(
                                        num_prompts=prompts, hf_baseline=hf_baseline, device=device, dtype=dtype,
                                        modes=mode_list, log=err.print)
         out.print(_table(f"decode: {extra['model']} ({extra['dtype']}, {extra['device']})", rows,
-                         ["engine", "tokens_per_s", "speedup_vs_hf", "speedup_vs_plain", "mean_accepted", "identical_to_plain",
-                          "batched_identical_to_single", "bandwidth_util"]))
+                         ["engine", "wall_tokens_per_s", "tokens_per_s", "wall_speedup_vs_plain", "speedup_vs_plain",
+                          "overhead_ms_per_request", "mean_accepted", "identical_to_plain",
+                          "batched_identical_to_single", "bandwidth_util", "speedup_vs_hf"]))
         _save(json_path, {"bench": "decode", **extra, "rows": rows})
         if plot is not None and extra.get("accept_lengths"):
             from ..bench.plots import histogram
