@@ -10,7 +10,7 @@ from accel.runtime.drafters.eagle import EagleConfig, EagleConfigError, EagleDra
 from accel.runtime.drafters.eagle_decode import _draft_catch_up, eagle_prefill, eagle_step, generate_eagle
 from accel.runtime.drafters.features import forward_features
 from accel.runtime.errors import AccelError
-from accel.runtime.llama import CompactLM
+from accel.runtime.model import CompactLM
 
 V = 97
 

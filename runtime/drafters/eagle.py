@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AccelError
-from ..llama import rope_inv_freq
+from ..families import rope_inv_freq
 
 __all__ = ["EagleConfig", "EagleConfigError", "EagleDraft", "DraftCache", "default_feature_layers"]
 
