@@ -31,7 +31,8 @@ from .decode import heldout_prompts
 
 @torch.no_grad()
 def run_eagle_bench(model: str, draft_path: str, num_prompts: int, max_new_tokens: int, trees, device=None,
-                    dtype=None, step_cost: float | None = None, log=print) -> dict:
+                    dtype=None, step_cost: float | None = None, log=print,
+                    command: str = "python -m accel.bench.eagle") -> dict:
     from ..runtime.models import load_model, pick_device, pick_dtype
 
     dev = pick_device(device)
@@ -81,7 +82,7 @@ def run_eagle_bench(model: str, draft_path: str, num_prompts: int, max_new_token
     return dict(model=lm.name, draft=draft_path, device=str(dev), dtype=str(dt), prompts=len(prompts),
                 max_new_tokens=max_new_tokens, plain_tok_s=round(sum(map(len, plain)) / plain_s, 1), trees=rows,
                 draft_metrics=meta.get("provenance", {}).get("train_heads", {}).get("metrics"),
-                environment=environment("python -m accel.bench.eagle"))
+                environment=environment(command))
 
 
 def main(argv=None):
@@ -97,7 +98,11 @@ def main(argv=None):
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     trees = [tuple(int(x) for x in t.split(",")) for t in (a.tree or ["8,5,48"])]
-    out = run_eagle_bench(a.model, a.draft, a.prompts, a.max_new_tokens, trees, a.device, a.dtype, a.step_cost)
+    import sys
+
+    cmd = "python -m accel.bench.eagle " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = run_eagle_bench(a.model, a.draft, a.prompts, a.max_new_tokens, trees, a.device, a.dtype, a.step_cost,
+                          command=cmd)
     if a.json:
         write_json(a.json, out)
     print(json.dumps({k: v for k, v in out.items() if k != "environment"}))

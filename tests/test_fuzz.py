@@ -453,9 +453,11 @@ def _subprocess_cases(base):
 def test_fuzz_sample_in_subprocess(base_pack, tmp_path):
     """The real entry point, in its own process: exit code, stderr, and that process's own peak memory
     (written at exit by the child: RUSAGE_CHILDREN would also count other tests' subprocesses)."""
-    code = ("import atexit, os, resource, sys; "
-            "atexit.register(lambda: open(os.environ['FUZZ_RSS'], 'w').write("
-            "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); "
+    # VmHWM (peak RSS of this address space, in kB), not ru_maxrss: Linux keeps ru_maxrss across execve, so
+    # a child of a large pytest process would report its parent's peak
+    code = ("import atexit, os, sys; "
+            "atexit.register(lambda: open(os.environ['FUZZ_RSS'], 'w').write(next("
+            "l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))); "
             "from accel.cli import main; sys.argv[0] = 'accel'; main()")
     model = _model_dir(tmp_path)
     rss_file = tmp_path / "rss"
