@@ -266,8 +266,8 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     dev = slash.device
     R = B * H
     d = slash.reshape(R, S).to(torch.int64)
-    d = torch.where((d < 0) | (d >= n), torch.zeros_like(d), d)       # padding -> diagonal 0
-    a = (-d.sort(-1).values.flip(-1)).to(torch.int32).contiguous()   # relative starts, ascending
+    d = d.masked_fill((d < 0) | (d >= n), 0)                          # padding -> diagonal 0
+    a = d.sort(-1, descending=True).values.neg_().to(torch.int32)    # relative starts, ascending
     # tiles are disjoint inside the relative key range [-(n-1), block_m + block_n)
     T_MAX = max(1, min(triton.cdiv(n + block_m, block_n) + 1, S * (block_m // block_n + 1)))
     rel = torch.full((R, T_MAX), _BIG, dtype=torch.int32, device=dev)
@@ -301,7 +301,7 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     MC = max(1, V)
     if V:
         c = vertical.reshape(R, V).to(torch.int64)
-        c = torch.where((c < 0) | (c >= n), torch.full_like(c, _BIG), c).sort(-1).values
+        c = c.masked_fill((c < 0) | (c >= n), _BIG).sort(-1).values
         ncaus = torch.searchsorted(c, (r1 - 1)[None, :].expand(R, M).contiguous(), right=True, out_int32=True)
         cols = c.clamp(max=n).to(torch.int32).contiguous()
     else:
