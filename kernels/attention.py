@@ -28,10 +28,14 @@ def _resolve_impl(impl: str, q: torch.Tensor) -> str:
 def default_blocks(patterns, q) -> tuple[int, int]:
     """Tile sizes.  Measured on an H200 (Llama-3-8B shape, results/kernels-h200-run2-configs.json):
     128x128 tiles (8 warps, 3 stages) are fastest for vertical-slash and A-shape; block-sparse keeps
-    64-key blocks (128-key blocks double its density at the same top-k budget).  CPU / small D: 64x64."""
+    64-key blocks (128-key blocks double its density at the same top-k budget).  head_dim 64
+    (results/raw/sparse-speed-h200.log, 14q/2kv): 128x64 tiles (4 warps, 3 stages) are best at 31K and
+    tie 128x128 at 16K.  CPU / small D: 64x64."""
     if not q.is_cuda or q.shape[-1] < 64:
         return 64, 64
     caps = [p.kind.max_block_n for p in patterns if p.kind.max_block_n]   # e.g. block-sparse: 64
+    if q.shape[-1] == 64:
+        caps.append(64)
     return 128, min([128] + caps)
 
 

@@ -266,8 +266,8 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     dev = slash.device
     R = B * H
     d = slash.reshape(R, S).to(torch.int64)
-    d = torch.where((d < 0) | (d >= n), torch.zeros_like(d), d)       # padding -> diagonal 0
-    a = (-d.sort(-1).values.flip(-1)).to(torch.int32).contiguous()   # relative starts, ascending
+    d = d.masked_fill((d < 0) | (d >= n), 0)                          # padding -> diagonal 0
+    a = d.sort(-1, descending=True).values.neg_().to(torch.int32)    # relative starts, ascending
     # tiles are disjoint inside the relative key range [-(n-1), block_m + block_n)
     T_MAX = max(1, min(triton.cdiv(n + block_m, block_n) + 1, S * (block_m // block_n + 1)))
     rel = torch.full((R, T_MAX), _BIG, dtype=torch.int32, device=dev)
@@ -280,8 +280,9 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     rel64 = rel.to(torch.int64)
     lo_key = (-(r0 + block_n))[None, :].expand(R, M).contiguous()
     hi_key = (r1 - 1 - r0)[None, :].expand(R, M).contiguous()
-    first = torch.searchsorted(rel64, lo_key, right=True)
-    count = (torch.searchsorted(rel64, hi_key, right=True) - first).to(torch.int32)
+    # int32 results straight from searchsorted: no cast launches (the kernels read int32)
+    first = torch.searchsorted(rel64, lo_key, right=True, out_int32=True)
+    count = torch.searchsorted(rel64, hi_key, right=True, out_int32=True) - first
     MB = max(1, min(T_MAX, triton.cdiv(n, block_n) + 2))
     # coverage of relative offsets [-n, block_m + block_n) by the head's tiles (as the reference)
     span = n + block_m + block_n
@@ -289,23 +290,26 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     diff = torch.zeros(R, span + 1, dtype=torch.int32, device=dev)
     lo = torch.where(ok_t, (rel64 + n).clamp(0, span), span)
     hi = torch.where(ok_t, (rel64 + n + block_n).clamp(0, span), span)
-    diff.scatter_add_(1, lo, torch.ones_like(lo, dtype=torch.int32))
-    diff.scatter_add_(1, hi, -torch.ones_like(hi, dtype=torch.int32))
+    # one scatter of +1 at tile starts and -1 at tile ends (was two scatters over two (R, T_MAX)
+    # ones_like); the signs are built on the device (no host copy: the index stays graph-capturable)
+    step = torch.ones(1, 2 * T_MAX, dtype=torch.int32, device=dev)
+    step[:, T_MAX:] = -1
+    step = step.expand(R, -1)
+    diff.scatter_add_(1, torch.cat((lo, hi), 1), step)
     cover = (torch.cumsum(diff, 1)[:, :span] > 0).to(torch.uint8).contiguous()
     V = vertical.shape[-1]
     MC = max(1, V)
     if V:
         c = vertical.reshape(R, V).to(torch.int64)
-        c = torch.where((c < 0) | (c >= n), torch.full_like(c, _BIG), c).sort(-1).values
-        ncaus = torch.searchsorted(c, (r1 - 1)[None, :].expand(R, M).contiguous(), right=True)
+        c = c.masked_fill((c < 0) | (c >= n), _BIG).sort(-1).values
+        ncaus = torch.searchsorted(c, (r1 - 1)[None, :].expand(R, M).contiguous(), right=True, out_int32=True)
         cols = c.clamp(max=n).to(torch.int32).contiguous()
     else:
-        ncaus = torch.zeros(R, M, dtype=torch.int64, device=dev)
+        ncaus = torch.zeros(R, M, dtype=torch.int32, device=dev)
         cols = torch.zeros(R, 1, dtype=torch.int32, device=dev)
     off = torch.zeros(R, M, MB, dtype=torch.int32, device=dev)
     cidx = torch.zeros(R, M, MC, dtype=torch.int32, device=dev)
     ccount = torch.empty(R, M, dtype=torch.int32, device=dev)
-    _block_lists[(R, M)](rel, first.to(torch.int32).contiguous(), count.contiguous(),
-                         ncaus.to(torch.int32).contiguous(), cols, cover, off, cidx, ccount,
+    _block_lists[(R, M)](rel, first, count, ncaus, cols, cover, off, cidx, ccount,
                          n, T_MAX, MB, max(V, 1), MC, M, span, BLOCK_M=block_m, CH=128, num_warps=4)
     return (count.view(B, H, M), off.view(B, H, M, MB), ccount.view(B, H, M), cidx.view(B, H, M, MC))

@@ -310,3 +310,21 @@ def test_mixed_vertical_slash_sizes_equal_per_head_indexes():
     for h, p in enumerate(pats):
         alone = kept_mask(build_index(q, k, [p] * 4, 32, 32), 200)
         assert torch.equal(joint[:, h], alone[:, h]), (h, p)
+
+
+def test_dense_heads_sdpa_partial_equals_dense_float64():
+    """Mixed layer: the dense heads (written by dense_heads_sdpa, FlashAttention-first on CUDA to avoid
+    cuDNN's per-length plan build) equal dense causal attention; other heads are left untouched."""
+    import torch
+    from accel.kernels.dense import dense_causal_sdpa, dense_heads_sdpa, sdpa_ctx
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 37, 16, dtype=torch.float64, generator=g)
+    k = torch.randn(1, 2, 37, 16, dtype=torch.float64, generator=g)
+    v = torch.randn(1, 2, 37, 16, dtype=torch.float64, generator=g)
+    out = torch.full_like(q, 7.0)
+    dense_heads_sdpa(q, k, v, out, torch.tensor([False, True, False, True]))
+    ref = dense_causal_sdpa(q, k, v)
+    torch.testing.assert_close(out[:, [1, 3]], ref[:, [1, 3]], rtol=1e-12, atol=1e-12)
+    assert bool((out[:, [0, 2]] == 7.0).all())
+    with sdpa_ctx("cpu", "flash"):   # CPU: no backend selection, just a no-op context
+        pass
