@@ -439,13 +439,13 @@ def sparse_speed_section():
                          eff=r["kernel_eff_vs_cudnn"], flex=r.get("flex_ms"), flexx=r.get("flex_exact_ms"),
                          xflexx=r.get("speedup_vs_flex_exact"),
                          cfg="{block_m}x{block_n} w{num_warps} s{num_stages}".format(**b)))
-    new = [dict(shape="{}q/{}kv d={}".format(*x["shape"][1:]), layer=x["patterns"], N=x["n"], added=x["added_ms"],
+    new = [dict(shape="{}q/{}kv d={}".format(*x["shape"][1:]), layer=x["patterns"] + (f" (dense heads: {x['dense_backend']} first)" if x.get("dense_backend") else ""), N=x["n"], added=x["added_ms"],
                 binaries=sum(x["new_binaries"].values())) for x in d["new_lengths"] if not x.get("warmup")]
     g = d.get("graph", {})
     graph = "; ".join(f"{k}: captured {v.get('captured')}, replay == eager {v.get('replay_equals_eager')}, "
                       f"replay {v.get('replay_ms', float('nan')):.2f} ms vs eager {v.get('eager_ms', float('nan')):.2f} ms"
                       for k, v in g.items())
-    return f"""## Sparse prefill after issue 12's first changes (fused estimation, no compile per length)
+    return f"""## Sparse prefill after issue 12's first changes (fused estimation, no compile per length, d=64 tiles)
 
 One layer, vertical-slash v=1000 / s=6096 (scaled by the kernel bench for 14/2 heads), bf16, B=1, same run.
 "ours" = index (fused estimation + sync-free conversion) + kernel; "eff" = kernel TFLOP/s over computed tiles ÷
@@ -457,7 +457,8 @@ cuDNN's; "pad" = computed ÷ kept-pair FLOPs; "Flex" = FlexAttention on our bloc
               ("Flex blocks", "flex"), ("Flex exact", "flexx"), ("× Flex exact", "xflexx"), ("config", "cfg")])}
 
 A new prompt length in a running process (after one warm-up length): milliseconds added before the first
-token by the sparse path, and new Triton binaries compiled.
+token by the sparse path, and new Triton binaries compiled. A mixed layer's dense heads run FlashAttention
+first by default; the "cudnn first" rows (the old behaviour) show the per-length plan cuDNN builds.
 
 {table(new, [("shape", "shape"), ("layer", "layer"), ("N", "N"), ("added ms", "added"), ("new binaries", "binaries")])}
 
