@@ -58,3 +58,34 @@ def test_no_template_prompts_use_plain_transcript_pinned(tiny, tmp_path):
         user + [78, 75, 82, 82, 85, 227, 90, 78, 75, 88, 75] + assistant + [32] * 6,
         user + [78, 79] + assistant + [32] * 6,
         user + [73, 85, 91, 84, 90] + assistant + [32] * 6]
+
+
+def test_eos_ids_is_one_function_for_runtime_and_heads(tiny):
+    from accel.runtime.models import LoadedModel, eos_ids
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    assert eos_ids(model, tok) == [2] and eos_ids(model) == [2]
+    model.generation_config.eos_token_id = [90, 4]  # e.g. an end-of-turn token listed only here
+    assert eos_ids(model, tok) == [2, 4, 90]
+    assert LoadedModel(model, tok, "tiny", "fp").eos_ids == [2, 4, 90]
+
+
+def test_default_cache_key_uses_runtime_fingerprint(tiny, tmp_path, monkeypatch):
+    from accel.runtime.models import model_fingerprint
+
+    model, _ = tiny
+    first = self_distill(model, None, PRE[:1], max_new_tokens=3, cache_dir=tmp_path, engine="hf")
+    monkeypatch.setattr(model, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("regenerated")))
+    again = self_distill(model, None, PRE[:1], max_new_tokens=3, cache_dir=tmp_path, engine="hf",
+                         fingerprint=model_fingerprint(model))
+    assert [e.ids for e in again] == [e.ids for e in first]
+
+
+def test_prompt_longer_than_context_keeps_its_newest_text(tiny, tmp_path):
+    model, tok = tiny  # context 512
+    (ex,) = self_distill(model, tok, ["x" * 300 + "y" * 400], max_new_tokens=12, cache_dir=tmp_path, fingerprint="f")
+    n_prompt = ex.mask.index(1)
+    assert n_prompt <= 512 - 12
+    text = tok.decode(ex.ids[:n_prompt])
+    assert text.startswith("<|user|>") and text.endswith("y" * 400 + "<|end|><|assistant|>")
