@@ -22,7 +22,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 
-
 from .errors import AccelError, PackError
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .pack import Pack, load_pack, validate_for_model
