@@ -10,6 +10,9 @@ Design
   decode time. Results are cached on disk under a key built from the model fingerprint, the tokenizer,
   the prompt set and the generation settings, so a rerun does not regenerate; a partial cache (killed
   run) is resumed batch by batch.
+- One of each (issue 11): prompts are encoded by the runtime's ``encode_prompt``, generation stops at
+  the runtime's ``eos_ids``, the default cache fingerprint is the runtime's ``model_fingerprint``, and
+  generation runs through ``runtime.decode`` (``generate_plain`` / ``generate_transformers``).
 - Pre-tokenised input (``list[int]`` prompts / sequences) works without a tokenizer, which keeps the
   tests download-free.
 - Bad input raises ``HeadsDataError`` (a ``ValueError``, and an ``AccelError`` when that exists) whose
@@ -28,7 +31,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from ..runtime.decode import generate_plain, generate_transformers
 from ..runtime.files import atomic_write
+from ..runtime.models import context_length, eos_ids, model_fingerprint
+from ..runtime.prompts import Prompt, encode_prompt
 
 try:  # the lead's user-facing error base; the CLI prints its message as one line
     from ..runtime.errors import AccelError as _ErrorBase
@@ -243,24 +249,12 @@ def to_examples(tokenizer, items: Iterable[Any]) -> list[Example]:
 
 # ----------------------------------------------------------------------------- self-distillation
 
-def _weak_fingerprint(model) -> str:
-    """Used when the caller gives no fingerprint: config + a sample of the output embedding."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    w = model.get_output_embeddings().weight
-    h.update(w.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None and tokenizer is not None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-
-
-def _prompt_ids(tokenizer, prompt: Any) -> list[int]:
+def _prompt_ids(model, tokenizer, prompt: Any, key: str, max_new_tokens: int) -> list[int]:
+    """A prompt's token ids: pre-tokenised ids as given; text and conversations through the runtime's
+    ``encode_prompt`` (the ids ``accel generate`` feeds the model, so the heads learn what they will see;
+    the oldest text is dropped if a prompt does not fit the context). A tokenizer without a chat
+    template (base model) gets the plain transcript of ``_chat_text`` instead: the runtime refuses
+    ``messages`` there, but distillation still needs the model to answer something."""
     if isinstance(prompt, dict) and "input_ids" in prompt:
         return [int(t) for t in prompt["input_ids"]]
     if isinstance(prompt, (list, tuple)) and (not prompt or isinstance(prompt[0], int)):
@@ -271,55 +265,29 @@ def _prompt_ids(tokenizer, prompt: Any) -> list[int]:
         msgs = prompt["messages"] if "messages" in prompt else [{"role": "user", "content": str(prompt["prompt"])}]
     else:
         msgs = [{"role": "user", "content": str(prompt)}]
-    return _encode(tokenizer, _chat_text(tokenizer, msgs, add_generation_prompt=True))
-
-
-def _generate_batch(model, batch: list[list[int]], pad_id: int, max_new_tokens: int, temperature: float,
-                    eos: list[int]) -> list[list[int]]:
-    """Left-padded batched HF generate; returns each continuation cut after its first EOS."""
-    device = model.get_output_embeddings().weight.device
-    L = max(len(p) for p in batch)
-    input_ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(batch), L), dtype=torch.long)
-    for i, p in enumerate(batch):
-        input_ids[i, L - len(p):] = torch.tensor(p)
-        attn[i, L - len(p):] = 1
-    kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, pad_token_id=pad_id)
-    if temperature > 0:
-        kw.update(temperature=temperature, top_k=0, top_p=1.0)
-    else:  # silence sampling defaults that generation_config may carry
-        kw.update(temperature=None, top_k=None, top_p=None)
-    if eos:
-        kw["eos_token_id"] = eos
-    with torch.inference_mode():
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kw)
-    conts = []
-    for row in out[:, L:].tolist():
-        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-        conts.append(row[:cut])
-    return conts
+    if not getattr(tokenizer, "chat_template", None):
+        return _encode(tokenizer, _chat_text(tokenizer, msgs, add_generation_prompt=True))
+    return [int(t) for t in encode_prompt(tokenizer, Prompt(key, messages=msgs), context_length=context_length(model),
+                                          max_new_tokens=max_new_tokens, truncate="left")]
 
 
 def _generator(model, engine: str, pad_id: int):
-    """A ``fn(batch, max_new_tokens, temperature, eos, seed) -> continuations``.
+    """A ``fn(batch, max_new_tokens, temperature, eos, seed) -> continuations`` over the runtime's two
+    generators (``runtime.decode``: ``generate_plain`` on the compact engine, ``generate_transformers``).
 
-    ``auto``: the project's compact engine (static KV cache + CUDA graphs, ``runtime.decode``) on CUDA for
-    the Llama family, else transformers' ``generate``; a compact-engine failure falls back to transformers."""
+    ``auto``: the compact engine (static KV cache + CUDA graphs) on CUDA for the families it supports,
+    else transformers' ``generate`` -- unlike ``accel generate``, not on the CPU, where one batched
+    transformers call is the cheaper way to answer hundreds of prompts. A compact-engine failure falls
+    back to transformers (a long distillation run is never lost to the fast path)."""
     def hf(batch, max_new, temperature, eos, seed):
-        torch.manual_seed(seed)  # only matters when sampling
-        return _generate_batch(model, batch, pad_id, max_new, temperature, eos)
+        return generate_transformers(model, batch, max_new, temperature, seed=seed, eos_ids=eos, pad_id=pad_id)
 
     if engine not in ("auto", "hf", "compact"):
         raise HeadsDataError(f"engine must be 'auto', 'hf' or 'compact', got {engine!r}")
     if engine == "hf":
         return hf
-    try:
-        from ..runtime.decode import generate_plain
-        from ..runtime.model import CompactLM, supports
-    except ImportError:
-        if engine == "compact":
-            raise HeadsDataError("the compact engine (accel.runtime.decode) is not available; use engine='hf'") from None
-        return hf
+    from ..runtime.model import CompactLM, supports  # here: only the compact path needs it
+
     on_cuda = model.get_output_embeddings().weight.device.type == "cuda"
     if not supports(model) or (engine == "auto" and not on_cuda):
         if engine == "compact":
@@ -360,18 +328,18 @@ def self_distill(model, tokenizer, prompts: Sequence[Any], max_new_tokens: int =
         raise HeadsDataError("no prompts to self-distill; pass a non-empty prompt file or use the built-in set")
     if max_new_tokens < 1 or batch_size < 1:
         raise HeadsDataError("max_new_tokens and batch_size must be >= 1")
-    encoded = [_prompt_ids(tokenizer, p) for p in prompts]
     keys = [str(p.get("id", i)) if isinstance(p, dict) else str(i) for i, p in enumerate(prompts)]
     if len(set(keys)) != len(keys):
         keys = [str(i) for i in range(len(prompts))]
-    eos = _eos_ids(model, tokenizer)
+    encoded = [_prompt_ids(model, tokenizer, p, k, max_new_tokens) for p, k in zip(prompts, keys)]
+    eos = eos_ids(model, tokenizer)
     pad_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     if pad_id is None:
         pad_id = model.generation_config.pad_token_id
     if pad_id is None:
         pad_id = eos[0] if eos else 0
 
-    settings = {"v": _CACHE_VERSION, "fingerprint": fingerprint or _weak_fingerprint(model),
+    settings = {"v": _CACHE_VERSION, "fingerprint": fingerprint or model_fingerprint(model),
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "eos": eos,
                 "prompts": hashlib.sha256(json.dumps([keys, encoded]).encode()).hexdigest()}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]

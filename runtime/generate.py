@@ -22,8 +22,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 
-import torch
-
 from .errors import AccelError, PackError
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .pack import Pack, load_pack, validate_for_model
@@ -222,22 +220,14 @@ class Generator:
 
             # same threshold and length scaling as the compact engine; the hook keeps short/padded/decode steps dense
             enable_sparse_prefill(model, layer_patterns(self.pack, max(map(len, ids))), min_len=threshold)
-        width = max(map(len, ids))
+        from .decode import generate_transformers
+
         pad = tok.pad_token_id if tok.pad_token_id is not None else self.loaded.eos_ids[0]
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=dev)
-        attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=dev)
-        torch.manual_seed(c.seed)
-        kw = dict(do_sample=c.temperature > 0, max_new_tokens=c.max_new_tokens, pad_token_id=pad,
-                  eos_token_id=self.loaded.eos_ids)
-        if c.temperature > 0:
-            kw.update(temperature=c.temperature, top_p=c.top_p, top_k=0)
-        else:
-            kw.update(temperature=None, top_p=None, top_k=None)
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            seq = model.generate(input_ids=input_ids, attention_mask=attn, **kw)
+        seqs = generate_transformers(model, ids, c.max_new_tokens, c.temperature, c.top_p, c.seed,
+                                     self.loaded.eos_ids, pad)
         wall = time.perf_counter() - t0
-        outs = [self._strip_eos(row[width:].tolist()) for row in seq]
+        outs = [self._strip_eos(row) for row in seqs]
         n = sum(map(len, outs))
         return [{"tokens": o, "stats": {"engine": "transformers", "fallback": self.fallback_reason, "wall_s": wall,
                                         "tokens_per_s": n / wall if wall else 0.0}} for o in outs]

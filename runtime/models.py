@@ -33,7 +33,7 @@ import torch
 from .errors import ModelError
 
 __all__ = ["DEFAULT_MODEL", "BUILTIN_MODELS", "LoadedModel", "load_model", "resolve_model", "model_fingerprint",
-           "pick_device", "pick_dtype"]
+           "eos_ids", "context_length", "pick_device", "pick_dtype"]
 
 DEFAULT_MODEL = "smollm2-135m"
 _EMBEDDED = {
@@ -74,15 +74,29 @@ class LoadedModel:
 
     @property
     def context_length(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+        return context_length(self.model)
 
     @property
     def eos_ids(self) -> list[int]:
-        eos = self.model.config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if getattr(self.tokenizer, "eos_token_id", None) is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return sorted(ids)
+        return eos_ids(self.model, self.tokenizer)
+
+
+def context_length(model: torch.nn.Module) -> int:
+    """The model's context in tokens (``max_position_embeddings``; 2048 when the config does not say)."""
+    return int(getattr(model.config, "max_position_embeddings", 2048))
+
+
+def eos_ids(model: torch.nn.Module, tokenizer=None) -> list[int]:
+    """Every token id that ends a generation, sorted: the config's, the generation config's and the
+    tokenizer's EOS. All three, because chat models often list their end-of-turn token in only one of
+    them (Llama 3 instruct: ``<|eot_id|>`` only in generation_config.json)."""
+    ids: set[int] = set()
+    for eos in (getattr(model.config, "eos_token_id", None),
+                getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                getattr(tokenizer, "eos_token_id", None)):
+        if eos is not None:
+            ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return sorted(ids)
 
 
 @dataclass
