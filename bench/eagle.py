@@ -24,7 +24,7 @@ import torch
 from ..runtime.decode import generate_plain
 from ..runtime.drafters.eagle_decode import generate_eagle
 from ..runtime.drafters.eagle_io import load_eagle
-from ..runtime.llama import CompactLM
+from ..runtime.model import CompactLM
 from .common import environment, synchronize, write_json
 from .decode import heldout_prompts
 

@@ -34,33 +34,37 @@ import time
 import numpy as np
 import torch
 
-from ..decode import GenerationResult, _sync, exact_kernels, resolve_mode
+from ..attention_meta import AttentionMeta
+from ..plain import GenerationResult
 from ..sampling import check_sampling_args, logits_to_probs, make_generator, sample_from_probs
+from ..steps import backend_for, resolve_mode, sync
 from .dynamic_tree import DynamicTree, grow_tree
 from .eagle import DraftCache, EagleDraft
-from .features import forward_exact_features, forward_features
 
-__all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree", "accept_greedy", "accept_speculative"]
+__all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree", "accept_greedy", "accept_speculative",
+           "forward_features"]
 
 
-def verify_tree(model, layers, tree: DynamicTree, prefix: int):
-    """One base forward over the tree at committed length ``prefix`` -> (logits (N+1, V), features (N+1, 3H))."""
-    dev = tree.tokens.device
-    n = tree.num_nodes
-    ar = torch.arange(n, device=dev)
-    p = torch.full((1,), prefix, dtype=torch.long, device=dev)
-    if model.exact:  # node i sees the prefix, then its ancestors' slots in depth order
-        logits, _, feats = forward_exact_features(model, layers, tree.tokens[None], (p + tree.depth)[None],
-                                                  (p + ar)[None], torch.zeros_like(p), p,
-                                                  (p + tree.depth + 1)[None], (p + tree.ancestors)[None])
-        return logits[0], feats[0]
-    slots = torch.arange(model.max_seq_len, device=dev)
-    cols = slots - p
-    in_tree = (cols >= 0) & (cols < n)
-    tree_part = tree.mask[:, cols.clamp(0, n - 1)] & in_tree  # (N+1, S)
-    mask = ((slots < p) | tree_part)[None, None]  # (1, 1, N+1, S)
-    logits, _, feats = forward_features(model, layers, tree.tokens[None], (p + tree.depth)[None], mask=mask,
-                                        write_pos=(p + ar)[None])
+def forward_features(model, layers, input_ids, meta, *, backend: str = "sdpa", last_only: bool = False):
+    """The base forward with EAGLE-3's features -> (logits, final hidden (B, T, H), features (B, T, F*H)).
+
+    EAGLE-3 (and SGLang / vLLM) take the *input* of decoder layer i (transformers' ``hidden_states[i]``);
+    ``CompactLM.forward(features=)`` returns layer *outputs*, so layer i's input is layer i-1's output
+    (layer 0's input is the bare embedding, which the draft reads anyway: refused)."""
+    n = len(model.layers)
+    if not layers or any(not 1 <= i < n for i in layers):
+        raise ValueError(f"feature layers {list(layers)} must lie in 1..{n - 1}")
+    logits, stack = model(input_ids, meta, backend=backend, last_only=last_only,
+                          features=[i - 1 for i in layers] + [-1])  # (F+1, B, T, H)
+    return logits, stack[-1], torch.cat(list(stack[:-1]), dim=-1)
+
+
+def verify_tree(model, layers, tree: DynamicTree, prefix: int, backend: str = "sdpa"):
+    """One base forward over the tree at committed length ``prefix`` -> (logits (N+1, V), features (N+1, 3H)).
+    Node i sees the prefix, then its ancestors' slots (``AttentionMeta.tree``, the layout Medusa verifies with)."""
+    p = torch.full((1,), prefix, dtype=torch.long, device=tree.tokens.device)
+    meta = AttentionMeta.tree(p, tree.depth, tree.ancestors)
+    logits, _, feats = forward_features(model, layers, tree.tokens[None], meta, backend=backend)
     return logits[0], feats[0]
 
 
@@ -148,18 +152,14 @@ def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h,
     return grow_tree(root, root_logp, step, k, depth, num_nodes)
 
 
-def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache, sampling=None):
+def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache, sampling=None, backend: str = "sdpa"):
     """Base prefill + draft prefill. -> (root token (), draft log-probs after it (V,), draft h (H,))."""
     dev = model.device
     layers = drafter.config.feature_layers
     L = len(prompt_ids)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=dev)
     pos = torch.arange(L, device=dev)[None]
-    if model.exact:
-        zero = torch.zeros(1, dtype=torch.long, device=dev)
-        logits, _, feats = forward_exact_features(model, layers, ids, pos, pos, zero, zero + L, pos + 1)
-    else:
-        logits, _, feats = forward_features(model, layers, ids, pos)
+    logits, _, feats = forward_features(model, layers, ids, AttentionMeta.prompt(pos), backend=backend)
     root = logits[0, -1].argmax(-1) if sampling is None else \
         sample_from_probs(logits_to_probs(logits[0, -1], sampling[0], sampling[1]), sampling[2])
     cache.rollback(0)
@@ -168,12 +168,12 @@ def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache, sam
 
 
 def eagle_step(model, drafter: EagleDraft, cache: DraftCache, prefix: int, root, root_logp, root_h,
-               top_k: int, depth: int, num_nodes: int, sampling=None):
+               top_k: int, depth: int, num_nodes: int, sampling=None, backend: str = "sdpa"):
     """One draft + verify + accept + catch-up step. -> (emitted tokens (a+1,), next root, its log-probs, h).
 
     ``sampling``: None (greedy) or (temperature, top_p, torch generator, numpy generator)."""
     tree = _draft_tree(drafter, cache, root, root_logp, root_h, top_k, depth, num_nodes)
-    logits, feats = verify_tree(model, drafter.config.feature_layers, tree, prefix)
+    logits, feats = verify_tree(model, drafter.config.feature_layers, tree, prefix, backend)
     nodes, nxt = accept_greedy(tree, logits) if sampling is None else accept_speculative(tree, logits, *sampling)
     a1 = nodes.shape[0]
     ar = torch.arange(a1, device=nodes.device)
@@ -194,7 +194,7 @@ def generate_eagle(model, drafter: EagleDraft, prompt_ids: list[int], max_new_to
     check_sampling_args(temperature, top_p)
     if not prompt_ids or max_new_tokens < 1:
         raise ValueError("need a non-empty prompt and max_new_tokens >= 1")
-    if drafter.config.hidden_size != model.config.hidden_size or drafter.config.vocab_size != model.vocab_size:
+    if drafter.config.hidden_size != model.args.hidden or drafter.config.vocab_size != model.vocab_size:
         raise ValueError("the EAGLE draft was built for another model (hidden or vocab size differs)")
     device = model.device
     mode = resolve_mode(compile, device, model)
@@ -202,27 +202,27 @@ def generate_eagle(model, drafter: EagleDraft, prompt_ids: list[int], max_new_to
         raise ValueError(f"generate_eagle runs eagerly for now: use compile=None, False or 'exact' (got {compile!r})")
     k = min(top_k, model.vocab_size)
     L = len(prompt_ids)
-    with exact_kernels(model, mode == "exact"):
-        model.setup_cache(1, L + max_new_tokens + num_nodes + depth + 2)
-        cache = drafter.new_cache(1, L + max_new_tokens + depth + 1 + depth * k)
-        eos = set(int(e) for e in eos_ids)
-        sampling = None if temperature == 0 else (temperature, top_p, make_generator(device, seed),
-                                                  np.random.default_rng(seed))
-        _sync(device)
-        t0 = time.perf_counter()
-        root, logp, h = eagle_prefill(model, drafter, prompt_ids, cache, sampling)
-        _sync(device)
-        t1 = time.perf_counter()
-        out, accept, prefix = [], [], L
-        while len(out) < max_new_tokens and not (eos & set(out)):
-            emitted, root, logp, h = eagle_step(model, drafter, cache, prefix, root, logp, h, k, depth, num_nodes,
-                                                sampling)
-            toks = emitted.tolist()
-            out += toks
-            accept.append(len(toks))
-            prefix += len(toks)
-        _sync(device)
-        t2 = time.perf_counter()
+    backend = backend_for(mode)
+    model.setup_cache(1, L + max_new_tokens + num_nodes + depth + 2)
+    cache = drafter.new_cache(1, L + max_new_tokens + depth + 1 + depth * k)
+    eos = set(int(e) for e in eos_ids)
+    sampling = None if temperature == 0 else (temperature, top_p, make_generator(device, seed),
+                                              np.random.default_rng(seed))
+    sync(device)
+    t0 = time.perf_counter()
+    root, logp, h = eagle_prefill(model, drafter, prompt_ids, cache, sampling, backend)
+    sync(device)
+    t1 = time.perf_counter()
+    out, accept, prefix = [], [], L
+    while len(out) < max_new_tokens and not (eos & set(out)):
+        emitted, root, logp, h = eagle_step(model, drafter, cache, prefix, root, logp, h, k, depth, num_nodes,
+                                            sampling, backend)
+        toks = emitted.tolist()
+        out += toks
+        accept.append(len(toks))
+        prefix += len(toks)
+    sync(device)
+    t2 = time.perf_counter()
     out = out[:max_new_tokens]
     first = next((j for j, t in enumerate(out) if t in eos), None)
     if first is not None:
