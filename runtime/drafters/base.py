@@ -3,7 +3,8 @@
 A drafter proposes a tree of candidate tokens after the base model's next token; the engine verifies
 the tree in one forward (``runtime.verify``, shared by all drafters) and accepts a path. Per request:
 
-    begin(prompt_feats, prompt_ids)      after prefill: the prompt's features (F, L, H); prime own cache
+    set_prompt(prompt_ids)               the prompt's token ids (no-op unless the drafter re-runs them)
+    begin(prompt_feats)                  after prefill: the prompt's features (F, L, H); prime own cache
     tokens = propose(root, feats)        root (1,) + features (F, 1, H) of the last accepted token
                                          -> tree tokens (N+1,) for ``self.tree`` (may be a NEW tree
                                          every step unless ``fixed_tree``)
@@ -42,9 +43,12 @@ class Drafter:
     def reset(self) -> None:
         """Forget the previous request (own KV cache, counters)."""
 
-    def begin(self, prompt_feats: torch.Tensor, prompt_ids=None) -> None:
-        """Consume the prompt's features (F, L, H) (and its token ids (L,), for drafters that re-run
-        the prompt, as EAGLE does) after prefill."""
+    def set_prompt(self, prompt_ids: list[int]) -> None:
+        """The request's prompt token ids, before ``begin`` (for drafters that re-run the prompt, as
+        EAGLE does; a separate hook so ``begin``'s signature stays the same for existing drafters)."""
+
+    def begin(self, prompt_feats: torch.Tensor) -> None:
+        """Consume the prompt's features (F, L, H) after prefill."""
 
     def propose(self, root: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -48,6 +48,7 @@ class EagleDrafter(Drafter):
         self.num_nodes = min(num_nodes, num_candidates(self.top_k, depth) - 1)
         self.feature_layers = tuple(i - 1 for i in c.feature_layers)  # layer outputs, see the docstring
         self.cache = None
+        self._prompt_ids = None
         self._pending = None  # (features (T, 3H), tokens (T-1,)) still to be run through the draft
         self.tree = self._shape()
 
@@ -75,10 +76,13 @@ class EagleDrafter(Drafter):
             self.cache.rollback(0)
         self._pending, self.tree = None, self._shape()
 
-    def begin(self, prompt_feats: torch.Tensor, prompt_ids=None) -> None:
-        if prompt_ids is None:
-            raise ValueError("the EAGLE drafter needs the prompt's token ids in begin()")
-        ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=prompt_feats.device).reshape(-1)
+    def set_prompt(self, prompt_ids) -> None:
+        self._prompt_ids = prompt_ids
+
+    def begin(self, prompt_feats: torch.Tensor) -> None:
+        if self._prompt_ids is None:
+            raise ValueError("the EAGLE drafter needs the prompt's token ids: call set_prompt() before begin()")
+        ids = torch.as_tensor(self._prompt_ids, dtype=torch.long, device=prompt_feats.device).reshape(-1)
         self._ensure(ids.numel() + _DRAFT_MARGIN)
         self.cache.rollback(0)
         self._pending = (self._flat(prompt_feats), ids[1:])
@@ -134,6 +138,8 @@ class EagleDrafter(Drafter):
 
     @classmethod
     def from_pack(cls, pack, model, tree=None) -> "EagleDrafter":
+        if tree is not None and not isinstance(tree, dict):
+            raise ValueError("an EAGLE drafter grows its own tree: --tree files are for Medusa packs")
         cfg = dict(pack.drafter)
         t = {**_TREE_DEFAULT, **cfg.pop("tree", {}), **(tree or {})}
         draft = EagleDraft(EagleConfig.from_dict(cfg))
