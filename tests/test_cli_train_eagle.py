@@ -87,3 +87,13 @@ def test_train_eagle_into_pack_keeps_patterns_and_decodes(tiny_model_dir, tmp_pa
     eng = Engine(cm, EagleDrafter.from_pack(p, cm), mode=False)
     prompt = [1, 5, 7, 9, 11, 13]
     assert eng.generate([prompt], Sampling(12))[0].tokens == generate_plain(cm, [prompt], 12)[0].tokens
+    # `accel generate --pack` decodes with the pack's EAGLE drafter (--medusa = use the pack's drafter)
+    f = tmp_path / "prompts.txt"
+    f.write_text("the cat sat\n")
+    outs = []
+    for flag in ("--medusa", "--no-medusa"):
+        o = tmp_path / f"o{flag}.jsonl"
+        r = _run("generate", "--prompt-file", f, "--model", tiny_model_dir, "--pack", pack, "-n", 8, flag, "--output", o)
+        assert r.exit_code == 0, r.output
+        outs.append([json.loads(l)["text"] for l in o.read_text().splitlines()])
+    assert outs[0] == outs[1]
