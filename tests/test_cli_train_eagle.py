@@ -97,3 +97,9 @@ def test_train_eagle_into_pack_keeps_patterns_and_decodes(tiny_model_dir, tmp_pa
         assert r.exit_code == 0, r.output
         outs.append([json.loads(l)["text"] for l in o.read_text().splitlines()])
     assert outs[0] == outs[1]
+    # `accel pack export --format eagle3` writes the SGLang / vLLM layout from the pack
+    r = _run("pack", "export", pack, "--format", "eagle3", "--model", tiny_model_dir, "-o", tmp_path / "e3")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "e3" / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and (tmp_path / "e3" / "model.safetensors").exists()
+    _one_line_error(_run("pack", "export", pack, "--format", "eagle3", "-o", tmp_path / "e4"), "--model")
