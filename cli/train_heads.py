@@ -1,8 +1,9 @@
 """``accel train-heads``: self-distil data, train a drafter on the frozen model.
 
 ``--drafter medusa`` (default): Medusa heads, written into the pack. ``--drafter eagle``: an EAGLE-3 draft
-layer (training-time test), written as its own drafter file (``--output``) until the engine's drafter
-protocol stores drafters inside the pack; ``--export-eagle3 DIR`` also writes it in the SGLang / vLLM layout."""
+layer (training-time test), written INTO a pack with ``--pack P`` (P's patterns kept; ``accel generate --pack``
+decodes with it), else as its own drafter file; ``--export-eagle3 DIR`` also writes it in the SGLang / vLLM
+layout (``accel pack export --format eagle3`` does the same from a pack)."""
 
 from __future__ import annotations
 
