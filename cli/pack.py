@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -90,17 +91,43 @@ def inspect(pack: Path = typer.Argument(..., help="The pack (.safetensors).")):
 @app.command("export")
 def export(
     pack: Path = typer.Argument(..., help="The pack (.safetensors)."),
-    format: str = typer.Option("minference", "--format", help="Only 'minference' (best-pattern JSON) for now."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the JSON config."),
+    format: str = typer.Option("minference", "--format", help="'minference' (best-pattern JSON) or 'eagle3' (the pack's EAGLE draft in the SGLang / vLLM layout, a folder)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the JSON config (minference) or the folder (eagle3)."),
+    model: Optional[str] = typer.Option(None, "--model", help="eagle3 only: the base model (its lm_head goes into the export)."),
 ):
-    """Export the pack's patterns as MInference's best-pattern config (read by vLLM and SGLang too)."""
+    """Export the pack's patterns as MInference's best-pattern config (read by vLLM and SGLang too), or its
+    EAGLE draft in the EAGLE-3 layout SGLang and vLLM load."""
     with user_errors():
         from ..runtime.errors import AccelError
         from ..runtime.files import check_output
         from ..runtime.pack import export_minference, load_pack
 
+        if format == "eagle3":
+            path = _export_eagle3(load_pack(pack), pack, output, model)
+            err.print(f"wrote {printable(path)}/ (EAGLE-3 layout for SGLang / vLLM)")
+            return
         if format != "minference":
-            raise AccelError(f"unknown --format {format!r}: only 'minference' is supported")
+            raise AccelError(f"unknown --format {format!r}: use 'minference' or 'eagle3'")
         check_output(output, inputs=[pack], what="--output")  # never the pack itself, never a FIFO, ...
         path = export_minference(load_pack(pack), output, inputs=[pack])
         err.print(f"wrote {printable(path)}")
+
+
+def _export_eagle3(p, pack_path, output, model):
+    from ..runtime.drafters.eagle import EagleConfig, EagleDraft
+    from ..runtime.drafters.eagle_io import export_eagle3
+    from ..runtime.errors import AccelError
+    from ..runtime.models import load_model
+    from ..runtime.pack import validate_for_model
+
+    if p.drafter_kind != "eagle" or not p.has_drafter:
+        raise AccelError(f"{pack_path} holds no EAGLE drafter (drafter: {p.drafter_kind or 'none'}); "
+                         "train one with `accel train-heads --drafter eagle --pack`")
+    if model is None:
+        raise AccelError("--format eagle3 needs --model (the base model: its lm_head is part of the EAGLE-3 layout)")
+    lm = load_model(model, device="cpu")
+    validate_for_model(p, lm.model, lm.fingerprint, where=f"pack {pack_path}")
+    draft = EagleDraft(EagleConfig.from_dict({k: v for k, v in p.drafter.items() if k != "tree"}))
+    draft.load_state_dict(p.tensors, strict=True)
+    return export_eagle3(draft, output, lm_head_weight=lm.model.get_output_embeddings().weight,
+                         base_config=lm.model.config)

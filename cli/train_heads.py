@@ -1,8 +1,9 @@
 """``accel train-heads``: self-distil data, train a drafter on the frozen model.
 
 ``--drafter medusa`` (default): Medusa heads, written into the pack. ``--drafter eagle``: an EAGLE-3 draft
-layer (training-time test), written as its own drafter file (``--output``) until the engine's drafter
-protocol stores drafters inside the pack; ``--export-eagle3 DIR`` also writes it in the SGLang / vLLM layout."""
+layer (training-time test), written INTO a pack with ``--pack P`` (P's patterns kept; ``accel generate --pack``
+decodes with it), else as its own drafter file; ``--export-eagle3 DIR`` also writes it in the SGLang / vLLM
+layout (``accel pack export --format eagle3`` does the same from a pack)."""
 
 from __future__ import annotations
 
@@ -170,12 +171,14 @@ def _train_eagle(output, model, pack, steps, batch_size, seq_len, lr, warmup, gr
             raise AccelError(f"file not found: {f}")
     if output.is_dir():
         raise AccelError(f"--output {output} is a folder; give a file name like eagle.safetensors")
-    if output.exists() and _is_pack_with_content(output):
-        raise AccelError(f"--output {output} is an acceleration pack; the EAGLE draft is written to its own file "
-                         "(e.g. eagle.safetensors) until packs store drafters")
+    into_pack = pack is not None  # --pack P: the draft goes INTO a pack (P's patterns kept) at --output
+    if not into_pack and output.exists() and _is_pack_with_content(output):
+        raise AccelError(f"--output {output} is an acceleration pack; pass --pack {output} to add the EAGLE draft "
+                         "to it, or write the draft to its own file (e.g. eagle.safetensors)")
     from ..runtime.files import check_output
 
-    check_output(output, inputs=[prompts, data, pack], what="--output", create_parents=True)
+    # --output may be --pack itself (the draft is merged into it, atomically)
+    check_output(output, inputs=[prompts, data], what="--output", create_parents=True)
     base = load_pack(pack) if pack is not None else None  # only to check the model matches
     cfg = EagleTrainConfig(ttt_steps=ttt_steps, loss=eagle_loss, steps=steps, batch_size=batch_size, seq_len=seq_len,
                            lr=lr, warmup=warmup, grad_accum=grad_accum,
@@ -193,8 +196,18 @@ def _train_eagle(output, model, pack, steps, batch_size, seq_len, lr, warmup, gr
                   "commands": {"train_heads": command_line()},
                   "train_heads": {"drafter": "eagle", "data": data_info, "metrics": result.metrics,
                                   "config": {k: v for k, v in vars(cfg).items() if k != "checkpoint_dir"}}}
-    if _is_main_process():
+    if _is_main_process() and into_pack:
+        from ..runtime.drafters.eagle_drafter import EagleDrafter
+        from ..runtime.pack import Pack, save_pack
+
+        dcfg, tensors = EagleDrafter(result.draft).to_pack()
+        prov = {**base.provenance, **provenance, "commands": {**base.provenance.get("commands", {}),
+                                                              **provenance["commands"]}}
+        save_pack(Pack(lm.name, lm.fingerprint, patterns=base.patterns, patterns_info=base.patterns_info,
+                       drafter=dcfg, tensors=tensors, drafter_kind="eagle", provenance=prov), output)
+    elif _is_main_process():
         save_eagle(output, result.draft, fingerprint=lm.fingerprint, base_model=lm.name, provenance=provenance)
+    if _is_main_process():
         m = result.metrics
         err.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): EAGLE draft, held-out per-step acceptance "
                   f"{m['eval_accept']}")

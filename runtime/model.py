@@ -189,9 +189,6 @@ class CompactLM(nn.Module):
         family = family_for(hf_model)
         args = family.args(hf_model.config)
         self.family, self.args = family.model_type, args
-        # the transformers config, read-only: drafters shape themselves from the base (EAGLE's draft layer
-        # copies its sizes and RoPE); the model itself reads only ``args``
-        self.config = hf_model.config
         self.n_head, self.n_kv, self.head_dim = args.n_head, args.n_kv, args.head_dim
         base = hf_model.model
         self.tok_embeddings = _param(base.embed_tokens.weight)  # (V, H)

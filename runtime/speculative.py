@@ -119,6 +119,7 @@ def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: in
     logits, feats = prefill(model, prompt_ids, backend, plan, features=drafter.feature_layers)  # (1, V), (F, 1, L, H)
     root = logits[0].argmax(-1) if acceptance == "greedy" else \
         sample_from_probs(logits_to_probs(logits[0], temperature, top_p), gen)
+    drafter.set_prompt(prompt_ids)
     drafter.begin(feats[:, 0])
     st.put("tree_tokens", drafter.propose(root.reshape(1), feats[:, 0, -1:]))
     sync(device)

@@ -62,3 +62,44 @@ def test_train_eagle_bad_input(tiny_model_dir, tmp_path):
     before = pack.read_bytes()
     _one_line_error(_train(tiny_model_dir, pack, text), "acceleration pack")
     assert pack.read_bytes() == before
+
+
+def test_train_eagle_into_pack_keeps_patterns_and_decodes(tiny_model_dir, tmp_path):
+    from accel.runtime.decode import generate_plain
+    from accel.runtime.drafters import EagleDrafter
+    from accel.runtime.engine import Engine, Sampling
+    from accel.runtime.model import CompactLM
+    from accel.runtime.pack import load_pack
+
+    text = tmp_path / "data.txt"
+    text.write_text(("the cat sat on the mat and the dog sat on the log. " * 12 + "\n") * 4)
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    heads = lm.model.config.num_attention_heads
+    patterns = [{str(h): ["dense", 0, 0, 1.0] for h in range(heads)}] * lm.model.config.num_hidden_layers
+    pack = save_pack(Pack(lm.name, lm.fingerprint, patterns=patterns), tmp_path / "p.safetensors")
+    r = _train(tiny_model_dir, pack, text, "--pack", pack)
+    assert r.exit_code == 0, r.output
+    p = load_pack(pack)
+    assert p.drafter_kind == "eagle" and p.patterns == patterns and p.has_drafter
+    r = _run("pack", "inspect", pack)
+    assert r.exit_code == 0 and "eagle" in r.output, r.output
+    cm = CompactLM.from_hf(lm.model)
+    eng = Engine(cm, EagleDrafter.from_pack(p, cm), mode=False)
+    prompt = [1, 5, 7, 9, 11, 13]
+    assert eng.generate([prompt], Sampling(12))[0].tokens == generate_plain(cm, [prompt], 12)[0].tokens
+    # `accel generate --pack` decodes with the pack's EAGLE drafter (--medusa = use the pack's drafter)
+    f = tmp_path / "prompts.txt"
+    f.write_text("the cat sat\n")
+    outs = []
+    for flag in ("--medusa", "--no-medusa"):
+        o = tmp_path / f"o{flag}.jsonl"
+        r = _run("generate", "--prompt-file", f, "--model", tiny_model_dir, "--pack", pack, "-n", 8, flag, "--output", o)
+        assert r.exit_code == 0, r.output
+        outs.append([json.loads(l)["text"] for l in o.read_text().splitlines()])
+    assert outs[0] == outs[1]
+    # `accel pack export --format eagle3` writes the SGLang / vLLM layout from the pack
+    r = _run("pack", "export", pack, "--format", "eagle3", "--model", tiny_model_dir, "-o", tmp_path / "e3")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "e3" / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and (tmp_path / "e3" / "model.safetensors").exists()
+    _one_line_error(_run("pack", "export", pack, "--format", "eagle3", "-o", tmp_path / "e4"), "--model")

@@ -7,8 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from accel.runtime.decode import generate_plain
 from accel.runtime.drafters.dynamic_tree import grow_tree, num_candidates, select_tree
 from accel.runtime.drafters.eagle import EagleConfig, EagleConfigError, EagleDraft, default_feature_layers
-from accel.runtime.drafters.eagle_decode import _draft_catch_up, eagle_prefill, eagle_step, generate_eagle
-from accel.runtime.drafters.features import forward_features
+from accel.runtime.drafters.eagle_decode import _draft_catch_up, eagle_prefill, eagle_step, forward_features, generate_eagle
 from accel.runtime.errors import AccelError
 from accel.runtime.model import CompactLM
 
@@ -30,7 +29,7 @@ def model(hf):
 
 
 def make_draft(model, seed=1, std=0.3, cls=EagleDraft):
-    d = cls(EagleConfig.for_base(model.config, intermediate_size=96), model.tok_embeddings, model.output.weight)
+    d = cls(EagleConfig.for_base(model, intermediate_size=96), model.tok_embeddings, model.output.weight)
     d.init_weights(seed, std)
     return d.eval().requires_grad_(False)
 
@@ -38,7 +37,7 @@ def make_draft(model, seed=1, std=0.3, cls=EagleDraft):
 # ----------------------------------------------------------------------------- config
 
 def test_config_round_trip_and_bounds(model):
-    c = EagleConfig.for_base(model.config)
+    c = EagleConfig.for_base(model)
     assert c.feature_layers == (2, 2, 1) and default_feature_layers(32) == (2, 16, 29) and default_feature_layers(2) == (1, 1, 1)
     assert EagleConfig.from_dict(c.to_dict()) == EagleConfig(**{**c.to_dict(), "aux_layers": (2, 2, 1)})
     bad = [({"hidden_size": 0}, "hidden_size"), ({"aux_layers": [0, 1, 4]}, "outside"),
@@ -224,7 +223,7 @@ def test_draft_cache_rolls_back_to_the_accepted_path(model):
 @pytest.mark.model
 def test_greedy_eagle_equals_plain_on_smollm2(smollm2):
     m = CompactLM.from_hf(smollm2.model)
-    d = EagleDraft(EagleConfig.for_base(m.config), m.tok_embeddings, m.output.weight).init_weights(0, 0.02).eval()
+    d = EagleDraft(EagleConfig.for_base(m), m.tok_embeddings, m.output.weight).init_weights(0, 0.02).eval()
     prompt = smollm2.tokenizer.encode("The capital of France is")
     ref = generate_plain(m, [prompt], 16)[0].tokens
     res = generate_eagle(m, d, prompt, 16, top_k=4, depth=4, num_nodes=16)

@@ -6,9 +6,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from accel.runtime.decode import generate_plain
 from accel.runtime.drafters.eagle import EagleConfig, EagleDraft
-from accel.runtime.drafters.eagle_decode import generate_eagle
 from accel.runtime.attention_meta import AttentionMeta
-from accel.runtime.drafters.features import forward_exact_features
+from accel.runtime.drafters.eagle_decode import forward_features, generate_eagle
 from accel.runtime.model import CompactLM
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -29,17 +28,18 @@ def test_exact_features_forward_is_the_models(bf16):
     pos = torch.arange(9, device=DEV)[None]
     zero = torch.zeros(1, dtype=torch.long, device=DEV)
     bf16.setup_cache(1, 64)
-    ref, hid = bf16(ids, AttentionMeta(pos, pos, zero, zero + 9, pos + 1), backend="exact")
-    got, hid2, feats = forward_exact_features(bf16, (1, 2, 2), ids, pos, pos, zero, zero + 9, pos + 1)
+    meta = AttentionMeta.causal(pos)
+    ref, hid = bf16(ids, meta, backend="exact")
+    got, hid2, feats = forward_features(bf16, (1, 2, 2), ids, meta, backend="exact")
     assert torch.equal(got, ref) and torch.equal(hid, hid2) and feats.shape == (1, 9, 3 * 96)
 
 
 def test_exact_bf16_eagle_equals_plain(bf16):
     n = 40 if DEV == "cuda" else 8
-    d = EagleDraft(EagleConfig.for_base(bf16.config, intermediate_size=64), bf16.tok_embeddings, bf16.output.weight)
+    d = EagleDraft(EagleConfig.for_base(bf16, intermediate_size=64), bf16.tok_embeddings, bf16.output.weight)
     d = d.init_weights(1, 0.3).to(DEV, torch.bfloat16).eval()
     prompts = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3]]
     for p in prompts if DEV == "cuda" else prompts[:1]:  # ~30 s per prompt in the interpreter
         ref = generate_plain(bf16, [p], n, compile="exact")[0].tokens
         assert generate_eagle(bf16, d, p, n, top_k=3, depth=3, num_nodes=8, compile="exact").tokens == ref
-    assert not hasattr(bf16, "exact")  # the decode mode is an argument, never state on the model
+    assert not getattr(bf16, "exact", False)  # nothing is switched on the model

@@ -4,11 +4,12 @@ registered by the ``kind`` a pack records (``accel.drafter.kind``)."""
 from __future__ import annotations
 
 from .base import Drafter
+from .eagle_drafter import EagleDrafter
 from .medusa import MedusaDrafter
 
-__all__ = ["Drafter", "MedusaDrafter", "DRAFTERS", "drafter_class"]
+__all__ = ["Drafter", "EagleDrafter", "MedusaDrafter", "DRAFTERS", "drafter_class"]
 
-DRAFTERS: dict[str, type[Drafter]] = {MedusaDrafter.kind: MedusaDrafter}
+DRAFTERS: dict[str, type[Drafter]] = {MedusaDrafter.kind: MedusaDrafter, EagleDrafter.kind: EagleDrafter}
 
 
 def drafter_class(kind: str) -> type[Drafter]:

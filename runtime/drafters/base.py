@@ -3,6 +3,7 @@
 A drafter proposes a tree of candidate tokens after the base model's next token; the engine verifies
 the tree in one forward (``runtime.verify``, shared by all drafters) and accepts a path. Per request:
 
+    set_prompt(prompt_ids)               the prompt's token ids (no-op unless the drafter re-runs them)
     begin(prompt_feats)                  after prefill: the prompt's features (F, L, H); prime own cache
     tokens = propose(root, feats)        root (1,) + features (F, 1, H) of the last accepted token
                                          -> tree tokens (N+1,) for ``self.tree`` (may be a NEW tree
@@ -41,6 +42,10 @@ class Drafter:
     # -- decoding --------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the previous request (own KV cache, counters)."""
+
+    def set_prompt(self, prompt_ids: list[int]) -> None:
+        """The request's prompt token ids, before ``begin`` (for drafters that re-run the prompt, as
+        EAGLE does; a separate hook so ``begin``'s signature stays the same for existing drafters)."""
 
     def begin(self, prompt_feats: torch.Tensor) -> None:
         """Consume the prompt's features (F, L, H) after prefill."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AccelError
-from ..families import rope_inv_freq
+from ..families import ModelArgs, rope_inv_freq
 
 __all__ = ["EagleConfig", "EagleConfigError", "EagleDraft", "DraftCache", "default_feature_layers"]
 
@@ -123,7 +123,19 @@ class EagleConfig:
 
     @classmethod
     def for_base(cls, cfg, aux_layers=None, intermediate_size: int | None = None) -> "EagleConfig":
-        """A draft shaped like one layer of the transformers config ``cfg`` of the base model."""
+        """A draft shaped like one layer of the transformers config ``cfg`` of the base model (or of a
+        ``CompactLM``: its ``ModelArgs``, the MLP width read off its first layer)."""
+        if isinstance(getattr(cfg, "args", None), ModelArgs):
+            a = cfg.args
+            rp = dict(a.rope)
+            theta = float(rp.pop("rope_theta", 10000.0))
+            rtype = rp.get("rope_type", "default")
+            return cls(hidden_size=a.hidden, vocab_size=a.vocab, num_attention_heads=a.n_head,
+                       num_key_value_heads=a.n_kv, head_dim=a.head_dim,
+                       intermediate_size=intermediate_size or int(cfg.layers[0].w2.weight.shape[1]),
+                       target_num_layers=a.n_layer, rms_norm_eps=float(a.rms_eps), rope_theta=theta,
+                       rope_scaling=None if rtype == "default" else rp, max_position_embeddings=int(a.max_positions),
+                       aux_layers=aux_layers)
         n_head = cfg.num_attention_heads
         rp = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
         theta = float(rp.pop("rope_theta", getattr(cfg, "rope_theta", 10000.0)))

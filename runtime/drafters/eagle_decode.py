@@ -36,22 +36,35 @@ import torch
 
 from ..attention_meta import AttentionMeta
 from ..plain import GenerationResult
-from ..steps import backend_for, resolve_mode
-from ..steps import sync as _sync
 from ..sampling import check_sampling_args, logits_to_probs, make_generator, sample_from_probs
+from ..steps import backend_for, resolve_mode, sync
 from .dynamic_tree import DynamicTree, grow_tree
 from .eagle import DraftCache, EagleDraft
-from .features import forward_meta_features
 
-__all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree", "accept_greedy", "accept_speculative"]
+__all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree", "accept_greedy", "accept_speculative",
+           "forward_features"]
+
+
+def forward_features(model, layers, input_ids, meta, *, backend: str = "sdpa", last_only: bool = False):
+    """The base forward with EAGLE-3's features -> (logits, final hidden (B, T, H), features (B, T, F*H)).
+
+    EAGLE-3 (and SGLang / vLLM) take the *input* of decoder layer i (transformers' ``hidden_states[i]``);
+    ``CompactLM.forward(features=)`` returns layer *outputs*, so layer i's input is layer i-1's output
+    (layer 0's input is the bare embedding, which the draft reads anyway: refused)."""
+    n = len(model.layers)
+    if not layers or any(not 1 <= i < n for i in layers):
+        raise ValueError(f"feature layers {list(layers)} must lie in 1..{n - 1}")
+    logits, stack = model(input_ids, meta, backend=backend, last_only=last_only,
+                          features=[i - 1 for i in layers] + [-1])  # (F+1, B, T, H)
+    return logits, stack[-1], torch.cat(list(stack[:-1]), dim=-1)
 
 
 def verify_tree(model, layers, tree: DynamicTree, prefix: int, backend: str = "sdpa"):
     """One base forward over the tree at committed length ``prefix`` -> (logits (N+1, V), features (N+1, 3H)).
-    Node i sees the prefix, then its ancestors' slots in depth order (``AttentionMeta.tree``)."""
+    Node i sees the prefix, then its ancestors' slots (``AttentionMeta.tree``, the layout Medusa verifies with)."""
     p = torch.full((1,), prefix, dtype=torch.long, device=tree.tokens.device)
     meta = AttentionMeta.tree(p, tree.depth, tree.ancestors)
-    logits, _, feats = forward_meta_features(model, layers, tree.tokens[None], meta, backend)
+    logits, _, feats = forward_features(model, layers, tree.tokens[None], meta, backend=backend)
     return logits[0], feats[0]
 
 
@@ -146,7 +159,7 @@ def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache, sam
     L = len(prompt_ids)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=dev)
     pos = torch.arange(L, device=dev)[None]
-    logits, _, feats = forward_meta_features(model, layers, ids, AttentionMeta.prompt(pos), backend)
+    logits, _, feats = forward_features(model, layers, ids, AttentionMeta.prompt(pos), backend=backend)
     root = logits[0, -1].argmax(-1) if sampling is None else \
         sample_from_probs(logits_to_probs(logits[0, -1], sampling[0], sampling[1]), sampling[2])
     cache.rollback(0)
@@ -181,7 +194,7 @@ def generate_eagle(model, drafter: EagleDraft, prompt_ids: list[int], max_new_to
     check_sampling_args(temperature, top_p)
     if not prompt_ids or max_new_tokens < 1:
         raise ValueError("need a non-empty prompt and max_new_tokens >= 1")
-    if drafter.config.hidden_size != model.config.hidden_size or drafter.config.vocab_size != model.vocab_size:
+    if drafter.config.hidden_size != model.args.hidden or drafter.config.vocab_size != model.vocab_size:
         raise ValueError("the EAGLE draft was built for another model (hidden or vocab size differs)")
     device = model.device
     mode = resolve_mode(compile, device, model)
@@ -195,10 +208,10 @@ def generate_eagle(model, drafter: EagleDraft, prompt_ids: list[int], max_new_to
     eos = set(int(e) for e in eos_ids)
     sampling = None if temperature == 0 else (temperature, top_p, make_generator(device, seed),
                                               np.random.default_rng(seed))
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     root, logp, h = eagle_prefill(model, drafter, prompt_ids, cache, sampling, backend)
-    _sync(device)
+    sync(device)
     t1 = time.perf_counter()
     out, accept, prefix = [], [], L
     while len(out) < max_new_tokens and not (eos & set(out)):
@@ -208,7 +221,7 @@ def generate_eagle(model, drafter: EagleDraft, prompt_ids: list[int], max_new_to
         out += toks
         accept.append(len(toks))
         prefix += len(toks)
-    _sync(device)
+    sync(device)
     t2 = time.perf_counter()
     out = out[:max_new_tokens]
     first = next((j for j, t in enumerate(out) if t in eos), None)

@@ -4,7 +4,8 @@
   and ``__metadata__`` keys ``accel.drafter.kind`` ("eagle"), ``accel.drafter.config`` (JSON of
   ``EagleConfig``), ``accel.fingerprint``, ``accel.base_model``, ``accel.provenance``. The loader checks every
   tensor name, shape and dtype against a freshly built draft of that config and raises ``PackError`` with one
-  line; until the engine's drafter protocol stores drafters inside the pack, this file travels beside it.
+  line. Packs store the draft through the drafter protocol (``eagle_drafter.EagleDrafter``, kind "eagle");
+  this standalone file is what ``train-heads --drafter eagle`` writes without ``--pack``.
 - ``export_eagle3``: ``model.safetensors`` + ``config.json`` as SGLang and vLLM load an EAGLE-3 draft
   (``LlamaForCausalLMEagle3``). Names and keys checked against
   sgl-project/sglang python/sglang/srt/models/llama_eagle3.py (``LlamaForCausalLMEagle3.load_weights``: ``d2t``

@@ -1,0 +1,69 @@
+"""EAGLE through the drafter protocol: greedy via the engine's speculative loop == plain greedy, the pack
+round trip (config + tensors validated by the drafter, loaded back as the same drafter), bounded config."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from accel.runtime.decode import generate_plain
+from accel.runtime.drafters import DRAFTERS, EagleDrafter
+from accel.runtime.drafters.eagle import EagleConfig, EagleDraft
+from accel.runtime.engine import Engine, Sampling
+from accel.runtime.model import CompactLM
+from accel.runtime.pack import Pack, load_pack, save_pack
+
+V = 97
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      initializer_range=0.3, tie_word_embeddings=True)
+    return CompactLM.from_hf(LlamaForCausalLM(cfg).eval())
+
+
+def drafter(model, seed=1, std=0.3, **tree):
+    d = EagleDraft(EagleConfig.for_base(model, intermediate_size=96), model.tok_embeddings, model.output.weight)
+    return EagleDrafter(d.init_weights(seed, std).eval().requires_grad_(False), **tree)
+
+
+PROMPTS = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3]]
+
+
+def test_registered():
+    assert DRAFTERS["eagle"] is EagleDrafter
+
+
+@pytest.mark.parametrize("std", [0.3, 0.0])  # a random draft, and an all-zero (always wrong) one
+def test_greedy_engine_equals_plain(model, std):
+    eng = Engine(model, drafter(model, std=std, top_k=3, depth=3, num_nodes=8), mode=False)
+    for p in PROMPTS:
+        ref = generate_plain(model, [p], 24)[0].tokens
+        got = eng.generate([p], Sampling(24))[0]
+        assert got.tokens == ref
+        assert sum(got.accept_lengths) >= len(ref)
+
+
+def test_pack_round_trip(model, tmp_path):
+    dr = drafter(model, top_k=4, depth=2, num_nodes=6)
+    cfg, tensors = dr.to_pack()
+    path = save_pack(Pack("tiny", "fp", patterns=None, drafter=cfg, tensors=tensors, drafter_kind="eagle"),
+                     tmp_path / "p.safetensors")
+    pack = load_pack(path)
+    assert pack.drafter_kind == "eagle" and pack.drafter["tree"] == {"top_k": 4, "depth": 2, "num_nodes": 6}
+    back = EagleDrafter.from_pack(pack, model)
+    assert (back.top_k, back.depth, back.num_nodes) == (4, 2, 6)
+    for k, v in tensors.items():
+        assert torch.equal(back.draft.state_dict()[k], v)
+    p = PROMPTS[0]
+    assert Engine(model, back, mode=False).generate([p], Sampling(16))[0].tokens == \
+        generate_plain(model, [p], 16)[0].tokens
+
+
+def test_config_bounds(model):
+    cfg, _ = drafter(model).to_pack()
+    for bad in ({**cfg, "tree": {"top_k": 10 ** 9}}, {**cfg, "tree": {"depth": "5"}}, {**cfg, "hidden_size": 1 << 30},
+                {**cfg, "tree": [1, 2]}, [1], {**cfg, "bogus": 1}):
+        with pytest.raises(ValueError):
+            EagleDrafter.validate_config(bad)
