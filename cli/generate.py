@@ -38,7 +38,7 @@ def generate(
     compile: Optional[str] = typer.Option(None, "--compile", help="Decode steps on CUDA: exact (default: batch-invariant Triton kernels in a CUDA graph; greedy output is the same with or without Medusa and in any batch, and it is the fastest step measured), graph (cuBLAS/SDPA in a CUDA graph: the fallback for attention shapes the exact kernels do not support), eager."),
     stream: bool = typer.Option(False, "--stream", help="Print the tokens of a single prompt as they are accepted (plain text on stdout)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON line per prompt here instead of text on stdout."),
-    stats: bool = typer.Option(False, "--stats", help="Print prefill time, tokens/s, accepted tokens/step, attention density."),
+    stats: bool = typer.Option(False, "--stats", help="Print prefill time, wall-clock tokens/s (prefill, capture and decode of the request), decode-only tokens/s, accepted tokens/step, attention density."),
     force: bool = typer.Option(False, "--force", help="Use a pack whose fingerprint does not match the model."),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU)."),

@@ -192,7 +192,7 @@ class Generator:
         def on_result(row, r):
             toks = r.tokens[:-1] if r.tokens and r.tokens[-1] in eos else r.tokens
             stats = {"engine": engine.name, "decode_mode": engine.mode, "prefill_ms": r.prefill_s * 1e3,
-                     "tokens_per_s": r.tokens_per_s,
+                     "tokens_per_s": r.tokens_per_s, "wall_tokens_per_s": r.wall_tokens_per_s,
                      "attention_density": plans[row].work_share(len(ids[row]), engine.model.head_dim)}
             if r.accept_lengths:
                 stats["accepted_per_step"] = sum(r.accept_lengths) / len(r.accept_lengths)
@@ -236,7 +236,8 @@ class Generator:
         from rich.table import Table
 
         t = Table(title="generation stats")
-        keys = ["engine", "decode_mode", "prefill_ms", "tokens_per_s", "accepted_per_step", "attention_density"]
+        keys = ["engine", "decode_mode", "prefill_ms", "wall_tokens_per_s", "tokens_per_s", "accepted_per_step",
+                "attention_density"]
         t.add_column("id")
         for k in keys:
             t.add_column(k, justify="right")

@@ -39,7 +39,18 @@ class GenerationResult:
 
     @property
     def tokens_per_s(self) -> float:
+        """Decode-only speed (after the first token)."""
         return self.num_new / self.decode_s if self.decode_s > 0 else float("nan")
+
+    @property
+    def wall_s(self) -> float:
+        """This request from its prefill to its last token: prefill, any graph capture, decode."""
+        return self.prefill_s + self.capture_s + self.decode_s
+
+    @property
+    def wall_tokens_per_s(self) -> float:
+        """What a user feels: new tokens over ``wall_s`` (time to first token included)."""
+        return self.num_new / self.wall_s if self.wall_s > 0 else float("nan")
 
 
 @dataclass

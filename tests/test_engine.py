@@ -234,6 +234,9 @@ def test_generator_on_completion_is_called_per_prompt(tiny_model_dir):
     assert [c.id for c in got] == ["a", "b"] and [c.tokens for c in got] == [c.tokens for c in comps]
     assert isinstance(gen.engine, Engine) and gen.engine.drafter is None
     json.dumps([c.to_json() for c in comps])
+    for c in comps:  # wall clock (prefill + capture + decode) beside decode-only: never faster than it
+        s = c.stats
+        assert s["wall_tokens_per_s"] > 0 and s["wall_tokens_per_s"] <= s["tokens_per_s"]
 
 
 def test_model_returns_the_features_a_drafter_declares(model):
