@@ -62,3 +62,21 @@ def one_line_error(result, needle: str | None = None) -> str:
     if needle is not None:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def valid_eagle_pack(path, *, fingerprint="abc123", seed=0):
+    """A format-2 pack whose drafter is an EAGLE-3 draft layer (kind "eagle") for a tiny random Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from accel.runtime.drafters.eagle import EagleConfig, EagleDraft
+    from accel.runtime.drafters.eagle_drafter import EagleDrafter
+    from accel.runtime.model import CompactLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+    model = CompactLM.from_hf(LlamaForCausalLM(cfg).eval())
+    d = EagleDraft(EagleConfig.for_base(model, intermediate_size=96), model.tok_embeddings, model.output.weight)
+    dcfg, tensors = EagleDrafter(d.init_weights(seed, 0.1).eval(), top_k=4, depth=3, num_nodes=8).to_pack()
+    return save_pack(Pack("tiny", fingerprint, patterns=None, drafter=dcfg, tensors=tensors, drafter_kind="eagle",
+                          provenance={"accel_version": "0"}), path)

@@ -35,7 +35,7 @@ from typer.testing import CliRunner
 from accel.cli import app
 from accel.runtime.errors import AccelError
 from accel.runtime.prompts import read_prompt_file
-from tests.hostile_inputs import read_raw, valid_pack
+from tests.hostile_inputs import read_raw, valid_eagle_pack, valid_pack
 
 N_PACK, N_PROMPT = 240, 240
 MAX_S, MAX_MB = 2.0, 500
@@ -238,6 +238,29 @@ def test_fuzz_pack(seed, base_pack, tmp_path):
     _check_cli(["pack", "inspect", path], path)
     if seed % 8 == 0:  # and the export path, which must never touch the pack
         _check_cli(["pack", "export", path, "-o", tmp_path / "c.json"], path)
+
+
+@pytest.fixture(scope="module")
+def eagle_pack(tmp_path_factory):
+    path = valid_eagle_pack(tmp_path_factory.mktemp("fuzz") / "eagle.safetensors")
+    meta, tensors = read_raw(path)
+    return path.read_bytes(), meta, tensors
+
+
+@pytest.mark.parametrize("seed", range(N_PACK // 4))
+def test_fuzz_eagle_pack(seed, eagle_pack, tmp_path):
+    """The same mutations on a pack whose drafter is EAGLE (accel.drafter.kind = "eagle"): its config and
+    tensors go through the same bounded loader."""
+    data, what = _pack_case(seed, eagle_pack)
+    path = tmp_path / "p.safetensors"
+    path.write_bytes(data)
+    _check_cli(["pack", "inspect", path], path)
+
+
+def test_fuzz_eagle_pack_unmutated_loads(eagle_pack, tmp_path):
+    path = tmp_path / "p.safetensors"
+    path.write_bytes(eagle_pack[0])
+    _check_cli(["pack", "inspect", path], path, expect_ok=True)
 
 
 def test_fuzz_pack_unmutated_loads(base_pack, tmp_path):
