@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -33,13 +32,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..runtime.drafters.eagle import EagleConfig, EagleConfigError, EagleDraft
 from .data import HeadsDataError, to_examples
-from .train import (HeadsCheckpointError, HeadsConfigError, _autocast, _bf16, _chunks, _collate, _data_hash, _load,
-                    _lr_lambda, _Order, _Progress, _rng_state, _save, _set_rng_state, _split, _warmup)
+from .train import (HeadsCheckpointError, HeadsConfigError, _autocast, _bf16, _chunks, _collate, _data_hash,
+                    _lr_lambda, _Order, _Progress, _save, _split, _warmup, checkpoint_state, resume_checkpoint)
 
 __all__ = ["EagleTrainConfig", "EagleTrainResult", "train_eagle", "evaluate_eagle", "ttt_loss", "unroll", "base_features"]
-
-_CKPT_NAME = "checkpoint.pt"
-_CKPT_VERSION = 1
 
 
 @dataclass
@@ -279,22 +275,12 @@ def train_eagle(model, tokenizer, data: Sequence[Any], config: EagleTrainConfig 
 
     # ---- resume
     identity = _identity(config, dcfg, fingerprint, _data_hash(train), world)
-    ckpt = Path(config.checkpoint_dir) / _CKPT_NAME if config.checkpoint_dir else None
-    start, history = 0, []
-    if config.resume and ckpt is not None and ckpt.exists():
-        state = _load(ckpt, identity)
-        draft.load_state_dict(state["draft"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start, history = int(state["step"]), list(state.get("loss_history", []))
+    ckpt, start, history = resume_checkpoint(config, identity, "draft", draft, opt, sched)
     resumed_from = start
 
     def save(step: int):
         if main:
-            _save(ckpt, {"version": _CKPT_VERSION, "identity": identity, "step": step, "draft": draft.state_dict(),
-                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
-                         "loss_history": history})
+            _save(ckpt, checkpoint_state(identity, step, "draft", draft, opt, sched, history))
         acc.wait_for_everyone()
 
     K = config.ttt_steps

@@ -321,6 +321,28 @@ def _identity(config: TrainConfig, heads_cfg: MedusaConfig, fingerprint: str | N
             **{k: getattr(config, k) for k in keys}}
 
 
+
+def resume_checkpoint(config, identity: dict, key: str, module, opt, sched):
+    """The checkpoint path, and (step, loss history) to start from: restores ``module`` (saved under
+    ``key``), the optimizer, the scheduler and the RNG streams when ``config.resume`` finds a checkpoint of
+    the same run (``identity``). Shared by the Medusa and EAGLE trainers, so resume is bit-exact for both."""
+    ckpt = Path(config.checkpoint_dir) / _CKPT_NAME if config.checkpoint_dir else None
+    if not (config.resume and ckpt is not None and ckpt.exists()):
+        return ckpt, 0, []
+    state = _load(ckpt, identity)
+    module.load_state_dict(state[key])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return ckpt, int(state["step"]), list(state.get("loss_history", []))
+
+
+def checkpoint_state(identity: dict, step: int, key: str, module, opt, sched, history: list, **extra) -> dict:
+    """What a checkpoint holds: the module under ``key``, optimizer, scheduler, RNG streams, loss history."""
+    return {"version": _CKPT_VERSION, "identity": identity, "step": step, key: module.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+            "loss_history": history, **extra}
+
 def _save(path: Path, state: dict) -> None:
     # atomic (runtime.files): a kill leaves either the old or the new checkpoint, never half of one
     atomic_write(path, lambda tmp: torch.save(state, tmp), what="checkpoint", create_parents=True)
@@ -452,24 +474,14 @@ def train_heads(model, tokenizer, data: Sequence[Any], config: TrainConfig | Non
 
     # ---- resume
     identity = _identity(config, hcfg, fingerprint, _data_hash(train), world)
-    ckpt = Path(config.checkpoint_dir) / _CKPT_NAME if config.checkpoint_dir else None
-    start, history = 0, []
-    if config.resume and ckpt is not None and ckpt.exists():
-        state = _load(ckpt, identity)
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start, history = int(state["step"]), list(state.get("loss_history", []))
+    ckpt, start, history = resume_checkpoint(config, identity, "heads", heads, opt, sched)
     resumed_from = start
 
     def save(step: int):
         if main:
-            _save(ckpt, {"version": _CKPT_VERSION, "identity": identity, "step": step,
-                         "heads": heads.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "rng": _rng_state(), "loss_history": history,
-                         "data_state": {"seed": config.seed, "micro_batches_done": step * config.grad_accum,
-                                        "epoch": (step * config.grad_accum) // order.per_epoch}})
+            _save(ckpt, checkpoint_state(identity, step, "heads", heads, opt, sched, history,
+                                         data_state={"seed": config.seed, "micro_batches_done": step * config.grad_accum,
+                                                     "epoch": (step * config.grad_accum) // order.per_epoch}))
         acc.wait_for_everyone()
 
     bar = _Progress(progress and main, config.steps, start)
