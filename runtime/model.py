@@ -304,10 +304,14 @@ class CompactLM(nn.Module):
         x = F.embedding(input_ids, self.tok_embeddings)  # (B, T, H)
         feats = {}
         for i, layer in enumerate(self.layers):
-            plan = (meta.prefill.patterns[i], meta.prefill.dense_above, meta.prefill.stats) if sparse else None
+            pats = meta.prefill.patterns[i] if sparse else None
+            plan = (pats, meta.prefill.dense_above, meta.prefill.stats) if pats is not None else None
+            if sparse and pats is None and meta.prefill.stats is not None:  # a layer planned dense
+                meta.prefill.stats.append({"density": 1.0, "heads": self.n_head, "sparse_heads": 0})
+            # a sparse plan's dense layer (planned so: see runtime.prefill) sees only its fresh chunk
             x = layer_forward(x, cos, sin, rows, meta.slots, mask, layer.k_cache[r0:r0 + B],
                               layer.v_cache[r0:r0 + B], *layer.weights(), self.n_head, self.n_kv,
-                              sparse=plan, causal_self=causal_self and not sparse)
+                              sparse=plan, causal_self=(causal_self and not sparse) or (sparse and pats is None))
             if features is not None and i in features:
                 feats[i] = x
         return x, feats

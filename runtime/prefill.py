@@ -25,8 +25,13 @@ __all__ = ["PrefillPlan", "DENSE", "DEFAULT_SPARSE_MIN_LEN", "DEFAULT_DENSE_ABOV
 # cost dominates 30 small layers), and on a Llama-3-8B-shaped model it first wins end to end at 32K
 # (A-shape / block-sparse 1.2x there, 2.6x at 128K). Below this, dense cuDNN attention runs.
 DEFAULT_SPARSE_MIN_LEN = 32768
-# An index keeping more than this share of the dense causal work runs dense instead: the sparse
-# kernels reach 60-80 % of cuDNN's throughput, so sparse only pays below that (kernels/attention.py).
+# A layer whose patterns are predicted to keep more than this share of the dense causal work runs
+# dense instead: the sparse kernels reach 60-80 % of cuDNN's throughput, so sparse only pays below that.
+# The runtime decides this per layer when it plans the prompt, from the patterns' analytic cost
+# (``kernels.patterns.predicted_work``), not from the built index's density: reading that back costs a
+# host sync per layer, which stops the CPU from queueing the next layer's launches while the GPU runs
+# this one (the index path is ~15 launches, ~1 ms of host time per layer, hidden only without syncs).
+# Benchmarks that want the measured density pass ``PrefillPlan(dense_above=...)`` themselves.
 DEFAULT_DENSE_ABOVE = 0.6
 
 
@@ -35,8 +40,8 @@ class PrefillPlan:
     """What one prompt chunk's attention does during prefill. ``patterns``: per layer, one
     ``HeadPattern`` per query head (None = dense)."""
 
-    patterns: list | None = None
-    dense_above: float | None = DEFAULT_DENSE_ABOVE  # None: never fall back to dense (fidelity benchmarks)
+    patterns: list | None = None  # a layer's entry None: that layer runs dense (causal, fresh chunk)
+    dense_above: float | None = DEFAULT_DENSE_ABOVE  # runtime density check (a host sync); None: off
     stats: list | None = field(default=None, compare=False)  # sparse layers append what they ran here
 
     @property
@@ -44,12 +49,13 @@ class PrefillPlan:
         return self.patterns is not None
 
     def work_share(self, length: int, head_dim: int) -> float | None:
-        """Mean share of the dense causal work the patterns keep (None when dense)."""
+        """Mean share of the dense causal work the patterns keep (None when dense; a dense layer 1.0)."""
         if self.patterns is None:
             return None
         from ..kernels.patterns import predicted_work
 
-        return predicted_work(self.patterns, length, head_dim)
+        shares = [1.0 if layer is None else predicted_work([layer], length, head_dim) for layer in self.patterns]
+        return float(sum(shares) / len(shares))
 
 
 DENSE = PrefillPlan()
@@ -85,4 +91,10 @@ def plan_prefill(pack, length: int, device, override: int | None = None, *, dens
     threshold = sparse_threshold(pack, device, override)
     if threshold is None or length < threshold:
         return DENSE
-    return PrefillPlan(layer_patterns(pack, length))
+    from ..kernels.patterns import predicted_work
+
+    layers = [None if predicted_work([layer], length) > DEFAULT_DENSE_ABOVE else layer
+              for layer in layer_patterns(pack, length)]
+    if all(layer is None for layer in layers):
+        return DENSE
+    return PrefillPlan(layers, dense_above=None)  # decided here, per layer: no sync while it runs

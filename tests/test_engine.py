@@ -19,6 +19,7 @@ from accel.runtime.errors import PackError
 from accel.runtime.medusa import generate_medusa
 from accel.runtime.model import CompactLM
 from accel.runtime.pack import FORMAT_VERSION, Pack, load_pack, save_pack
+from accel.kernels.patterns import predicted_work
 from accel.runtime.prefill import DEFAULT_SPARSE_MIN_LEN, DENSE, PrefillPlan, plan_prefill, sparse_threshold
 from accel.runtime.tree import TreeBuffers
 
@@ -47,16 +48,23 @@ def _heads(model, seed=1):
 
 # -- prefill decision -----------------------------------------------------------------------------
 def test_plan_prefill_is_the_one_decision():
-    pack = SimpleNamespace(has_patterns=True, patterns=[{"0": ["dense", 0, 0]}], patterns_info={},
-                           layer_patterns=lambda i: ["p"])
+    cheap, heavy = ["stream_llm", 64, 64, 0.0], ["dense", 0, 0, 0.0]
+    layers = [[cheap, cheap], [heavy, cheap], [heavy, heavy]]  # predicted work ~0.1, ~0.55, 1.0 at 4096
+    pack = SimpleNamespace(has_patterns=True, patterns=layers, patterns_info={},
+                           layer_patterns=lambda i: layers[i])
     assert sparse_threshold(pack, "cpu") is None  # CPU: off unless asked for
     assert sparse_threshold(pack, "cuda") == DEFAULT_SPARSE_MIN_LEN
     pack.patterns_info = {"sparse_min_len": 9000}  # measured for this model: wins on CUDA
     assert sparse_threshold(pack, "cuda") == 9000
     assert sparse_threshold(pack, "cuda", override=100) == 100
     assert plan_prefill(pack, 99, "cpu", override=100) is DENSE
-    plan = plan_prefill(pack, 100, "cpu", override=100)
-    assert plan.sparse and plan.patterns == [["p"]] and plan.dense_above == 0.6
+    plan = plan_prefill(pack, 4096, "cpu", override=100)
+    # layers predicted to keep > DEFAULT_DENSE_ABOVE of the dense work are planned dense (None) up
+    # front, so nothing reads the built index back (no host sync per layer while the prompt runs)
+    assert plan.sparse and plan.patterns == [layers[0], layers[1], None] and plan.dense_above is None
+    assert plan.work_share(4096, 64) > predicted_work([layers[0]], 4096)
+    pack.layer_patterns = lambda i: [heavy, heavy]  # nothing left sparse: the plain dense plan
+    assert plan_prefill(pack, 4096, "cpu", override=100) is DENSE
     assert plan_prefill(pack, 100, "cpu", override=100, dense=True) is DENSE
     assert plan_prefill(None, 10 ** 6, "cuda") is DENSE
 

@@ -93,19 +93,22 @@ def test_sparse_prefill_hook(monkeypatch):
         calls.append((q.shape, k.shape, patterns))
         return _dense_causal(q, k, v)
     monkeypatch.setattr(kernels, "sparse_attention", fake, raising=False)
+    # 40 tokens are one 64-block: every pattern is predicted to cost dense work; keep them sparse here
+    import accel.runtime.prefill as prefill_mod
+    monkeypatch.setattr(prefill_mod, "DEFAULT_DENSE_ABOVE", 1.0)
     hf = tiny()
     m = CompactLM.from_hf(hf)
     m.setup_cache(1, 64)
     ids = torch.randint(0, 97, (1, 40))
     pos = torch.arange(40)[None]
     pack = type("P", (), {"has_patterns": True, "patterns": [{"0": ["dense", 0, 0]}] * 2, "patterns_info": {},
-                          "layer_patterns": lambda self, i: [f"p{i}"]})()
+                          "layer_patterns": lambda self, i: [["stream_llm", 4, 4 + i, 0.0]] * 4})()
     with torch.no_grad():
         dense, _ = m(ids, pos)
         sparse, _ = m(ids, AttentionMeta.prompt(pos, plan_prefill(pack, 40, "cpu", override=32)))
         short = plan_prefill(pack, 8, "cpu", override=32)  # shorter than the threshold: dense path
         m(ids[:, :8], AttentionMeta.prompt(pos[:, :8], short))
-    assert [c[2] for c in calls] == [["p0"], ["p1"]]
+    assert [c[2] for c in calls] == [[["stream_llm", 4, 4 + i, 0.0]] * 4 for i in range(2)]
     assert calls[0][0] == (1, 4, 40, 16) and calls[0][1] == (1, 2, 40, 16)
     assert torch.allclose(sparse, dense, atol=1e-5)
 
