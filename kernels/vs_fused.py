@@ -41,7 +41,11 @@ __all__ = ["vertical_slash_sums", "vertical_slash_index_fused", "fused_supported
 
 _BIG = 1 << 30
 _NEG = tl.constexpr(-(1 << 30))   # "minus infinity" for int32 scans inside the kernels
-SPLIT_MAX = 64          # partial-statistics slots per head (a power of two: combined with one load)
+ROWS_MAX = 256          # query rows per scores program: the GQA group's heads x LQ rows share one K read
+                        # and one (ROWS, BN) MMA; capped so the (ROWS, 2BN) skew fits registers (a GPU
+                        # tuning knob: 64 = one head per program, the pre-issue-12 layout)
+WAVES = 2               # scores programs per SM the split count aims at
+MIN_KB_PER_SPLIT = 4    # never split a head's keys finer than this many key blocks per program
 SKEW_GATHER = True      # diagonal skew by register gather (False: explicit scratch + barriers); a GPU
                         # tuning knob, both give identical sums (scripts/gpu_sparse_speed.py times both)
 
@@ -58,13 +62,20 @@ def fused_supported(q, last_q: int, block_m: int, block_n: int) -> bool:
             and block_m >= block_n)
 
 
-def _splits(q) -> int:
-    """Key-range splits per head: about four programs per SM over the layer, independent of N."""
-    B, Hq = q.shape[0], q.shape[1]
+def _group_heads(G: int, LQ: int) -> int:
+    """Query heads per scores program: the whole GQA group (rounded up to a power of two, padding
+    heads masked) while G*LQ rows fit ROWS_MAX; else the largest power-of-two share of it."""
+    return max(1, min(_next_pow2(G), ROWS_MAX // LQ))
+
+
+def _splits(q, groups: int, n_kb: int) -> int:
+    """Key-range splits per program group: WAVES programs per SM over the layer, but no split gets
+    fewer than MIN_KB_PER_SPLIT key blocks (short prompts: few programs rather than idle ones)."""
     if q.is_cuda:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        return max(1, min(SPLIT_MAX, triton.cdiv(4 * sms, B * Hq)))
-    return 2  # CPU interpreter: exercise the split combine without many programs
+        want = triton.cdiv(WAVES * sms, groups)
+        return max(1, min(want, triton.cdiv(n_kb, MIN_KB_PER_SPLIT)))
+    return 2  # CPU interpreter: exercise the split combine (and an empty split for tiny N)
 
 
 @triton.jit
@@ -75,69 +86,84 @@ def _max_combine(a, b):
 # ------------------------------------------------------------------------------------------------
 # 1-2. estimation
 # ------------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
-def _vs_stats(Q, K, MS, LS, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, n_kb, n_split, qk_scale,
-              LQ: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, SPLIT_MAX: tl.constexpr,
-              PREC: tl.constexpr):
-    bh = tl.program_id(0)
-    sp = tl.program_id(1)
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
-    kvh = (h // G).to(tl.int64)
-    i = tl.arange(0, LQ)
+@triton.jit
+def _group_rows(Q, sqb, sqh, sqn, N, lq, Hq, G, NCH, LQ: tl.constexpr, GH: tl.constexpr,
+                HEAD_D: tl.constexpr):
+    """Rows of one scores program: GH query heads of kv head `kvh` (chunk `ch` of its GQA group) x
+    the last LQ positions -> (q (GH*LQ, D), head of each row, row valid, query position, b, kvh)."""
+    pid = tl.program_id(0)
+    Hkv = Hq // G
+    b = pid // (Hkv * NCH)
+    kvh = (pid // NCH) % Hkv
+    ch = pid % NCH
+    r = tl.arange(0, GH * LQ)
+    g = ch * GH + r // LQ                              # head inside the GQA group
+    i = r % LQ
     pos = N - LQ + i                                   # query position of row slot i
-    row_ok = pos >= N - lq
+    row_ok = (pos >= N - lq) & (g < G)
+    h = kvh * G + tl.minimum(g, G - 1)
     d = tl.arange(0, HEAD_D)
-    q = tl.load(Q + b * sqb + h.to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqn + d[None, :],
-                mask=row_ok[:, None], other=0.0)                                # (LQ, D)
+    q = tl.load(Q + b.to(tl.int64) * sqb + h[:, None].to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqn
+                + d[None, :], mask=row_ok[:, None], other=0.0)                 # (GH*LQ, D)
+    return q, h, row_ok, g < G, pos, b.to(tl.int64), kvh.to(tl.int64)
+
+
+@triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
+def _vs_stats(Q, K, MS, LS, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_kb, n_split, qk_scale,
+              LQ: tl.constexpr, GH: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+              PREC: tl.constexpr):
+    sp = tl.program_id(1)
+    q, h, row_ok, head_ok, pos, b, kvh = _group_rows(Q, sqb, sqh, sqn, N, lq, Hq, G, NCH, LQ, GH, HEAD_D)
+    d = tl.arange(0, HEAD_D)
     k_base = K + b * skb + kvh * skh
-    m_i = tl.full([LQ], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([LQ], dtype=tl.float32)
+    m_i = tl.full([GH * LQ], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([GH * LQ], dtype=tl.float32)
     for kb in range(sp, n_kb, n_split):
         offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
         k = tl.load(k_base + offs_n[:, None].to(tl.int64) * skn + d[None, :],
-                    mask=offs_n[:, None] < N, other=0.0)                        # (BN, D)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale            # (LQ, BN) log2 units
+                    mask=offs_n[:, None] < N, other=0.0)                        # (BN, D): once per group
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale            # (GH*LQ, BN) log2 units
         s = tl.where((offs_n[None, :] <= pos[:, None]) & row_ok[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), 1)
         m_i = m_new
-    out = (bh * SPLIT_MAX + sp) * LQ + i
-    tl.store(MS + out, m_i)
-    tl.store(LS + out, l_i)
+    # (B*Hq, n_split, LQ) partials, one slot per (query head, split, row): no overlap
+    out = ((b * Hq + h) * n_split + sp) * LQ + pos - (N - LQ)
+    tl.store(MS + out, m_i, mask=head_ok)   # padding heads of a rounded-up group write nothing
+    tl.store(LS + out, l_i, mask=head_ok)
 
 
 @triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
-def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, n_kb, n_split,
-             qk_scale, LQ: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-             SPLIT_MAX: tl.constexpr, PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True):
-    bh = tl.program_id(0)
+def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_kb, n_split,
+             qk_scale, LQ: tl.constexpr, GH: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+             PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True):
+    pid = tl.program_id(0)
     sp = tl.program_id(1)
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
-    kvh = (h // G).to(tl.int64)
-    i = tl.arange(0, LQ)
-    pos = N - LQ + i
-    row_ok = pos >= N - lq
+    q, h, row_ok, head_ok, pos, b, kvh = _group_rows(Q, sqb, sqh, sqn, N, lq, Hq, G, NCH, LQ, GH, HEAD_D)
+    ROWS: tl.constexpr = GH * LQ
     d = tl.arange(0, HEAD_D)
-    q = tl.load(Q + b * sqb + h.to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqn + d[None, :],
-                mask=row_ok[:, None], other=0.0)                                # (LQ, D)
     k_base = K + b * skb + kvh * skh
-    # exact row statistics from the split partials (unused slots hold -inf / 0)
-    sidx = tl.arange(0, SPLIT_MAX)
-    st = (bh * SPLIT_MAX + sidx[:, None]) * LQ + i[None, :]
-    ms = tl.load(MS + st, mask=sidx[:, None] < n_split, other=float("-inf"))    # (SPLIT_MAX, LQ)
-    ls = tl.load(LS + st, mask=sidx[:, None] < n_split, other=0.0)
-    m = tl.max(ms, 0)
+    i = tl.arange(0, ROWS) % LQ
+    # exact row statistics from the split partials, in split order (deterministic): max, then sum
+    st = ((b * Hq + h) * n_split) * LQ + i
+    m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    for s_ in range(0, n_split):
+        m = tl.maximum(m, tl.load(MS + st + s_ * LQ))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    l = tl.sum(ls * tl.math.exp2(ms - m_safe[None, :]), 0)
+    l = tl.zeros([ROWS], dtype=tl.float32)
+    for s_ in range(0, n_split):
+        l += tl.load(LS + st + s_ * LQ) * tl.math.exp2(tl.load(MS + st + s_ * LQ) - m_safe)
     inv_l = tl.where(l > 0.0, 1.0 / tl.where(l > 0.0, l, 1.0), 0.0)   # empty rows: 0, no 1/0
     c = tl.arange(0, BLOCK_N)
     v = tl.arange(0, 2 * BLOCK_N)
-    scr = SCR + (bh * n_split + sp).to(tl.int64) * (LQ * BLOCK_N)
+    gh = tl.arange(0, GH)
+    g_ok = (pid % NCH) * GH + gh < G                                            # (GH,) real heads
+    h_g = kvh * G + tl.minimum((pid % NCH) * GH + gh, G - 1)                    # (GH,)
+    row_head = (b * Hq + h_g)                                                   # (GH,) output rows
+    scr = SCR + (pid * n_split + sp).to(tl.int64) * (ROWS * BLOCK_N)
     # skewed read: diagonal slot v of row i is column c = v - (LQ-1-i) of the tile
-    cc = v[None, :] - (LQ - 1 - i[:, None])                                     # (LQ, 2BN)
+    cc = v[None, :] - (LQ - 1 - i[:, None])                                     # (ROWS, 2BN)
     skew_ok = (cc >= 0) & (cc < BLOCK_N)
     for kb in range(sp, n_kb, n_split):
         offs_n = kb * BLOCK_N + c
@@ -145,16 +171,21 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
                     mask=offs_n[:, None] < N, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         ok = (offs_n[None, :] <= pos[:, None]) & row_ok[:, None]
-        p = tl.where(ok, tl.math.exp2(s - m_safe[:, None]) * inv_l[:, None], 0.0)  # (LQ, BN)
-        tl.store(COL + bh.to(tl.int64) * N + offs_n, tl.sum(p, 0), mask=offs_n < N)
+        p = tl.where(ok, tl.math.exp2(s - m_safe[:, None]) * inv_l[:, None], 0.0)  # (ROWS, BN)
+        colsum = tl.sum(tl.reshape(p, (GH, LQ, BLOCK_N)), 1)                      # (GH, BN) per head
+        tl.store(COL + row_head[:, None] * N + offs_n[None, :], colsum,
+                 mask=g_ok[:, None] & (offs_n[None, :] < N))
         if SKEW_GATHER:   # register gather (the compiler stages it through shared memory)
             sk = tl.where(skew_ok, tl.gather(p, tl.minimum(tl.maximum(cc, 0), BLOCK_N - 1), 1), 0.0)
         else:             # explicit scratch slot: store, barrier, skewed load, barrier
-            tl.store(scr + i[:, None] * BLOCK_N + c[None, :], p)
+            rr = tl.arange(0, ROWS)
+            tl.store(scr + rr[:, None] * BLOCK_N + c[None, :], p)
             tl.debug_barrier()   # the tile written by all threads ...
-            sk = tl.load(scr + i[:, None] * BLOCK_N + cc, mask=skew_ok, other=0.0, cache_modifier=".cg")
+            sk = tl.load(scr + rr[:, None] * BLOCK_N + cc, mask=skew_ok, other=0.0, cache_modifier=".cg")
             tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
-        tl.store(DP + (bh.to(tl.int64) * n_kb + kb) * (2 * BLOCK_N) + v, tl.sum(sk, 0))
+        dsum = tl.sum(tl.reshape(sk, (GH, LQ, 2 * BLOCK_N)), 1)                  # (GH, 2BN)
+        tl.store(DP + (row_head[:, None] * n_kb + kb) * (2 * BLOCK_N) + v[None, :], dsum,
+                 mask=g_ok[:, None])
 
 
 def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
@@ -163,6 +194,7 @@ def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
     (`index.vertical_slash_scores_fused` adds the forced keys, as the reference does.)"""
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
+    G = Hq // Hkv
     scale = D ** -0.5 if scale is None else scale
     lq = min(last_q, N)
     LQ = max(16, _next_pow2(last_q))      # a budget, not a length: one binary for every N
@@ -172,20 +204,23 @@ def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
     if k.stride(-1) != 1:
         k = k.contiguous()
     R = B * Hq
+    GH = _group_heads(G, LQ)
+    NCH = triton.cdiv(G, GH)              # programs per kv head (1 unless the group exceeds ROWS_MAX)
+    n_prog = B * Hkv * NCH
     n_kb = triton.cdiv(N, BN)
-    n_split = min(_splits(q), SPLIT_MAX)
+    n_split = _splits(q, n_prog, n_kb)
     dev = q.device
-    ms = torch.empty(R * SPLIT_MAX * LQ, dtype=torch.float32, device=dev)
+    ms = torch.empty(R * n_split * LQ, dtype=torch.float32, device=dev)
     ls = torch.empty_like(ms)
     col = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
     dp = torch.empty(R, n_kb, 2 * BN, dtype=torch.float32, device=dev)
-    scr = torch.empty(1 if SKEW_GATHER else R * n_split * LQ * BN, dtype=torch.float32, device=dev)
+    scr = torch.empty(1 if SKEW_GATHER else n_prog * n_split * GH * LQ * BN, dtype=torch.float32, device=dev)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"   # fp32 inputs: no tf32 rounding of logits
     args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            N, lq, Hq, Hq // Hkv, n_kb, n_split, scale * 1.4426950408889634)
-    meta = dict(LQ=LQ, BLOCK_N=BN, HEAD_D=D, SPLIT_MAX=SPLIT_MAX, PREC=prec, num_warps=4)
-    _vs_stats[(R, n_split)](q, k, ms, ls, *args, **meta)
-    _vs_sums[(R, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER, **meta)
+            N, lq, Hq, G, NCH, n_kb, n_split, scale * 1.4426950408889634)
+    meta = dict(LQ=LQ, GH=GH, BLOCK_N=BN, HEAD_D=D, PREC=prec, num_warps=4 if GH * LQ <= 64 else 8)
+    _vs_stats[(n_prog, n_split)](q, k, ms, ls, *args, **meta)
+    _vs_sums[(n_prog, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER, **meta)
     # diagonal e = N-1-d: block kb's slot v is e = kb*BN + v; the lower half of block kb meets the
     # upper half of block kb-1
     diag_e = dp[:, :, :BN].clone()

@@ -44,8 +44,8 @@ def main():
     est = {"Q": "*bf16", "K": "*bf16", "MS": "*fp32", "LS": "*fp32", "COL": "*fp32", "DP": "*fp32", "SCR": "*fp32",
            "qk_scale": "fp32"}
     for d in (64, 128):
-        for fn in (vf._vs_stats, vf._vs_sums):
-            compile_one(fn, est, dict(LQ=64, BLOCK_N=64, HEAD_D=d, SPLIT_MAX=vf.SPLIT_MAX, PREC="tf32"), num_warps=4)
+        for fn, gh in ((f, g) for f in (vf._vs_stats, vf._vs_sums) for g in (1, 2, 4, 8)):
+            compile_one(fn, est, dict(LQ=64, GH=gh, BLOCK_N=64, HEAD_D=d, PREC="tf32"), num_warps=4 if gh == 1 else 8)
     for s_pad, nw in ((256, 4), (8192, 8)):
         compile_one(vf._slash_tiles, {"A": "*i32", "REL": "*i32", "TOTAL": "*i32"},
                     dict(BLOCK_M=128, BLOCK_N=128, S_PAD=s_pad), num_warps=nw)
