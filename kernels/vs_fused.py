@@ -5,25 +5,32 @@ softmax of the last 64 queries against every key (1 GiB per layer at 128K on the
 columns and diagonals with torch ops, and sizes its outputs with `.item()` calls (a host sync each).
 Here, for all heads of a layer at once:
 
-1. `_vs_stats`, grid (B*Hq, SPLIT): each program runs an online softmax (max, sum) of the last LQ query
-   rows over a strided share of the key blocks -> per-split partial statistics.
-2. `_vs_sums`, grid (B*Hq, SPLIT): combines the partials into each row's exact max and sum, recomputes
-   the scores block by block, normalises them and writes
-   * the column sums of the block (one store per key: no overlap, no atomics),
+1. `_vs_stats`, grid (B*Hkv*chunks, SPLIT): a program takes GH query heads of one GQA group (the whole
+   group, rounded up to a power of two with padding heads masked, while GH*LQ <= ROWS_MAX rows) as the
+   M dimension of one MMA: each K block is read once per kv head per pass, not once per query head.
+   It runs an online softmax (max, sum) of those rows over a strided share of the key blocks ->
+   per-split partial statistics.  SPLIT comes from the SM count (WAVES programs per SM) and N (at
+   least MIN_KB_PER_SPLIT key blocks per split), a runtime argument (no recompile).
+2. `_vs_sums`, same grid: combines the partials (in split order: deterministic) into each row's exact
+   max and sum, recomputes the scores block by block, normalises them and writes
+   * the column sums of the block per head (one store per key and head: no overlap, no atomics),
    * its diagonal sums: the (LQ, BN) probability tile is skewed, row i shifted by LQ-1-i, so that a
      column sum of the skewed tile is a diagonal sum (a register `tl.gather`, or with SKEW_GATHER=False
-     a per-program scratch slot of a few KB, L1/L2-resident, written and read back skewed).  A key block touches LQ+BN-1
+     a per-program scratch slot, L1/L2-resident, written and read back skewed).  A key block touches LQ+BN-1
      diagonals; neighbouring blocks share LQ-1 of them, so each block stores its 2*BN partial sums and
      torch adds the two halves that meet: at most two addends per diagonal, hence deterministic.
-   GQA is read in place: query head h reads kv head h // G.  No (LQ, N) slab exists at any time.
-3. Forced keys and top-k stay in `index.py` (`torch.topk` with a fixed k: no sync).  This module
-   imports nothing of ours: `index` imports it (lazily), never the other way round.
+   No (LQ, N) slab exists at any time.
+3. Forced keys and top-k stay in `index.py` (`torch.topk` with a fixed k: no sync; unsorted, since
+   the conversion sorts).  This module imports nothing of ours: `index` imports it (lazily).
 4. `_slash_tiles`, one program per (batch, head): the merge of slash key ranges into BLOCK_N tiles,
    the same fixpoint as `index._merge_slash_ranges` (segments merged until their tiled extents are
-   disjoint), iterated on the device in a data-dependent while loop instead of a host-checked one.
-5. `_block_lists`, grid (B*Hq, M): per query block, its tiles (a contiguous run of the head's tile list,
-   located by `torch.searchsorted`) and its gathered columns (causal prefix of the sorted verticals
-   minus those inside a tile, from a per-head coverage bitmap), compacted with a cumsum.
+   disjoint), iterated on the device in a data-dependent while loop instead of a host-checked one;
+   then the compact segment list, each tile slot's segment by binary search, and the per-head
+   coverage bitmap of relative offsets (what `_block_lists` tests verticals against).
+5. `_block_bounds`, grid (B*Hq, M/P): per query block its run of the tile list and its causal
+   vertical count, by vector binary searches (was: ~10 torch launches of searchsorted and expands).
+6. `_block_lists`, grid (B*Hq, M): per query block, its tiles and its gathered columns (causal prefix
+   of the sorted verticals minus those inside a tile, from the coverage bitmap), compacted with a cumsum.
 
 Every output shape comes from (N, budgets, block sizes) alone: `block_offset` has
 min(tiles bound, cdiv(N, BN) + 2) slots and `column_index` v slots; entries past the counts are 0.
@@ -41,6 +48,7 @@ __all__ = ["vertical_slash_sums", "vertical_slash_index_fused", "fused_supported
 
 _BIG = 1 << 30
 _NEG = tl.constexpr(-(1 << 30))   # "minus infinity" for int32 scans inside the kernels
+_BIG_I = tl.constexpr(1 << 30)    # tile-list padding (= _BIG), sorts after every real tile
 ROWS_MAX = 256          # query rows per scores program: the GQA group's heads x LQ rows share one K read
                         # and one (ROWS, BN) MMA; capped so the (ROWS, 2BN) skew fits registers (a GPU
                         # tuning knob: 64 = one head per program, the pre-issue-12 layout)
@@ -232,18 +240,37 @@ def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
 # ------------------------------------------------------------------------------------------------
 # 4-5. index conversion
 # ------------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["S", "T_MAX"])
-def _slash_tiles(A, REL, TOTAL, S, T_MAX, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 S_PAD: tl.constexpr):
+@triton.jit
+def _count_le(PTR, n_valid, x, step0):
+    """Entries <= x in the ascending PTR[0:n_valid] (x scalar or a vector of lanes): binary lifting,
+    step0 = the largest power of two <= n_valid (>= 1); padding past n_valid is never read."""
+    pos = tl.zeros_like(x)
+    step = step0
+    while step > 0:
+        nxt = pos + step
+        ok = nxt <= n_valid
+        val = tl.load(PTR + tl.where(ok, nxt - 1, 0), mask=ok, other=0)
+        pos = tl.where(ok & (val <= x), nxt, pos)
+        step = step // 2
+    return pos
+
+
+@triton.jit(do_not_specialize=["S", "T_MAX", "n", "span"])
+def _slash_tiles(D, REL, TOTAL, SEGA, SEGX, COVER, S, T_MAX, n, span, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, S_PAD: tl.constexpr, P: tl.constexpr, CB: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, S_PAD)
-    a_last = tl.load(A + r * S + S - 1)
-    a = tl.load(A + r * S + i, mask=i < S, other=a_last)   # padding duplicates the last start
-    e = a + BLOCK_M
+    # D holds the row's diagonal offsets ascending; relative starts a = -d ascending = D reversed
+    a_last = -tl.load(D + r * S)
+    a = tl.where(i < S, -tl.load(D + r * S + (S - 1 - i), mask=i < S, other=0), a_last)  # padding
+    e = a + BLOCK_M                                          # duplicates the last start
     nxt = tl.minimum(i + 1, S_PAD - 1)
     prv = tl.maximum(i - 1, 0)
     start = tl.full([S_PAD], 1, dtype=tl.int32)            # every interval its own segment
     changed = tl.sum(start, 0)                              # (a tensor: the loop carries its type)
+    # The fixpoint stays: merging by a segment's start-dependent tiled extent is not monotone in the
+    # start (rounding up on another grid phase), so one left-to-right max-scan can split what the
+    # reference's rounds merged; it converges in a few rounds (2-3 on banded slashes).
     while changed > 0:
         seg_a = tl.associative_scan(tl.where(start > 0, a, _NEG), 0, _max_combine)
         last = (tl.gather(start, nxt, 0) > 0) | (i == S_PAD - 1)
@@ -257,10 +284,53 @@ def _slash_tiles(A, REL, TOTAL, S, T_MAX, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
     last = (tl.gather(start, nxt, 0) > 0) | (i == S_PAD - 1)
     nt = tl.where(last, tl.cdiv(e - seg_a, BLOCK_N), 0)
     excl = tl.cumsum(nt, 0) - nt
-    tl.store(TOTAL + r, tl.sum(nt, 0))
-    for m in range(0, tl.max(nt, 0)):
-        slot = excl + m
-        tl.store(REL + r * T_MAX + slot, seg_a + m * BLOCK_N, mask=last & (m < nt) & (slot < T_MAX))
+    total = tl.sum(nt, 0)
+    nseg = tl.sum(last.to(tl.int32), 0)
+    tl.store(TOTAL + r, total)
+    # compact segment list (start, first tile slot), then every tile slot finds its segment by binary
+    # search: a fixed cost of log2(S_PAD) loads, not one masked S_PAD-wide pass per tile of the
+    # longest segment (~100 passes on a 6K-diagonal band)
+    k = tl.cumsum(last.to(tl.int32), 0) - 1
+    tl.store(SEGA + r * S_PAD + k, seg_a, mask=last)
+    tl.store(SEGX + r * S_PAD + k, excl, mask=last)
+    tl.debug_barrier()          # the segment list written by all threads, read back by all
+    p_ = tl.arange(0, P)
+    cb = tl.arange(0, CB)
+    step0 = 1
+    while step0 * 2 <= nseg:
+        step0 *= 2
+    for p0 in range(0, T_MAX, P):
+        p = p0 + p_
+        ks = _count_le(SEGX + r * S_PAD, nseg, p, step0) - 1             # (P,) segment of slot p
+        ks = tl.maximum(ks, 0)
+        sa = tl.load(SEGA + r * S_PAD + ks)
+        sx = tl.load(SEGX + r * S_PAD + ks)
+        rel = sa + (p - sx) * BLOCK_N
+        ok = p < total
+        tl.store(REL + r * T_MAX + p, tl.where(ok, rel, _BIG_I), mask=p < T_MAX)
+        # coverage bitmap of relative offsets [-n, BM+BN) (index rel + n), as the reference builds it
+        for c0 in tl.static_range(0, BLOCK_N, CB):
+            ci = rel[:, None] + n + c0 + cb[None, :]
+            tl.store(COVER + r * span + ci, tl.full([P, CB], 1, dtype=tl.uint8),
+                     mask=(ok & (p < T_MAX))[:, None] & (ci >= 0) & (ci < span))
+
+
+@triton.jit(do_not_specialize=["n", "T_MAX", "V", "M", "t_step0", "v_step0"])
+def _block_bounds(REL, COLS, FIRST, CNT, NCAUS, n, T_MAX, V, M, t_step0, v_step0,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """Per query block: its run of the head's tile list (tiles not entirely before key 0 or after the
+    block's last row) and how many sorted verticals are causal for it: vector binary searches."""
+    r = tl.program_id(0).to(tl.int64)
+    m = tl.program_id(1) * P + tl.arange(0, P)
+    r0 = m * BLOCK_M
+    r1 = tl.minimum(r0 + BLOCK_M, n)
+    first = _count_le(REL + r * T_MAX, T_MAX, -(r0 + BLOCK_N), t_step0)
+    cnt = _count_le(REL + r * T_MAX, T_MAX, r1 - 1 - r0, t_step0) - first
+    ok = m < M
+    tl.store(FIRST + r * M + m, first, mask=ok)
+    tl.store(CNT + r * M + m, cnt, mask=ok)
+    ncaus = _count_le(COLS + r * V, V, r1 - 1, v_step0)
+    tl.store(NCAUS + r * M + m, ncaus, mask=ok)
 
 
 @triton.jit(do_not_specialize=["n", "T_MAX", "MB", "V", "MC", "M", "span"])
@@ -300,48 +370,36 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     B, H, S = slash.shape
     dev = slash.device
     R = B * H
-    d = slash.reshape(R, S).to(torch.int64)
-    d = d.masked_fill((d < 0) | (d >= n), 0)                          # padding -> diagonal 0
-    a = d.sort(-1, descending=True).values.neg_().to(torch.int32)    # relative starts, ascending
+    d = slash.reshape(R, S)
+    # padding -> diagonal 0; int32 (a cheaper sort); ascending: the kernel reads it reversed and negated
+    d = d.masked_fill((d < 0) | (d >= n), 0).to(torch.int32).sort(-1).values
     # tiles are disjoint inside the relative key range [-(n-1), block_m + block_n)
     T_MAX = max(1, min(triton.cdiv(n + block_m, block_n) + 1, S * (block_m // block_n + 1)))
-    rel = torch.full((R, T_MAX), _BIG, dtype=torch.int32, device=dev)
-    total = torch.empty(R, dtype=torch.int32, device=dev)
-    _slash_tiles[(R,)](a, rel, total, S, T_MAX, BLOCK_M=block_m, BLOCK_N=block_n,
-                       S_PAD=max(16, _next_pow2(S)), num_warps=4 if S <= 1024 else 8)
-    r0 = torch.arange(triton.cdiv(n, block_m), device=dev, dtype=torch.int64) * block_m
-    r1 = torch.clamp(r0 + block_m, max=n)          # exclusive; the last block may be ragged
-    M = r0.numel()
-    rel64 = rel.to(torch.int64)
-    lo_key = (-(r0 + block_n))[None, :].expand(R, M).contiguous()
-    hi_key = (r1 - 1 - r0)[None, :].expand(R, M).contiguous()
-    # int32 results straight from searchsorted: no cast launches (the kernels read int32)
-    first = torch.searchsorted(rel64, lo_key, right=True, out_int32=True)
-    count = torch.searchsorted(rel64, hi_key, right=True, out_int32=True) - first
+    S_PAD = max(16, _next_pow2(S))
+    M = triton.cdiv(n, block_m)
     MB = max(1, min(T_MAX, triton.cdiv(n, block_n) + 2))
-    # coverage of relative offsets [-n, block_m + block_n) by the head's tiles (as the reference)
-    span = n + block_m + block_n
-    ok_t = rel64 < _BIG
-    diff = torch.zeros(R, span + 1, dtype=torch.int32, device=dev)
-    lo = torch.where(ok_t, (rel64 + n).clamp(0, span), span)
-    hi = torch.where(ok_t, (rel64 + n + block_n).clamp(0, span), span)
-    # one scatter of +1 at tile starts and -1 at tile ends (was two scatters over two (R, T_MAX)
-    # ones_like); the signs are built on the device (no host copy: the index stays graph-capturable)
-    step = torch.ones(1, 2 * T_MAX, dtype=torch.int32, device=dev)
-    step[:, T_MAX:] = -1
-    step = step.expand(R, -1)
-    diff.scatter_add_(1, torch.cat((lo, hi), 1), step)
-    cover = (torch.cumsum(diff, 1)[:, :span] > 0).to(torch.uint8).contiguous()
+    span = n + block_m + block_n   # coverage bitmap of relative offsets [-n, block_m + block_n)
+    rel = torch.empty(R, T_MAX, dtype=torch.int32, device=dev)
+    total = torch.empty(R, dtype=torch.int32, device=dev)
+    seg = torch.empty(2, R, S_PAD, dtype=torch.int32, device=dev)    # per-head segment starts / slots
+    cover = torch.zeros(R, span, dtype=torch.uint8, device=dev)
+    _slash_tiles[(R,)](d, rel, total, seg[0], seg[1], cover, S, T_MAX, n, span, BLOCK_M=block_m,
+                       BLOCK_N=block_n, S_PAD=S_PAD, P=256, CB=min(32, block_n),
+                       num_warps=4 if S <= 1024 else 8)
     V = vertical.shape[-1]
     MC = max(1, V)
     if V:
-        c = vertical.reshape(R, V).to(torch.int64)
-        c = c.masked_fill((c < 0) | (c >= n), _BIG).sort(-1).values
-        ncaus = torch.searchsorted(c, (r1 - 1)[None, :].expand(R, M).contiguous(), right=True, out_int32=True)
-        cols = c.clamp(max=n).to(torch.int32).contiguous()
+        c = vertical.reshape(R, V)
+        cols = c.masked_fill((c < 0) | (c >= n), n).to(torch.int32).sort(-1).values   # padding last
     else:
-        ncaus = torch.zeros(R, M, dtype=torch.int32, device=dev)
         cols = torch.zeros(R, 1, dtype=torch.int32, device=dev)
+    # first tile, tile count, causal columns per query block (separate buffers: a slice of one would
+    # change pointer alignment with M and so Triton's specialisation key)
+    first, count, ncaus = (torch.empty(R, M, dtype=torch.int32, device=dev) for _ in range(3))
+    P = 128
+    _block_bounds[(R, triton.cdiv(M, P))](rel, cols, first, count, ncaus, n, T_MAX, V, M,
+                                          1 << (T_MAX.bit_length() - 1), (1 << (V.bit_length() - 1)) if V else 0,
+                                          BLOCK_M=block_m, BLOCK_N=block_n, P=P, num_warps=4)
     off = torch.zeros(R, M, MB, dtype=torch.int32, device=dev)
     cidx = torch.zeros(R, M, MC, dtype=torch.int32, device=dev)
     ccount = torch.empty(R, M, dtype=torch.int32, device=dev)

@@ -47,8 +47,11 @@ def main():
         for fn, gh in ((f, g) for f in (vf._vs_stats, vf._vs_sums) for g in (1, 2, 4, 8)):
             compile_one(fn, est, dict(LQ=64, GH=gh, BLOCK_N=64, HEAD_D=d, PREC="tf32"), num_warps=4 if gh == 1 else 8)
     for s_pad, nw in ((256, 4), (8192, 8)):
-        compile_one(vf._slash_tiles, {"A": "*i32", "REL": "*i32", "TOTAL": "*i32"},
-                    dict(BLOCK_M=128, BLOCK_N=128, S_PAD=s_pad), num_warps=nw)
+        compile_one(vf._slash_tiles, {"D": "*i32", "REL": "*i32", "TOTAL": "*i32", "SEGA": "*i32", "SEGX": "*i32",
+                                      "COVER": "*u8"},
+                    dict(BLOCK_M=128, BLOCK_N=128, S_PAD=s_pad, P=256, CB=32), num_warps=nw)
+    compile_one(vf._block_bounds, {k: "*i32" for k in ("REL", "COLS", "FIRST", "CNT", "NCAUS")},
+                dict(BLOCK_M=128, BLOCK_N=64, P=128), num_warps=4)
     compile_one(vf._block_lists, {**{k: "*i32" for k in ("REL", "FIRST", "CNT", "NCAUS", "COLS", "BO", "CI", "CC")},
                                   "COVER": "*u8"}, dict(BLOCK_M=128, CH=128), num_warps=4)
     attn = {**{k: "*bf16" for k in "QKVO"}, **{k: "*i32" for k in ("BC", "BO", "CC", "CI")}, "qk_scale": "fp32"}

@@ -121,3 +121,21 @@ def test_scores_equal_reference_for_every_head_grouping(monkeypatch, rows_max):
     col_f, diag_f = vertical_slash_scores_fused(q, k)
     assert torch.allclose(col_f, col_r, rtol=1e-5, atol=1e-6)
     assert torch.allclose(diag_f, diag_r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bm,bn", [(64, 64), (128, 64), (32, 16)])
+def test_fused_conversion_bands_padding_and_no_verticals(bm, bn):
+    """A long contiguous band (one segment of many tiles: slots found by binary search), scattered
+    diagonals, padding entries (-1 and >= n, in any order) and V = 0 give the reference's index."""
+    from accel.kernels.index import SparseIndex
+    g = torch.Generator().manual_seed(bm + bn)
+    N = 700
+    band = torch.arange(0, 300)
+    scattered = torch.randperm(N, generator=g)[:40]
+    d = torch.cat([band, scattered, torch.tensor([-1, -1, N, N + 5])])
+    d = d[torch.randperm(d.numel(), generator=g)].view(1, 1, -1)
+    vert = torch.cat([torch.randperm(N, generator=g)[:50], torch.tensor([-1, N])]).view(1, 1, -1)
+    for v in (vert, vert[..., :0]):
+        a = SparseIndex(*vertical_slash_index(v, d, N, bm, bn), n=N, block_m=bm, block_n=bn)
+        b = SparseIndex(*vertical_slash_index_fused(v, d, N, bm, bn), n=N, block_m=bm, block_n=bn)
+        _same_index(a, b)
