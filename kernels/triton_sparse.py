@@ -38,6 +38,7 @@ def _sparse_attn_fwd(
     N, Hq, G, M, MAX_B, MAX_C, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
     HEAVY_FIRST: tl.constexpr, ALWAYS_MASK: tl.constexpr, K_ROWS: tl.constexpr,
+    LOOP_STAGES: tl.constexpr = None, WARP_SPEC: tl.constexpr = False,
 ):
     bh = tl.program_id(0)
     pm = tl.program_id(1)
@@ -64,7 +65,10 @@ def _sparse_attn_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
 
     # ---- 1. kept key blocks ------------------------------------------------------------
-    for i in range(0, nb):
+    # LOOP_STAGES: pipeline depth of this loop itself (tl.range also pipelines the index loads, the
+    # launch's num_stages only loads feeding a dot); WARP_SPEC: Triton's automatic warp specialisation
+    # (producer/consumer warps).  Both Hopper tuning knobs, swept by scripts/gpu_sparse_speed.py.
+    for i in tl.range(0, nb, num_stages=LOOP_STAGES, warp_specialize=WARP_SPEC):
         start = tl.load(BO + meta * MAX_B + i)
         offs_n = start + tl.arange(0, BLOCK_N)
         kv_ok = (offs_n >= 0) & (offs_n < N)
@@ -90,7 +94,7 @@ def _sparse_attn_fwd(
         m_i = m_new
 
     # ---- 2. gathered single columns --------------------------------------------------
-    for j in range(0, nc, BLOCK_N):
+    for j in tl.range(0, nc, BLOCK_N, num_stages=LOOP_STAGES, warp_specialize=WARP_SPEC):
         offs_c = j + tl.arange(0, BLOCK_N)
         c_ok = offs_c < nc
         cols = tl.load(CI + meta * MAX_C + offs_c, mask=c_ok, other=0)
@@ -157,7 +161,7 @@ def _check(q, k, index):
 
 
 def _launch_args(q, k, v, o, index: SparseIndex, scale: float, *, num_warps=None, num_stages=None,
-                 heavy_first=True, always_mask=False, k_rows=True):
+                 heavy_first=True, always_mask=False, k_rows=True, loop_stages=None, warp_specialize=False):
     """(grid, positional args, keyword args) of one `_sparse_attn_fwd` launch: split out so a test can
     compute Triton's specialisation key for any input without a GPU."""
     B, Hq, N, D = q.shape
@@ -173,13 +177,16 @@ def _launch_args(q, k, v, o, index: SparseIndex, scale: float, *, num_warps=None
             N, Hq, Hq // Hkv, M, bo.shape[-1], ci.shape[-1], scale * 1.4426950408889634)
     kwargs = dict(BLOCK_M=index.block_m, BLOCK_N=index.block_n, HEAD_D=D, HEAVY_FIRST=heavy_first,
                   ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns)
+    if loop_stages is not None or warp_specialize:   # default launches keep their old key
+        kwargs.update(LOOP_STAGES=loop_stages, WARP_SPEC=bool(warp_specialize))
     return (B * Hq, M), args, kwargs
 
 
 def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = None, *,
                             num_warps: int | None = None, num_stages: int | None = None,
                             heavy_first: bool = True, always_mask: bool = False, k_rows: bool = True,
-                            dense_sdpa: bool = True):
+                            dense_sdpa: bool = True, loop_stages: int | None = None,
+                            warp_specialize: bool = False):
     """q (B,Hq,N,D), k/v (B,Hkv,N,D) -> (B,Hq,N,D); keys per `index` (causal)."""
     _check(q, k, index)
     D = q.shape[-1]
@@ -192,7 +199,8 @@ def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = N
         v = v.contiguous()
     o = torch.empty_like(q)
     grid, args, kwargs = _launch_args(q, k, v, o, index, scale, num_warps=num_warps, num_stages=num_stages,
-                                      heavy_first=heavy_first, always_mask=always_mask, k_rows=k_rows)
+                                      heavy_first=heavy_first, always_mask=always_mask, k_rows=k_rows,
+                                      loop_stages=loop_stages, warp_specialize=warp_specialize)
     _sparse_attn_fwd[grid](*args, **kwargs)
     if dense_sdpa and bool(index.dense_heads.any()):
         from .dense import dense_heads_sdpa

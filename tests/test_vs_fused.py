@@ -139,3 +139,15 @@ def test_fused_conversion_bands_padding_and_no_verticals(bm, bn):
         a = SparseIndex(*vertical_slash_index(v, d, N, bm, bn), n=N, block_m=bm, block_n=bn)
         b = SparseIndex(*vertical_slash_index_fused(v, d, N, bm, bn), n=N, block_m=bm, block_n=bn)
         _same_index(a, b)
+
+
+@pytest.mark.parametrize("loop_stages,ws", [(2, False), (3, True)])
+def test_kernel_hopper_loop_options_equal_float64(loop_stages, ws):
+    """The sweep's loop options (tl.range num_stages / warp_specialize) change scheduling only."""
+    from accel.kernels.triton_sparse import sparse_attention_triton
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, h, 200, 32, generator=g) for h in (4, 2, 2))
+    idx = build_index(q, k, [HeadPattern("vertical_and_slash", 20, 30)] * 4, 64, 64, fused=True)
+    out = sparse_attention_triton(q, k, v, idx, loop_stages=loop_stages, warp_specialize=ws)
+    ref = dense_causal_reference(q, k, v, mask=kept_mask(idx))
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
