@@ -18,7 +18,7 @@ Here, for all heads of a layer at once:
      column sum of the skewed tile is a diagonal sum (a register `tl.gather`, or with SKEW_GATHER=False
      a per-program scratch slot, L1/L2-resident, written and read back skewed).  A key block touches LQ+BN-1
      diagonals; neighbouring blocks share LQ-1 of them, so each block stores its 2*BN partial sums and
-     torch adds the two halves that meet: at most two addends per diagonal, hence deterministic.
+     `_diag_combine` adds the two halves that meet: at most two addends per diagonal, hence deterministic.
    No (LQ, N) slab exists at any time.
 3. Forced keys and top-k stay in `index.py` (`torch.topk` with a fixed k: no sync; unsorted, since
    the conversion sorts).  This module imports nothing of ours: `index` imports it (lazily).
@@ -54,8 +54,17 @@ ROWS_MAX = 256          # query rows per scores program: the GQA group's heads x
                         # tuning knob: 64 = one head per program, the pre-issue-12 layout)
 WAVES = 2               # scores programs per SM the split count aims at
 MIN_KB_PER_SPLIT = 4    # never split a head's keys finer than this many key blocks per program
+SCORES_STAGES = 2       # software-pipelining depth of the scores kernels' K loads (shared memory grows
+                        # with it; 2 keeps two 256-row programs' worth within an SM on D=64)
+PROFILE = None          # a callable(step name) called between the steps of this module's host functions
+                        # (scripts/gpu_sparse_speed.py records CUDA events there); None in normal use
 SKEW_GATHER = True      # diagonal skew by register gather (False: explicit scratch + barriers); a GPU
                         # tuning knob, both give identical sums (scripts/gpu_sparse_speed.py times both)
+
+
+def _mark(step: str) -> None:
+    if PROFILE is not None:
+        PROFILE(step)
 
 
 def _next_pow2(x: int) -> int:
@@ -196,6 +205,21 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
                  mask=g_ok[:, None])
 
 
+@triton.jit(do_not_specialize=["N", "n_kb"])
+def _diag_combine(DP, DIAG, N, n_kb, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """diag[d] from the block partials: diagonal e = N-1-d is slot e % BN of block e // BN (lower
+    half) plus slot BN + e % BN of the block before (upper half): two addends, in a fixed order."""
+    r = tl.program_id(0).to(tl.int64)
+    dd = tl.program_id(1) * P + tl.arange(0, P)
+    ok = dd < N
+    e = N - 1 - dd
+    kb = e // BLOCK_N
+    v = e % BLOCK_N
+    lo = tl.load(DP + (r * n_kb + kb) * (2 * BLOCK_N) + v, mask=ok, other=0.0)
+    hi = tl.load(DP + (r * n_kb + kb - 1) * (2 * BLOCK_N) + BLOCK_N + v, mask=ok & (kb > 0), other=0.0)
+    tl.store(DIAG + r * N + dd, lo + hi, mask=ok)
+
+
 def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
     """Column and diagonal sums of the last `last_q` queries' causal softmax, from two Triton launches
     without the fp32 slab: -> (col (B,Hq,N), diag (B,Hq,N)), diag[..., d] for offset d = q_pos - k_pos.
@@ -226,14 +250,16 @@ def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
     prec = "ieee" if q.dtype == torch.float32 else "tf32"   # fp32 inputs: no tf32 rounding of logits
     args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             N, lq, Hq, G, NCH, n_kb, n_split, scale * 1.4426950408889634)
-    meta = dict(LQ=LQ, GH=GH, BLOCK_N=BN, HEAD_D=D, PREC=prec, num_warps=4 if GH * LQ <= 64 else 8)
+    meta = dict(LQ=LQ, GH=GH, BLOCK_N=BN, HEAD_D=D, PREC=prec, num_warps=4 if GH * LQ <= 64 else 8,
+                num_stages=SCORES_STAGES)
+    _mark("scores_setup")
     _vs_stats[(n_prog, n_split)](q, k, ms, ls, *args, **meta)
+    _mark("scores_stats")
     _vs_sums[(n_prog, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER, **meta)
-    # diagonal e = N-1-d: block kb's slot v is e = kb*BN + v; the lower half of block kb meets the
-    # upper half of block kb-1
-    diag_e = dp[:, :, :BN].clone()
-    diag_e[:, 1:] += dp[:, :-1, BN:]
-    diag = diag_e.reshape(R, n_kb * BN)[:, :N].flip(-1).reshape(B, Hq, N)    # index d
+    _mark("scores_sums")
+    diag = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
+    _diag_combine[(R, triton.cdiv(N, 1024))](dp, diag, N, n_kb, BLOCK_N=BN, P=1024, num_warps=4)
+    _mark("scores_diag")
     return col, diag
 
 
@@ -372,6 +398,7 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     R = B * H
     d = slash.reshape(R, S)
     # padding -> diagonal 0; int32 (a cheaper sort); ascending: the kernel reads it reversed and negated
+    _mark("convert_start")
     d = d.masked_fill((d < 0) | (d >= n), 0).to(torch.int32).sort(-1).values
     # tiles are disjoint inside the relative key range [-(n-1), block_m + block_n)
     T_MAX = max(1, min(triton.cdiv(n + block_m, block_n) + 1, S * (block_m // block_n + 1)))
@@ -383,9 +410,11 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     total = torch.empty(R, dtype=torch.int32, device=dev)
     seg = torch.empty(2, R, S_PAD, dtype=torch.int32, device=dev)    # per-head segment starts / slots
     cover = torch.zeros(R, span, dtype=torch.uint8, device=dev)
+    _mark("convert_sort_slash")
     _slash_tiles[(R,)](d, rel, total, seg[0], seg[1], cover, S, T_MAX, n, span, BLOCK_M=block_m,
                        BLOCK_N=block_n, S_PAD=S_PAD, P=256, CB=min(32, block_n),
                        num_warps=4 if S <= 1024 else 8)
+    _mark("convert_slash_tiles")
     V = vertical.shape[-1]
     MC = max(1, V)
     if V:
@@ -396,13 +425,16 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     # first tile, tile count, causal columns per query block (separate buffers: a slice of one would
     # change pointer alignment with M and so Triton's specialisation key)
     first, count, ncaus = (torch.empty(R, M, dtype=torch.int32, device=dev) for _ in range(3))
+    _mark("convert_sort_vertical")
     P = 128
     _block_bounds[(R, triton.cdiv(M, P))](rel, cols, first, count, ncaus, n, T_MAX, V, M,
                                           1 << (T_MAX.bit_length() - 1), (1 << (V.bit_length() - 1)) if V else 0,
                                           BLOCK_M=block_m, BLOCK_N=block_n, P=P, num_warps=4)
+    _mark("convert_block_bounds")
     off = torch.zeros(R, M, MB, dtype=torch.int32, device=dev)
     cidx = torch.zeros(R, M, MC, dtype=torch.int32, device=dev)
     ccount = torch.empty(R, M, dtype=torch.int32, device=dev)
     _block_lists[(R, M)](rel, first, count, ncaus, cols, cover, off, cidx, ccount,
                          n, T_MAX, MB, max(V, 1), MC, M, span, BLOCK_M=block_m, CH=128, num_warps=4)
+    _mark("convert_block_lists")
     return (count.view(B, H, M), off.view(B, H, M, MB), ccount.view(B, H, M), cidx.view(B, H, M, MC))

@@ -46,6 +46,7 @@ def main():
     for d in (64, 128):
         for fn, gh in ((f, g) for f in (vf._vs_stats, vf._vs_sums) for g in (1, 2, 4, 8)):
             compile_one(fn, est, dict(LQ=64, GH=gh, BLOCK_N=64, HEAD_D=d, PREC="tf32"), num_warps=4 if gh == 1 else 8)
+    compile_one(vf._diag_combine, {"DP": "*fp32", "DIAG": "*fp32"}, dict(BLOCK_N=64, P=1024), num_warps=4)
     for s_pad, nw in ((256, 4), (8192, 8)):
         compile_one(vf._slash_tiles, {"D": "*i32", "REL": "*i32", "TOTAL": "*i32", "SEGA": "*i32", "SEGX": "*i32",
                                       "COVER": "*u8"},

@@ -81,7 +81,7 @@ def test_fused_estimation_one_binary_per_kernel_for_all_lengths(monkeypatch):
     from accel.kernels import vs_fused
 
     log = []
-    names = ("_vs_stats", "_vs_sums", "_slash_tiles", "_block_bounds", "_block_lists")
+    names = ("_vs_stats", "_vs_sums", "_diag_combine", "_slash_tiles", "_block_bounds", "_block_lists")
     for name in names:
         monkeypatch.setattr(vs_fused, name, _Recorder(getattr(vs_fused, name), log))
     keys = {name: set() for name in names}
