@@ -136,6 +136,29 @@ KERNEL_CONFIGS: dict[tuple[int, int, int], tuple[int, int]] = {
 }
 
 
+# Tile shape per (head_dim, prompt length): rows (N upper bound or None for "any longer", (BLOCK_M,
+# BLOCK_N)), the first row whose bound is >= N wins; pattern caps (block-sparse: 64-key blocks) still
+# apply after it (`attention.default_blocks`).  The sweep in scripts/gpu_sparse_speed.py prints the best
+# tile per (head_dim, N): edit the numbers here.  Head dims not listed use DEFAULT_TILES.
+TILE_TABLE: dict[int, tuple[tuple[int | None, tuple[int, int]], ...]] = {
+    128: ((None, (128, 128)),),
+    64: ((24576, (128, 64)), (None, (128, 64))),   # 16K: 128x64 within 1 % of 128x128; 31K: best
+}
+DEFAULT_TILES = (128, 128)
+# Hopper loop options per (head_dim, BLOCK_M, BLOCK_N): (tl.range num_stages or None, warp_specialize).
+# Empty = Triton's defaults (the launch key of every default launch is unchanged); paste the sweep's
+# winner here only if it beats the plain config by more than its run-to-run spread.
+LOOP_CONFIGS: dict[tuple[int, int, int], tuple[int | None, bool]] = {}
+
+
+def tiles_for(head_dim: int, n: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) from TILE_TABLE for this head_dim and prompt length."""
+    for bound, tiles in TILE_TABLE.get(int(head_dim), ()):
+        if bound is None or n <= bound:
+            return tiles
+    return DEFAULT_TILES
+
+
 def set_kernel_config(head_dim: int, block_m: int, block_n: int, num_warps: int, num_stages: int) -> None:
     """Use (num_warps, num_stages) for this (head_dim, BLOCK_M, BLOCK_N) from now on (a tuning hook)."""
     KERNEL_CONFIGS[(int(head_dim), int(block_m), int(block_n))] = (int(num_warps), int(num_stages))
@@ -171,6 +194,8 @@ def _launch_args(q, k, v, o, index: SparseIndex, scale: float, *, num_warps=None
     M = bc.shape[-1]
     nw, ns = _default_config(index.block_m, D, index.block_n)
     nw, ns = num_warps or nw, num_stages or ns
+    if loop_stages is None and not warp_specialize:
+        loop_stages, warp_specialize = LOOP_CONFIGS.get((D, index.block_m, index.block_n), (None, False))
     args = (q, k, v, o, bc, bo, cc, ci,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),

@@ -151,3 +151,21 @@ def test_kernel_hopper_loop_options_equal_float64(loop_stages, ws):
     out = sparse_attention_triton(q, k, v, idx, loop_stages=loop_stages, warp_specialize=ws)
     ref = dense_causal_reference(q, k, v, mask=kept_mask(idx))
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_tile_table_drives_default_blocks(monkeypatch):
+    """default_blocks reads TILE_TABLE per (head_dim, N); pattern caps still apply after it."""
+    from accel.kernels import attention, triton_sparse
+
+    class FakeQ:   # default_blocks only looks at is_cuda and the shape
+        is_cuda = True
+
+        def __init__(self, n, d):
+            self.shape = (1, 4, n, d)
+    monkeypatch.setattr(triton_sparse, "TILE_TABLE", {64: ((1000, (64, 64)), (None, (128, 64)))})
+    vs = [HeadPattern("vertical_and_slash", 10, 20)]
+    assert attention.default_blocks(vs, FakeQ(1000, 64)) == (64, 64)
+    assert attention.default_blocks(vs, FakeQ(1001, 64)) == (128, 64)
+    assert attention.default_blocks(vs, FakeQ(5000, 128)) == triton_sparse.DEFAULT_TILES
+    assert attention.default_blocks([HeadPattern("block_sparse", 4)], FakeQ(5000, 128))[1] == 64
+    assert triton_sparse.tiles_for(64, 31744) == (128, 64)
