@@ -56,8 +56,12 @@ WAVES = 2               # scores programs per SM the split count aims at
 MIN_KB_PER_SPLIT = 4    # never split a head's keys finer than this many key blocks per program
 SCORES_STAGES = 2       # software-pipelining depth of the scores kernels' K loads (shared memory grows
                         # with it; 2 keeps two 256-row programs' worth within an SM on D=64)
+SCORES_WARPS = None     # warps per scores program (None: 4 for one head's 64 rows, 8 above)
 PROFILE = None          # a callable(step name) called between the steps of this module's host functions
                         # (scripts/gpu_sparse_speed.py records CUDA events there); None in normal use
+SKEW_HALVES = True      # skew the (rows, 2*BN) diagonal tile as two (rows, BN) halves: the full-width
+                        # version needs > 255 registers per thread (spills; cuobjdump via
+                        # scripts/compile_sm90.py); identical sums either way
 SKEW_GATHER = True      # diagonal skew by register gather (False: explicit scratch + barriers); a GPU
                         # tuning knob, both give identical sums (scripts/gpu_sparse_speed.py times both)
 
@@ -154,7 +158,7 @@ def _vs_stats(Q, K, MS, LS, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_k
 @triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
 def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_kb, n_split,
              qk_scale, LQ: tl.constexpr, GH: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-             PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True):
+             PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True, SKEW_HALVES: tl.constexpr = False):
     pid = tl.program_id(0)
     sp = tl.program_id(1)
     q, h, row_ok, head_ok, pos, b, kvh = _group_rows(Q, sqb, sqh, sqn, N, lq, Hq, G, NCH, LQ, GH, HEAD_D)
@@ -182,6 +186,7 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
     # skewed read: diagonal slot v of row i is column c = v - (LQ-1-i) of the tile
     cc = v[None, :] - (LQ - 1 - i[:, None])                                     # (ROWS, 2BN)
     skew_ok = (cc >= 0) & (cc < BLOCK_N)
+    rr = tl.arange(0, ROWS)
     for kb in range(sp, n_kb, n_split):
         offs_n = kb * BLOCK_N + c
         k = tl.load(k_base + offs_n[:, None].to(tl.int64) * skn + d[None, :],
@@ -192,17 +197,33 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
         colsum = tl.sum(tl.reshape(p, (GH, LQ, BLOCK_N)), 1)                      # (GH, BN) per head
         tl.store(COL + row_head[:, None] * N + offs_n[None, :], colsum,
                  mask=g_ok[:, None] & (offs_n[None, :] < N))
-        if SKEW_GATHER:   # register gather (the compiler stages it through shared memory)
-            sk = tl.where(skew_ok, tl.gather(p, tl.minimum(tl.maximum(cc, 0), BLOCK_N - 1), 1), 0.0)
-        else:             # explicit scratch slot: store, barrier, skewed load, barrier
-            rr = tl.arange(0, ROWS)
-            tl.store(scr + rr[:, None] * BLOCK_N + c[None, :], p)
-            tl.debug_barrier()   # the tile written by all threads ...
-            sk = tl.load(scr + rr[:, None] * BLOCK_N + cc, mask=skew_ok, other=0.0, cache_modifier=".cg")
-            tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
-        dsum = tl.sum(tl.reshape(sk, (GH, LQ, 2 * BLOCK_N)), 1)                  # (GH, 2BN)
-        tl.store(DP + (row_head[:, None] * n_kb + kb) * (2 * BLOCK_N) + v[None, :], dsum,
-                 mask=g_ok[:, None])
+        if SKEW_HALVES:   # the (ROWS, 2BN) skewed tile as two (ROWS, BN) halves: half the live registers
+            if not SKEW_GATHER:
+                tl.store(scr + rr[:, None] * BLOCK_N + c[None, :], p)
+                tl.debug_barrier()   # the tile written by all threads ...
+            for half in tl.static_range(2):
+                ch_ = c[None, :] + half * BLOCK_N - (LQ - 1 - i[:, None])               # (ROWS, BN)
+                h_ok = (ch_ >= 0) & (ch_ < BLOCK_N)
+                if SKEW_GATHER:
+                    sk = tl.where(h_ok, tl.gather(p, tl.minimum(tl.maximum(ch_, 0), BLOCK_N - 1), 1), 0.0)
+                else:
+                    sk = tl.load(scr + rr[:, None] * BLOCK_N + ch_, mask=h_ok, other=0.0, cache_modifier=".cg")
+                dsum = tl.sum(tl.reshape(sk, (GH, LQ, BLOCK_N)), 1)                    # (GH, BN)
+                tl.store(DP + (row_head[:, None] * n_kb + kb) * (2 * BLOCK_N) + half * BLOCK_N + c[None, :],
+                         dsum, mask=g_ok[:, None])
+            if not SKEW_GATHER:
+                tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
+        else:
+            if SKEW_GATHER:   # register gather (the compiler stages it through shared memory)
+                sk = tl.where(skew_ok, tl.gather(p, tl.minimum(tl.maximum(cc, 0), BLOCK_N - 1), 1), 0.0)
+            else:             # explicit scratch slot: store, barrier, skewed load, barrier
+                tl.store(scr + rr[:, None] * BLOCK_N + c[None, :], p)
+                tl.debug_barrier()   # the tile written by all threads ...
+                sk = tl.load(scr + rr[:, None] * BLOCK_N + cc, mask=skew_ok, other=0.0, cache_modifier=".cg")
+                tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
+            dsum = tl.sum(tl.reshape(sk, (GH, LQ, 2 * BLOCK_N)), 1)                  # (GH, 2BN)
+            tl.store(DP + (row_head[:, None] * n_kb + kb) * (2 * BLOCK_N) + v[None, :], dsum,
+                     mask=g_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["N", "n_kb"])
@@ -250,12 +271,13 @@ def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
     prec = "ieee" if q.dtype == torch.float32 else "tf32"   # fp32 inputs: no tf32 rounding of logits
     args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             N, lq, Hq, G, NCH, n_kb, n_split, scale * 1.4426950408889634)
-    meta = dict(LQ=LQ, GH=GH, BLOCK_N=BN, HEAD_D=D, PREC=prec, num_warps=4 if GH * LQ <= 64 else 8,
+    meta = dict(LQ=LQ, GH=GH, BLOCK_N=BN, HEAD_D=D, PREC=prec, num_warps=SCORES_WARPS or (4 if GH * LQ <= 64 else 8),
                 num_stages=SCORES_STAGES)
     _mark("scores_setup")
     _vs_stats[(n_prog, n_split)](q, k, ms, ls, *args, **meta)
     _mark("scores_stats")
-    _vs_sums[(n_prog, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER, **meta)
+    _vs_sums[(n_prog, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER,
+                                SKEW_HALVES=SKEW_HALVES, **meta)
     _mark("scores_sums")
     diag = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
     _diag_combine[(R, triton.cdiv(N, 1024))](dp, diag, N, n_kb, BLOCK_N=BN, P=1024, num_warps=4)

@@ -12,7 +12,7 @@ Writes $OUT/sparse-speed.json (or --out) and prints short tables last.  Parts:
      timed with CUDA events (scores stats / sums / diagonal combine, top-k, each conversion step), the
      old path (scripts/vs_fused_baseline.py, the pre-issue-12 module) beside it, both also as one
      CUDA-graph replay, new == old index, and the scores knobs (vs_fused.ROWS_MAX x WAVES,
-     SKEW_GATHER, SCORES_STAGES): set the best as the module defaults.
+     SKEW_GATHER, SKEW_HALVES, SCORES_STAGES, SCORES_WARPS): set the best as the module defaults.
   5. `bench kernels` rows (x cuDNN, eff, pad, idx%, Flex on our blocks and on exactly our keys for the
      8B shape) with today's KERNEL_CONFIGS.
   6. kernel config sweep, vertical-slash 1000/6096, at 128K/32K (8B) and 31K/16K (14/2 d=64): tiles
@@ -215,7 +215,9 @@ def index_profile(shape, n, log, v_size=1000, s_size=6096, bm=128, bn=64):
     rec["new_equals_old_index"] = _same_index(new(), before())
     # scores knobs: rows per program (64 = one head per program, as before), split waves, skew variant
     knobs = {}
-    keep = (vs_fused.ROWS_MAX, vs_fused.WAVES, vs_fused.SKEW_GATHER, vs_fused.SCORES_STAGES)
+    keep = (vs_fused.ROWS_MAX, vs_fused.WAVES, vs_fused.SKEW_GATHER, vs_fused.SCORES_STAGES,
+            vs_fused.SKEW_HALVES, vs_fused.SCORES_WARPS)
+    knob = lambda: bk.cuda_time(lambda: vs_fused.vertical_slash_sums(q, k), warmup=1, reps=5)[0]
     try:
         for rows in (64, 128, 256, 512):
             for waves in (1, 2, 4):
@@ -230,15 +232,20 @@ def index_profile(shape, n, log, v_size=1000, s_size=6096, bm=128, bn=64):
         knobs[f"default_skew_gather_{not keep[2]}"] = bk.cuda_time(lambda: vs_fused.vertical_slash_sums(q, k),
                                                                    warmup=1, reps=5)[0]
         vs_fused.SKEW_GATHER = keep[2]
-        for st in (1, 3):
-            vs_fused.SCORES_STAGES = st
+        for name, attr, val in (("stages1", "SCORES_STAGES", 1), ("stages3", "SCORES_STAGES", 3),
+                                ("halves_off", "SKEW_HALVES", False), ("warps4", "SCORES_WARPS", 4),
+                                ("warps16", "SCORES_WARPS", 16)):
+            old_val = getattr(vs_fused, attr)
+            setattr(vs_fused, attr, val)
             try:
-                knobs[f"default_stages{st}"] = bk.cuda_time(lambda: vs_fused.vertical_slash_sums(q, k),
-                                                            warmup=1, reps=5)[0]
+                knobs[f"default_{name}"] = knob()
             except Exception as e:
-                knobs[f"default_stages{st}"] = f"{type(e).__name__}: {str(e)[:120]}"
+                knobs[f"default_{name}"] = f"{type(e).__name__}: {str(e)[:120]}"
+            finally:
+                setattr(vs_fused, attr, old_val)
     finally:
-        vs_fused.ROWS_MAX, vs_fused.WAVES, vs_fused.SKEW_GATHER, vs_fused.SCORES_STAGES = keep
+        (vs_fused.ROWS_MAX, vs_fused.WAVES, vs_fused.SKEW_GATHER, vs_fused.SCORES_STAGES,
+         vs_fused.SKEW_HALVES, vs_fused.SCORES_WARPS) = keep
     knobs["old_one_head_per_program"] = bk.cuda_time(lambda: old.vertical_slash_sums(q, k), warmup=1, reps=5)[0]
     rec["scores_knobs_ms"] = knobs
     ns, os_ = rec["new_steps_ms"], rec["old_steps_ms"]

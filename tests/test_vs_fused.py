@@ -102,12 +102,15 @@ def test_kernel_on_fused_index_equals_float64():
 
 
 def test_scratch_skew_variant_gives_identical_sums(monkeypatch):
+    """Gather or scratch skew, whole (rows, 2BN) tile or two halves: bit-identical sums."""
     from accel.kernels import vs_fused
     q, k = qk(1, 4, 2, 290, 32, seed=2)
     a = vertical_slash_scores_fused(q, k)
-    monkeypatch.setattr(vs_fused, "SKEW_GATHER", False)
-    b = vertical_slash_scores_fused(q, k)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for gather, halves in ((False, True), (True, False), (False, False)):
+        monkeypatch.setattr(vs_fused, "SKEW_GATHER", gather)
+        monkeypatch.setattr(vs_fused, "SKEW_HALVES", halves)
+        b = vertical_slash_scores_fused(q, k)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (gather, halves)
 
 
 @pytest.mark.parametrize("rows_max", [64, 128, 512])
