@@ -201,9 +201,8 @@ def _launch_args(q, k, v, o, index: SparseIndex, scale: float, *, num_warps=None
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
             N, Hq, Hq // Hkv, M, bo.shape[-1], ci.shape[-1], scale * 1.4426950408889634)
     kwargs = dict(BLOCK_M=index.block_m, BLOCK_N=index.block_n, HEAD_D=D, HEAVY_FIRST=heavy_first,
-                  ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns)
-    if loop_stages is not None or warp_specialize:   # default launches keep their old key
-        kwargs.update(LOOP_STAGES=loop_stages, WARP_SPEC=bool(warp_specialize))
+                  ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns,
+                  LOOP_STAGES=loop_stages, WARP_SPEC=bool(warp_specialize))   # explicit: no reliance on defaults
     return (B * Hq, M), args, kwargs
 
 

@@ -10,6 +10,7 @@ time on a config sweep (KERNEL_CONFIGS in kernels/triton_sparse.py).
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -30,6 +31,9 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 def compile_one(fn, types, consts, **opts):
     names = fn.arg_names
+    # constexpr parameters with a default (e.g. LOOP_STAGES=None) take it, as a launch would
+    consts = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.default is not inspect.Parameter.empty
+                 and p.name not in consts}, **consts}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in names}
     div = [n for n in names if n not in consts and (sig[n].startswith("*") or (n.startswith("s") and sig[n] == "i32"))]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div}
