@@ -219,21 +219,19 @@ def index_profile(shape, n, log, v_size=1000, s_size=6096, bm=128, bn=64):
             vs_fused.SKEW_HALVES, vs_fused.SCORES_WARPS)
     knob = lambda: bk.cuda_time(lambda: vs_fused.vertical_slash_sums(q, k), warmup=1, reps=5)[0]
     try:
-        for rows in (64, 128, 256, 512):
-            for waves in (1, 2, 4):
-                vs_fused.ROWS_MAX, vs_fused.WAVES = rows, waves
-                try:
-                    knobs[f"rows{rows}_waves{waves}"] = bk.cuda_time(lambda: vs_fused.vertical_slash_sums(q, k),
-                                                                     warmup=1, reps=5)[0]
-                except Exception as e:
-                    knobs[f"rows{rows}_waves{waves}"] = f"{type(e).__name__}: {str(e)[:120]}"
+        for rows, waves in ((64, keep[1]), (128, keep[1]), (256, keep[1]), (512, keep[1]),
+                            (keep[0], 1), (keep[0], 4)):   # rows 64 = one head per program (old layout)
+            vs_fused.ROWS_MAX, vs_fused.WAVES = rows, waves
+            try:
+                knobs[f"rows{rows}_waves{waves}"] = knob()
+            except Exception as e:
+                knobs[f"rows{rows}_waves{waves}"] = f"{type(e).__name__}: {str(e)[:120]}"
         vs_fused.ROWS_MAX, vs_fused.WAVES = keep[0], keep[1]
         vs_fused.SKEW_GATHER = not keep[2]
         knobs[f"default_skew_gather_{not keep[2]}"] = bk.cuda_time(lambda: vs_fused.vertical_slash_sums(q, k),
                                                                    warmup=1, reps=5)[0]
         vs_fused.SKEW_GATHER = keep[2]
-        for name, attr, val in (("stages1", "SCORES_STAGES", 1), ("stages3", "SCORES_STAGES", 3),
-                                ("halves_off", "SKEW_HALVES", False), ("warps4", "SCORES_WARPS", 4),
+        for name, attr, val in (("stages3", "SCORES_STAGES", 3), ("halves_off", "SKEW_HALVES", False),
                                 ("warps16", "SCORES_WARPS", 16)):
             old_val = getattr(vs_fused, attr)
             setattr(vs_fused, attr, val)
@@ -297,16 +295,19 @@ def kernel_sweep(shape, n, log, deadline, v_size=1000, s_size=6096):
         rows.append(row)
         return row
 
-    for bm, bn in TILES:
+    from accel.kernels import triton_sparse as ts
+    first = ts.tiles_for(d, n)   # today's choice first: the likeliest winners run before the deadline
+    for bm, bn in sorted(TILES, key=lambda t: t != first):
         if time.time() > deadline:
             break
+        dflt = ts._default_config(bm, d, bn)
         try:
             index = build_index(q, k, pats, block_m=bm, block_n=bn)   # fused where bm % bn == 0
         except Exception as e:
             rows.append({"shape": list(shape), "n": n, "block_m": bm, "block_n": bn,
                          "error": f"index: {type(e).__name__}: {str(e)[:160]}"})
             continue
-        for nw, ns in WARPS_STAGES:
+        for nw, ns in sorted(WARPS_STAGES, key=lambda c: c != dflt):
             one(bm, bn, index, nw, ns)
         del index
     ok = [r for r in rows if "kernel_ms" in r]
@@ -469,10 +470,13 @@ def main():
         save()
     log(f"== kernel config sweep (stops adding configs {args.budget_s:.0f} s into the run)")
     res["sweep"] = []
-    for shape, n in (((1, 32, 8, 128), 131072), ((1, 14, 2, 64), 31744), ((1, 32, 8, 128), 32768),
-                     ((1, 14, 2, 64), 16384)):
+    sweep_sizes = (((1, 32, 8, 128), 131072), ((1, 14, 2, 64), 31744), ((1, 32, 8, 128), 32768),
+                   ((1, 14, 2, 64), 16384))
+    for i, (shape, n) in enumerate(sweep_sizes):
+        # an equal share of the time left per size: every size gets its likeliest configs first
+        left = max(0.0, t0 + args.budget_s - time.time())
         try:
-            res["sweep"].append(kernel_sweep(shape, n, log, t0 + args.budget_s))
+            res["sweep"].append(kernel_sweep(shape, n, log, time.time() + left / (len(sweep_sizes) - i)))
         except Exception as e:
             log(f"  sweep {shape} N={n} failed: {type(e).__name__}: {str(e)[:300]}")
         save()
