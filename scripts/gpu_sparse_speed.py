@@ -270,6 +270,9 @@ LOOP_OPTIONS = ((2, False), (3, False), (None, True), (3, True))   # (tl.range n
 
 def kernel_sweep(shape, n, log, deadline, v_size=1000, s_size=6096):
     b, hq, hkv, d = shape
+    if time.time() > deadline:
+        log(f"  sweep {shape} N={n}: skipped (time budget spent)", flush=True)
+        return {"shape": list(shape), "n": n, "cudnn_ms": float("nan"), "rows": [], "skipped": "all"}
     q, k, v = bk.make_inputs(n, shape=shape, v_cols=v_size, band=s_size + 64)
     pats = [HeadPattern("vertical_and_slash", v_size, s_size)] * hq
     d_ms = bk.cuda_time(lambda: bk.dense_cudnn(q, k, v), warmup=2, reps=5)[0]
