@@ -297,7 +297,8 @@ def _count_le(PTR, n_valid, x, step0):
     while step > 0:
         nxt = pos + step
         ok = nxt <= n_valid
-        val = tl.load(PTR + tl.where(ok, nxt - 1, 0), mask=ok, other=0)
+        # .cg: L2, not L1 (in _slash_tiles the list was written by this program before a barrier)
+        val = tl.load(PTR + tl.where(ok, nxt - 1, 0), mask=ok, other=0, cache_modifier=".cg")
         pos = tl.where(ok & (val <= x), nxt, pos)
         step = step // 2
     return pos
@@ -351,8 +352,8 @@ def _slash_tiles(D, REL, TOTAL, SEGA, SEGX, COVER, S, T_MAX, n, span, BLOCK_M: t
         p = p0 + p_
         ks = _count_le(SEGX + r * S_PAD, nseg, p, step0) - 1             # (P,) segment of slot p
         ks = tl.maximum(ks, 0)
-        sa = tl.load(SEGA + r * S_PAD + ks)
-        sx = tl.load(SEGX + r * S_PAD + ks)
+        sa = tl.load(SEGA + r * S_PAD + ks, cache_modifier=".cg")
+        sx = tl.load(SEGX + r * S_PAD + ks, cache_modifier=".cg")
         rel = sa + (p - sx) * BLOCK_N
         ok = p < total
         tl.store(REL + r * T_MAX + p, tl.where(ok, rel, _BIG_I), mask=p < T_MAX)
