@@ -158,7 +158,8 @@ def _vs_stats(Q, K, MS, LS, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_k
 @triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
 def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_kb, n_split,
              qk_scale, LQ: tl.constexpr, GH: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-             PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True, SKEW_HALVES: tl.constexpr = False):
+             PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True, SKEW_HALVES: tl.constexpr = False,
+             SPLIT_CHUNK: tl.constexpr = 8):
     pid = tl.program_id(0)
     sp = tl.program_id(1)
     q, h, row_ok, head_ok, pos, b, kvh = _group_rows(Q, sqb, sqh, sqn, N, lq, Hq, G, NCH, LQ, GH, HEAD_D)
@@ -169,12 +170,18 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
     # exact row statistics from the split partials, in split order (deterministic): max, then sum
     st = ((b * Hq + h) * n_split) * LQ + i
     m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
-    for s_ in range(0, n_split):
-        m = tl.maximum(m, tl.load(MS + st + s_ * LQ))
+    sc = tl.arange(0, SPLIT_CHUNK)
+    for s0 in range(0, n_split, SPLIT_CHUNK):   # (SPLIT_CHUNK, ROWS) partials per load, not one row
+        s_ok = (s0 + sc < n_split)[:, None]
+        m = tl.maximum(m, tl.max(tl.load(MS + st[None, :] + (s0 + sc)[:, None] * LQ, mask=s_ok,
+                                         other=float("-inf")), 0))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     l = tl.zeros([ROWS], dtype=tl.float32)
-    for s_ in range(0, n_split):
-        l += tl.load(LS + st + s_ * LQ) * tl.math.exp2(tl.load(MS + st + s_ * LQ) - m_safe)
+    for s0 in range(0, n_split, SPLIT_CHUNK):
+        s_ok = (s0 + sc < n_split)[:, None]
+        ms_ = tl.load(MS + st[None, :] + (s0 + sc)[:, None] * LQ, mask=s_ok, other=float("-inf"))
+        ls_ = tl.load(LS + st[None, :] + (s0 + sc)[:, None] * LQ, mask=s_ok, other=0.0)
+        l += tl.sum(ls_ * tl.math.exp2(ms_ - m_safe[None, :]), 0)
     inv_l = tl.where(l > 0.0, 1.0 / tl.where(l > 0.0, l, 1.0), 0.0)   # empty rows: 0, no 1/0
     c = tl.arange(0, BLOCK_N)
     v = tl.arange(0, 2 * BLOCK_N)
@@ -277,7 +284,7 @@ def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
     _vs_stats[(n_prog, n_split)](q, k, ms, ls, *args, **meta)
     _mark("scores_stats")
     _vs_sums[(n_prog, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER,
-                                SKEW_HALVES=SKEW_HALVES, **meta)
+                                SKEW_HALVES=SKEW_HALVES, SPLIT_CHUNK=8, **meta)
     _mark("scores_sums")
     diag = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
     _diag_combine[(R, triton.cdiv(N, 1024))](dp, diag, N, n_kb, BLOCK_N=BN, P=1024, num_warps=4)
