@@ -172,3 +172,22 @@ def test_tile_table_drives_default_blocks(monkeypatch):
     assert attention.default_blocks(vs, FakeQ(5000, 128)) == triton_sparse.DEFAULT_TILES
     assert attention.default_blocks([HeadPattern("block_sparse", 4)], FakeQ(5000, 128))[1] == 64
     assert triton_sparse.tiles_for(64, 31744) == (128, 64)
+
+
+def test_fused_conversion_random_cases_equal_reference():
+    """Random lengths, budgets (incl. S = 1 and V = 1), block shapes, heads with padded budgets."""
+    from accel.kernels.index import SparseIndex
+    g = torch.Generator().manual_seed(11)
+    for case in range(24):
+        bm, bn = [(64, 64), (128, 64), (32, 16), (16, 16), (128, 128)][case % 5]
+        N = int(torch.randint(1, 400, (1,), generator=g))
+        H = int(torch.randint(1, 4, (1,), generator=g))
+        S = int(torch.randint(1, min(N, 90) + 1, (1,), generator=g))
+        V = int(torch.randint(1, min(N, 40) + 1, (1,), generator=g))
+        sl = torch.stack([torch.randperm(N, generator=g)[:S] for _ in range(H)])[None]
+        vert = torch.stack([torch.randperm(N, generator=g)[:V] for _ in range(H)])[None]
+        sl[..., torch.rand(sl.shape, generator=g) < 0.1] = -1      # a smaller budget's padding
+        vert[..., torch.rand(vert.shape, generator=g) < 0.1] = -1
+        a = SparseIndex(*vertical_slash_index(vert, sl, N, bm, bn), n=N, block_m=bm, block_n=bn)
+        b = SparseIndex(*vertical_slash_index_fused(vert, sl, N, bm, bn), n=N, block_m=bm, block_n=bn)
+        _same_index(a, b)
