@@ -307,8 +307,9 @@ def sparse_binaries() -> dict:
 
     out = {}
     for name, fn in (("attn", triton_sparse._sparse_attn_fwd), ("vs_stats", vs_fused._vs_stats),
-                     ("vs_sums", vs_fused._vs_sums), ("slash_tiles", vs_fused._slash_tiles),
-                     ("block_lists", vs_fused._block_lists)):
+                     ("vs_sums", vs_fused._vs_sums), ("diag_combine", vs_fused._diag_combine),
+                     ("slash_tiles", vs_fused._slash_tiles),
+                     ("block_bounds", vs_fused._block_bounds), ("block_lists", vs_fused._block_lists)):
         try:
             out[name] = sum(len(c[0]) for c in fn.device_caches.values())
         except Exception:

@@ -6,6 +6,7 @@ launch (Triton on CUDA, the chunked PyTorch reference elsewhere), and computes `
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -30,13 +31,17 @@ def default_blocks(patterns, q) -> tuple[int, int]:
     128x128 tiles (8 warps, 3 stages) are fastest for vertical-slash and A-shape; block-sparse keeps
     64-key blocks (128-key blocks double its density at the same top-k budget).  head_dim 64
     (results/raw/sparse-speed-h200.log, 14q/2kv): 128x64 tiles (4 warps, 3 stages) are best at 31K and
-    tie 128x128 at 16K.  CPU / small D: 64x64."""
+    tie 128x128 at 16K.  The numbers live in `triton_sparse.TILE_TABLE` (per head_dim and prompt length,
+    edited from the GPU sweep).  CPU / small D: 64x64."""
     if not q.is_cuda or q.shape[-1] < 64:
         return 64, 64
+    from .triton_sparse import tiles_for   # Triton: imported only where it runs
+    bm, bn = tiles_for(q.shape[-1], q.shape[2])
     caps = [p.kind.max_block_n for p in patterns if p.kind.max_block_n]   # e.g. block-sparse: 64
-    if q.shape[-1] == 64:
-        caps.append(64)
-    return 128, min([128] + caps)
+    bn = min([bn] + caps)
+    if bm % bn:   # the fused conversion needs BLOCK_M a multiple of BLOCK_N
+        bn = math.gcd(bm, bn)
+    return bm, bn
 
 
 def is_single_pattern(patterns) -> bool:

@@ -218,11 +218,13 @@ def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = No
     return _force_keeps(col, diag, min(last_q, q.shape[2]))
 
 
-def _top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the top-k scores along the last axis, ascending (B, H, k)."""
+def _top_sorted(scores: torch.Tensor, k: int, sort: bool = True) -> torch.Tensor:
+    """Indices of the top-k scores along the last axis, ascending (B, H, k); `sort=False`: in topk's
+    own order (the fused conversion sorts its inputs anyway: one sort launch less per side)."""
     if k <= 0:
         return torch.zeros(*scores.shape[:-1], 0, dtype=torch.int64, device=scores.device)
-    return torch.topk(scores, k, dim=-1, sorted=False).indices.sort(-1).values
+    top = torch.topk(scores, k, dim=-1, sorted=False).indices
+    return top.sort(-1).values if sort else top
 
 
 def estimate_vertical_slash(q, k, v: int, s: int, last_q: int = 64, scale: float | None = None):
@@ -472,25 +474,26 @@ def use_fused(fused, q, last_q, block_m, block_n) -> bool:
     return bool(fused)
 
 
-def top_vertical_slash(col: torch.Tensor, diag: torch.Tensor, sizes: list[tuple[int, int]]):
+def top_vertical_slash(col: torch.Tensor, diag: torch.Tensor, sizes: list[tuple[int, int]], sort: bool = True):
     """Per-head top-v columns and top-s diagonals from `vertical_slash_scores` output.
 
     col, diag (B, H, N); sizes[h] = (v, s) for head h (clamped to N; s >= 1).  -> (vertical (B,H,V),
     slash (B,H,S)) int64 ascending, V / S the largest sizes; heads with smaller budgets are padded
-    with -1 (ignored by `vertical_slash_index`).  Equal sizes share one top-k call.
+    with -1 (ignored by `vertical_slash_index`).  Equal sizes share one top-k call.  `sort=False`
+    leaves each head's entries in top-k order (for `vs_fused.vertical_slash_index_fused`, which sorts).
     """
     B, H, N = col.shape
     dev = col.device
     sizes = [(min(v, N), min(max(s, 1), N)) for v, s in sizes]
     vmax, smax = max(v for v, _ in sizes), max(s for _, s in sizes)
     if all(sz == (vmax, smax) for sz in sizes):
-        return _top_sorted(col, vmax), _top_sorted(diag, smax)
+        return _top_sorted(col, vmax, sort), _top_sorted(diag, smax, sort)
     vert = torch.full((B, H, vmax), -1, dtype=torch.int64, device=dev)
     sl = torch.full((B, H, smax), -1, dtype=torch.int64, device=dev)
     for (vv, ss) in set(sizes):  # group equal sizes
         idx = _dev_index([i for i, sz in enumerate(sizes) if sz == (vv, ss)], dev)
-        vert[:, idx, :vv] = _top_sorted(col[:, idx], vv)
-        sl[:, idx, :ss] = _top_sorted(diag[:, idx], ss)
+        vert[:, idx, :vv] = _top_sorted(col[:, idx], vv, sort)
+        sl[:, idx, :ss] = _top_sorted(diag[:, idx], ss, sort)
     return vert, sl
 
 

@@ -216,7 +216,8 @@ class VerticalSlash(Pattern):
     def parts_from_scores(self, col, diag, patterns, n, block_m, block_n, fused: bool = False):
         """(count, offset, column_count, column_index) from `vertical_slash_scores` of these heads:
         the search scores many (v, s) settings on one estimation through this."""
-        vert, sl = top_vertical_slash(col, diag, [(p.size_1, p.size_2) for p in patterns])
+        # the fused conversion sorts its inputs itself: top-k order is enough (no sort launches here)
+        vert, sl = top_vertical_slash(col, diag, [(p.size_1, p.size_2) for p in patterns], sort=not fused)
         if fused:
             from .vs_fused import vertical_slash_index_fused
             return vertical_slash_index_fused(vert, sl, n, block_m, block_n)

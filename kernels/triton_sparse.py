@@ -38,6 +38,7 @@ def _sparse_attn_fwd(
     N, Hq, G, M, MAX_B, MAX_C, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
     HEAVY_FIRST: tl.constexpr, ALWAYS_MASK: tl.constexpr, K_ROWS: tl.constexpr,
+    LOOP_STAGES: tl.constexpr = None, WARP_SPEC: tl.constexpr = False,
 ):
     bh = tl.program_id(0)
     pm = tl.program_id(1)
@@ -64,7 +65,10 @@ def _sparse_attn_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
 
     # ---- 1. kept key blocks ------------------------------------------------------------
-    for i in range(0, nb):
+    # LOOP_STAGES: pipeline depth of this loop itself (tl.range also pipelines the index loads, the
+    # launch's num_stages only loads feeding a dot); WARP_SPEC: Triton's automatic warp specialisation
+    # (producer/consumer warps).  Both Hopper tuning knobs, swept by scripts/gpu_sparse_speed.py.
+    for i in tl.range(0, nb, num_stages=LOOP_STAGES, warp_specialize=WARP_SPEC):
         start = tl.load(BO + meta * MAX_B + i)
         offs_n = start + tl.arange(0, BLOCK_N)
         kv_ok = (offs_n >= 0) & (offs_n < N)
@@ -90,7 +94,7 @@ def _sparse_attn_fwd(
         m_i = m_new
 
     # ---- 2. gathered single columns --------------------------------------------------
-    for j in range(0, nc, BLOCK_N):
+    for j in tl.range(0, nc, BLOCK_N, num_stages=LOOP_STAGES, warp_specialize=WARP_SPEC):
         offs_c = j + tl.arange(0, BLOCK_N)
         c_ok = offs_c < nc
         cols = tl.load(CI + meta * MAX_C + offs_c, mask=c_ok, other=0)
@@ -132,6 +136,29 @@ KERNEL_CONFIGS: dict[tuple[int, int, int], tuple[int, int]] = {
 }
 
 
+# Tile shape per (head_dim, prompt length): rows (N upper bound or None for "any longer", (BLOCK_M,
+# BLOCK_N)), the first row whose bound is >= N wins; pattern caps (block-sparse: 64-key blocks) still
+# apply after it (`attention.default_blocks`).  The sweep in scripts/gpu_sparse_speed.py prints the best
+# tile per (head_dim, N): edit the numbers here.  Head dims not listed use DEFAULT_TILES.
+TILE_TABLE: dict[int, tuple[tuple[int | None, tuple[int, int]], ...]] = {
+    128: ((None, (128, 128)),),
+    64: ((24576, (128, 64)), (None, (128, 64))),   # 16K: 128x64 within 1 % of 128x128; 31K: best
+}
+DEFAULT_TILES = (128, 128)
+# Hopper loop options per (head_dim, BLOCK_M, BLOCK_N): (tl.range num_stages or None, warp_specialize).
+# Empty = Triton's defaults (the launch key of every default launch is unchanged); paste the sweep's
+# winner here only if it beats the plain config by more than its run-to-run spread.
+LOOP_CONFIGS: dict[tuple[int, int, int], tuple[int | None, bool]] = {}
+
+
+def tiles_for(head_dim: int, n: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) from TILE_TABLE for this head_dim and prompt length."""
+    for bound, tiles in TILE_TABLE.get(int(head_dim), ()):
+        if bound is None or n <= bound:
+            return tiles
+    return DEFAULT_TILES
+
+
 def set_kernel_config(head_dim: int, block_m: int, block_n: int, num_warps: int, num_stages: int) -> None:
     """Use (num_warps, num_stages) for this (head_dim, BLOCK_M, BLOCK_N) from now on (a tuning hook)."""
     KERNEL_CONFIGS[(int(head_dim), int(block_m), int(block_n))] = (int(num_warps), int(num_stages))
@@ -157,7 +184,7 @@ def _check(q, k, index):
 
 
 def _launch_args(q, k, v, o, index: SparseIndex, scale: float, *, num_warps=None, num_stages=None,
-                 heavy_first=True, always_mask=False, k_rows=True):
+                 heavy_first=True, always_mask=False, k_rows=True, loop_stages=None, warp_specialize=False):
     """(grid, positional args, keyword args) of one `_sparse_attn_fwd` launch: split out so a test can
     compute Triton's specialisation key for any input without a GPU."""
     B, Hq, N, D = q.shape
@@ -167,19 +194,23 @@ def _launch_args(q, k, v, o, index: SparseIndex, scale: float, *, num_warps=None
     M = bc.shape[-1]
     nw, ns = _default_config(index.block_m, D, index.block_n)
     nw, ns = num_warps or nw, num_stages or ns
+    if loop_stages is None and not warp_specialize:
+        loop_stages, warp_specialize = LOOP_CONFIGS.get((D, index.block_m, index.block_n), (None, False))
     args = (q, k, v, o, bc, bo, cc, ci,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
             N, Hq, Hq // Hkv, M, bo.shape[-1], ci.shape[-1], scale * 1.4426950408889634)
     kwargs = dict(BLOCK_M=index.block_m, BLOCK_N=index.block_n, HEAD_D=D, HEAVY_FIRST=heavy_first,
-                  ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns)
+                  ALWAYS_MASK=always_mask, K_ROWS=k_rows, num_warps=nw, num_stages=ns,
+                  LOOP_STAGES=loop_stages, WARP_SPEC=bool(warp_specialize))   # explicit: no reliance on defaults
     return (B * Hq, M), args, kwargs
 
 
 def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = None, *,
                             num_warps: int | None = None, num_stages: int | None = None,
                             heavy_first: bool = True, always_mask: bool = False, k_rows: bool = True,
-                            dense_sdpa: bool = True):
+                            dense_sdpa: bool = True, loop_stages: int | None = None,
+                            warp_specialize: bool = False):
     """q (B,Hq,N,D), k/v (B,Hkv,N,D) -> (B,Hq,N,D); keys per `index` (causal)."""
     _check(q, k, index)
     D = q.shape[-1]
@@ -192,7 +223,8 @@ def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = N
         v = v.contiguous()
     o = torch.empty_like(q)
     grid, args, kwargs = _launch_args(q, k, v, o, index, scale, num_warps=num_warps, num_stages=num_stages,
-                                      heavy_first=heavy_first, always_mask=always_mask, k_rows=k_rows)
+                                      heavy_first=heavy_first, always_mask=always_mask, k_rows=k_rows,
+                                      loop_stages=loop_stages, warp_specialize=warp_specialize)
     _sparse_attn_fwd[grid](*args, **kwargs)
     if dense_sdpa and bool(index.dense_heads.any()):
         from .dense import dense_heads_sdpa

@@ -5,25 +5,32 @@ softmax of the last 64 queries against every key (1 GiB per layer at 128K on the
 columns and diagonals with torch ops, and sizes its outputs with `.item()` calls (a host sync each).
 Here, for all heads of a layer at once:
 
-1. `_vs_stats`, grid (B*Hq, SPLIT): each program runs an online softmax (max, sum) of the last LQ query
-   rows over a strided share of the key blocks -> per-split partial statistics.
-2. `_vs_sums`, grid (B*Hq, SPLIT): combines the partials into each row's exact max and sum, recomputes
-   the scores block by block, normalises them and writes
-   * the column sums of the block (one store per key: no overlap, no atomics),
+1. `_vs_stats`, grid (B*Hkv*chunks, SPLIT): a program takes GH query heads of one GQA group (the whole
+   group, rounded up to a power of two with padding heads masked, while GH*LQ <= ROWS_MAX rows) as the
+   M dimension of one MMA: each K block is read once per kv head per pass, not once per query head.
+   It runs an online softmax (max, sum) of those rows over a strided share of the key blocks ->
+   per-split partial statistics.  SPLIT comes from the SM count (WAVES programs per SM) and N (at
+   least MIN_KB_PER_SPLIT key blocks per split), a runtime argument (no recompile).
+2. `_vs_sums`, same grid: combines the partials (in split order: deterministic) into each row's exact
+   max and sum, recomputes the scores block by block, normalises them and writes
+   * the column sums of the block per head (one store per key and head: no overlap, no atomics),
    * its diagonal sums: the (LQ, BN) probability tile is skewed, row i shifted by LQ-1-i, so that a
      column sum of the skewed tile is a diagonal sum (a register `tl.gather`, or with SKEW_GATHER=False
-     a per-program scratch slot of a few KB, L1/L2-resident, written and read back skewed).  A key block touches LQ+BN-1
+     a per-program scratch slot, L1/L2-resident, written and read back skewed).  A key block touches LQ+BN-1
      diagonals; neighbouring blocks share LQ-1 of them, so each block stores its 2*BN partial sums and
-     torch adds the two halves that meet: at most two addends per diagonal, hence deterministic.
-   GQA is read in place: query head h reads kv head h // G.  No (LQ, N) slab exists at any time.
-3. Forced keys and top-k stay in `index.py` (`torch.topk` with a fixed k: no sync).  This module
-   imports nothing of ours: `index` imports it (lazily), never the other way round.
+     `_diag_combine` adds the two halves that meet: at most two addends per diagonal, hence deterministic.
+   No (LQ, N) slab exists at any time.
+3. Forced keys and top-k stay in `index.py` (`torch.topk` with a fixed k: no sync; unsorted, since
+   the conversion sorts).  This module imports nothing of ours: `index` imports it (lazily).
 4. `_slash_tiles`, one program per (batch, head): the merge of slash key ranges into BLOCK_N tiles,
    the same fixpoint as `index._merge_slash_ranges` (segments merged until their tiled extents are
-   disjoint), iterated on the device in a data-dependent while loop instead of a host-checked one.
-5. `_block_lists`, grid (B*Hq, M): per query block, its tiles (a contiguous run of the head's tile list,
-   located by `torch.searchsorted`) and its gathered columns (causal prefix of the sorted verticals
-   minus those inside a tile, from a per-head coverage bitmap), compacted with a cumsum.
+   disjoint), iterated on the device in a data-dependent while loop instead of a host-checked one;
+   then the compact segment list, each tile slot's segment by binary search, and the per-head
+   coverage bitmap of relative offsets (what `_block_lists` tests verticals against).
+5. `_block_bounds`, grid (B*Hq, M/P): per query block its run of the tile list and its causal
+   vertical count, by vector binary searches (was: ~10 torch launches of searchsorted and expands).
+6. `_block_lists`, grid (B*Hq, M): per query block, its tiles and its gathered columns (causal prefix
+   of the sorted verticals minus those inside a tile, from the coverage bitmap), compacted with a cumsum.
 
 Every output shape comes from (N, budgets, block sizes) alone: `block_offset` has
 min(tiles bound, cdiv(N, BN) + 2) slots and `column_index` v slots; entries past the counts are 0.
@@ -41,9 +48,27 @@ __all__ = ["vertical_slash_sums", "vertical_slash_index_fused", "fused_supported
 
 _BIG = 1 << 30
 _NEG = tl.constexpr(-(1 << 30))   # "minus infinity" for int32 scans inside the kernels
-SPLIT_MAX = 64          # partial-statistics slots per head (a power of two: combined with one load)
+_BIG_I = tl.constexpr(1 << 30)    # tile-list padding (= _BIG), sorts after every real tile
+ROWS_MAX = 256          # query rows per scores program: the GQA group's heads x LQ rows share one K read
+                        # and one (ROWS, BN) MMA; capped so the (ROWS, 2BN) skew fits registers (a GPU
+                        # tuning knob: 64 = one head per program, the pre-issue-12 layout)
+WAVES = 2               # scores programs per SM the split count aims at
+MIN_KB_PER_SPLIT = 4    # never split a head's keys finer than this many key blocks per program
+SCORES_STAGES = 2       # software-pipelining depth of the scores kernels' K loads (shared memory grows
+                        # with it; 2 keeps two 256-row programs' worth within an SM on D=64)
+SCORES_WARPS = None     # warps per scores program (None: 4 for one head's 64 rows, 8 above)
+PROFILE = None          # a callable(step name) called between the steps of this module's host functions
+                        # (scripts/gpu_sparse_speed.py records CUDA events there); None in normal use
+SKEW_HALVES = True      # skew the (rows, 2*BN) diagonal tile as two (rows, BN) halves: the full-width
+                        # version needs > 255 registers per thread (spills; cuobjdump via
+                        # scripts/compile_sm90.py); identical sums either way
 SKEW_GATHER = True      # diagonal skew by register gather (False: explicit scratch + barriers); a GPU
                         # tuning knob, both give identical sums (scripts/gpu_sparse_speed.py times both)
+
+
+def _mark(step: str) -> None:
+    if PROFILE is not None:
+        PROFILE(step)
 
 
 def _next_pow2(x: int) -> int:
@@ -58,13 +83,20 @@ def fused_supported(q, last_q: int, block_m: int, block_n: int) -> bool:
             and block_m >= block_n)
 
 
-def _splits(q) -> int:
-    """Key-range splits per head: about four programs per SM over the layer, independent of N."""
-    B, Hq = q.shape[0], q.shape[1]
+def _group_heads(G: int, LQ: int) -> int:
+    """Query heads per scores program: the whole GQA group (rounded up to a power of two, padding
+    heads masked) while G*LQ rows fit ROWS_MAX; else the largest power-of-two share of it."""
+    return max(1, min(_next_pow2(G), ROWS_MAX // LQ))
+
+
+def _splits(q, groups: int, n_kb: int) -> int:
+    """Key-range splits per program group: WAVES programs per SM over the layer, but no split gets
+    fewer than MIN_KB_PER_SPLIT key blocks (short prompts: few programs rather than idle ones)."""
     if q.is_cuda:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        return max(1, min(SPLIT_MAX, triton.cdiv(4 * sms, B * Hq)))
-    return 2  # CPU interpreter: exercise the split combine without many programs
+        want = triton.cdiv(WAVES * sms, groups)
+        return max(1, min(want, triton.cdiv(n_kb, MIN_KB_PER_SPLIT)))
+    return 2  # CPU interpreter: exercise the split combine (and an empty split for tiny N)
 
 
 @triton.jit
@@ -75,86 +107,145 @@ def _max_combine(a, b):
 # ------------------------------------------------------------------------------------------------
 # 1-2. estimation
 # ------------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
-def _vs_stats(Q, K, MS, LS, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, n_kb, n_split, qk_scale,
-              LQ: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, SPLIT_MAX: tl.constexpr,
-              PREC: tl.constexpr):
-    bh = tl.program_id(0)
-    sp = tl.program_id(1)
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
-    kvh = (h // G).to(tl.int64)
-    i = tl.arange(0, LQ)
+@triton.jit
+def _group_rows(Q, sqb, sqh, sqn, N, lq, Hq, G, NCH, LQ: tl.constexpr, GH: tl.constexpr,
+                HEAD_D: tl.constexpr):
+    """Rows of one scores program: GH query heads of kv head `kvh` (chunk `ch` of its GQA group) x
+    the last LQ positions -> (q (GH*LQ, D), head of each row, row valid, query position, b, kvh)."""
+    pid = tl.program_id(0)
+    Hkv = Hq // G
+    b = pid // (Hkv * NCH)
+    kvh = (pid // NCH) % Hkv
+    ch = pid % NCH
+    r = tl.arange(0, GH * LQ)
+    g = ch * GH + r // LQ                              # head inside the GQA group
+    i = r % LQ
     pos = N - LQ + i                                   # query position of row slot i
-    row_ok = pos >= N - lq
+    row_ok = (pos >= N - lq) & (g < G)
+    h = kvh * G + tl.minimum(g, G - 1)
     d = tl.arange(0, HEAD_D)
-    q = tl.load(Q + b * sqb + h.to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqn + d[None, :],
-                mask=row_ok[:, None], other=0.0)                                # (LQ, D)
+    q = tl.load(Q + b.to(tl.int64) * sqb + h[:, None].to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqn
+                + d[None, :], mask=row_ok[:, None], other=0.0)                 # (GH*LQ, D)
+    return q, h, row_ok, g < G, pos, b.to(tl.int64), kvh.to(tl.int64)
+
+
+@triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
+def _vs_stats(Q, K, MS, LS, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_kb, n_split, qk_scale,
+              LQ: tl.constexpr, GH: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+              PREC: tl.constexpr):
+    sp = tl.program_id(1)
+    q, h, row_ok, head_ok, pos, b, kvh = _group_rows(Q, sqb, sqh, sqn, N, lq, Hq, G, NCH, LQ, GH, HEAD_D)
+    d = tl.arange(0, HEAD_D)
     k_base = K + b * skb + kvh * skh
-    m_i = tl.full([LQ], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([LQ], dtype=tl.float32)
+    m_i = tl.full([GH * LQ], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([GH * LQ], dtype=tl.float32)
     for kb in range(sp, n_kb, n_split):
         offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
         k = tl.load(k_base + offs_n[:, None].to(tl.int64) * skn + d[None, :],
-                    mask=offs_n[:, None] < N, other=0.0)                        # (BN, D)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale            # (LQ, BN) log2 units
+                    mask=offs_n[:, None] < N, other=0.0)                        # (BN, D): once per group
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale            # (GH*LQ, BN) log2 units
         s = tl.where((offs_n[None, :] <= pos[:, None]) & row_ok[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), 1)
         m_i = m_new
-    out = (bh * SPLIT_MAX + sp) * LQ + i
-    tl.store(MS + out, m_i)
-    tl.store(LS + out, l_i)
+    # (B*Hq, n_split, LQ) partials, one slot per (query head, split, row): no overlap
+    out = ((b * Hq + h) * n_split + sp) * LQ + pos - (N - LQ)
+    tl.store(MS + out, m_i, mask=head_ok)   # padding heads of a rounded-up group write nothing
+    tl.store(LS + out, l_i, mask=head_ok)
 
 
 @triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
-def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, n_kb, n_split,
-             qk_scale, LQ: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
-             SPLIT_MAX: tl.constexpr, PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True):
-    bh = tl.program_id(0)
+def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_kb, n_split,
+             qk_scale, LQ: tl.constexpr, GH: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+             PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True, SKEW_HALVES: tl.constexpr = False,
+             SPLIT_CHUNK: tl.constexpr = 8):
+    pid = tl.program_id(0)
     sp = tl.program_id(1)
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
-    kvh = (h // G).to(tl.int64)
-    i = tl.arange(0, LQ)
-    pos = N - LQ + i
-    row_ok = pos >= N - lq
+    q, h, row_ok, head_ok, pos, b, kvh = _group_rows(Q, sqb, sqh, sqn, N, lq, Hq, G, NCH, LQ, GH, HEAD_D)
+    ROWS: tl.constexpr = GH * LQ
     d = tl.arange(0, HEAD_D)
-    q = tl.load(Q + b * sqb + h.to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqn + d[None, :],
-                mask=row_ok[:, None], other=0.0)                                # (LQ, D)
     k_base = K + b * skb + kvh * skh
-    # exact row statistics from the split partials (unused slots hold -inf / 0)
-    sidx = tl.arange(0, SPLIT_MAX)
-    st = (bh * SPLIT_MAX + sidx[:, None]) * LQ + i[None, :]
-    ms = tl.load(MS + st, mask=sidx[:, None] < n_split, other=float("-inf"))    # (SPLIT_MAX, LQ)
-    ls = tl.load(LS + st, mask=sidx[:, None] < n_split, other=0.0)
-    m = tl.max(ms, 0)
+    i = tl.arange(0, ROWS) % LQ
+    # exact row statistics from the split partials, in split order (deterministic): max, then sum
+    st = ((b * Hq + h) * n_split) * LQ + i
+    m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    sc = tl.arange(0, SPLIT_CHUNK)
+    for s0 in range(0, n_split, SPLIT_CHUNK):   # (SPLIT_CHUNK, ROWS) partials per load, not one row
+        s_ok = (s0 + sc < n_split)[:, None]
+        m = tl.maximum(m, tl.max(tl.load(MS + st[None, :] + (s0 + sc)[:, None] * LQ, mask=s_ok,
+                                         other=float("-inf")), 0))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    l = tl.sum(ls * tl.math.exp2(ms - m_safe[None, :]), 0)
+    l = tl.zeros([ROWS], dtype=tl.float32)
+    for s0 in range(0, n_split, SPLIT_CHUNK):
+        s_ok = (s0 + sc < n_split)[:, None]
+        ms_ = tl.load(MS + st[None, :] + (s0 + sc)[:, None] * LQ, mask=s_ok, other=float("-inf"))
+        ls_ = tl.load(LS + st[None, :] + (s0 + sc)[:, None] * LQ, mask=s_ok, other=0.0)
+        l += tl.sum(ls_ * tl.math.exp2(ms_ - m_safe[None, :]), 0)
     inv_l = tl.where(l > 0.0, 1.0 / tl.where(l > 0.0, l, 1.0), 0.0)   # empty rows: 0, no 1/0
     c = tl.arange(0, BLOCK_N)
     v = tl.arange(0, 2 * BLOCK_N)
-    scr = SCR + (bh * n_split + sp).to(tl.int64) * (LQ * BLOCK_N)
+    gh = tl.arange(0, GH)
+    g_ok = (pid % NCH) * GH + gh < G                                            # (GH,) real heads
+    h_g = kvh * G + tl.minimum((pid % NCH) * GH + gh, G - 1)                    # (GH,)
+    row_head = (b * Hq + h_g)                                                   # (GH,) output rows
+    scr = SCR + (pid * n_split + sp).to(tl.int64) * (ROWS * BLOCK_N)
     # skewed read: diagonal slot v of row i is column c = v - (LQ-1-i) of the tile
-    cc = v[None, :] - (LQ - 1 - i[:, None])                                     # (LQ, 2BN)
+    cc = v[None, :] - (LQ - 1 - i[:, None])                                     # (ROWS, 2BN)
     skew_ok = (cc >= 0) & (cc < BLOCK_N)
+    rr = tl.arange(0, ROWS)
     for kb in range(sp, n_kb, n_split):
         offs_n = kb * BLOCK_N + c
         k = tl.load(k_base + offs_n[:, None].to(tl.int64) * skn + d[None, :],
                     mask=offs_n[:, None] < N, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         ok = (offs_n[None, :] <= pos[:, None]) & row_ok[:, None]
-        p = tl.where(ok, tl.math.exp2(s - m_safe[:, None]) * inv_l[:, None], 0.0)  # (LQ, BN)
-        tl.store(COL + bh.to(tl.int64) * N + offs_n, tl.sum(p, 0), mask=offs_n < N)
-        if SKEW_GATHER:   # register gather (the compiler stages it through shared memory)
-            sk = tl.where(skew_ok, tl.gather(p, tl.minimum(tl.maximum(cc, 0), BLOCK_N - 1), 1), 0.0)
-        else:             # explicit scratch slot: store, barrier, skewed load, barrier
-            tl.store(scr + i[:, None] * BLOCK_N + c[None, :], p)
-            tl.debug_barrier()   # the tile written by all threads ...
-            sk = tl.load(scr + i[:, None] * BLOCK_N + cc, mask=skew_ok, other=0.0, cache_modifier=".cg")
-            tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
-        tl.store(DP + (bh.to(tl.int64) * n_kb + kb) * (2 * BLOCK_N) + v, tl.sum(sk, 0))
+        p = tl.where(ok, tl.math.exp2(s - m_safe[:, None]) * inv_l[:, None], 0.0)  # (ROWS, BN)
+        colsum = tl.sum(tl.reshape(p, (GH, LQ, BLOCK_N)), 1)                      # (GH, BN) per head
+        tl.store(COL + row_head[:, None] * N + offs_n[None, :], colsum,
+                 mask=g_ok[:, None] & (offs_n[None, :] < N))
+        if SKEW_HALVES:   # the (ROWS, 2BN) skewed tile as two (ROWS, BN) halves: half the live registers
+            if not SKEW_GATHER:
+                tl.store(scr + rr[:, None] * BLOCK_N + c[None, :], p)
+                tl.debug_barrier()   # the tile written by all threads ...
+            for half in tl.static_range(2):
+                ch_ = c[None, :] + half * BLOCK_N - (LQ - 1 - i[:, None])               # (ROWS, BN)
+                h_ok = (ch_ >= 0) & (ch_ < BLOCK_N)
+                if SKEW_GATHER:
+                    sk = tl.where(h_ok, tl.gather(p, tl.minimum(tl.maximum(ch_, 0), BLOCK_N - 1), 1), 0.0)
+                else:
+                    sk = tl.load(scr + rr[:, None] * BLOCK_N + ch_, mask=h_ok, other=0.0, cache_modifier=".cg")
+                dsum = tl.sum(tl.reshape(sk, (GH, LQ, BLOCK_N)), 1)                    # (GH, BN)
+                tl.store(DP + (row_head[:, None] * n_kb + kb) * (2 * BLOCK_N) + half * BLOCK_N + c[None, :],
+                         dsum, mask=g_ok[:, None])
+            if not SKEW_GATHER:
+                tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
+        else:
+            if SKEW_GATHER:   # register gather (the compiler stages it through shared memory)
+                sk = tl.where(skew_ok, tl.gather(p, tl.minimum(tl.maximum(cc, 0), BLOCK_N - 1), 1), 0.0)
+            else:             # explicit scratch slot: store, barrier, skewed load, barrier
+                tl.store(scr + rr[:, None] * BLOCK_N + c[None, :], p)
+                tl.debug_barrier()   # the tile written by all threads ...
+                sk = tl.load(scr + rr[:, None] * BLOCK_N + cc, mask=skew_ok, other=0.0, cache_modifier=".cg")
+                tl.debug_barrier()   # ... read back by all threads before the next block overwrites it
+            dsum = tl.sum(tl.reshape(sk, (GH, LQ, 2 * BLOCK_N)), 1)                  # (GH, 2BN)
+            tl.store(DP + (row_head[:, None] * n_kb + kb) * (2 * BLOCK_N) + v[None, :], dsum,
+                     mask=g_ok[:, None])
+
+
+@triton.jit(do_not_specialize=["N", "n_kb"])
+def _diag_combine(DP, DIAG, N, n_kb, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """diag[d] from the block partials: diagonal e = N-1-d is slot e % BN of block e // BN (lower
+    half) plus slot BN + e % BN of the block before (upper half): two addends, in a fixed order."""
+    r = tl.program_id(0).to(tl.int64)
+    dd = tl.program_id(1) * P + tl.arange(0, P)
+    ok = dd < N
+    e = N - 1 - dd
+    kb = e // BLOCK_N
+    v = e % BLOCK_N
+    lo = tl.load(DP + (r * n_kb + kb) * (2 * BLOCK_N) + v, mask=ok, other=0.0)
+    hi = tl.load(DP + (r * n_kb + kb - 1) * (2 * BLOCK_N) + BLOCK_N + v, mask=ok & (kb > 0), other=0.0)
+    tl.store(DIAG + r * N + dd, lo + hi, mask=ok)
 
 
 def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
@@ -163,6 +254,7 @@ def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
     (`index.vertical_slash_scores_fused` adds the forced keys, as the reference does.)"""
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
+    G = Hq // Hkv
     scale = D ** -0.5 if scale is None else scale
     lq = min(last_q, N)
     LQ = max(16, _next_pow2(last_q))      # a budget, not a length: one binary for every N
@@ -172,43 +264,69 @@ def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
     if k.stride(-1) != 1:
         k = k.contiguous()
     R = B * Hq
+    GH = _group_heads(G, LQ)
+    NCH = triton.cdiv(G, GH)              # programs per kv head (1 unless the group exceeds ROWS_MAX)
+    n_prog = B * Hkv * NCH
     n_kb = triton.cdiv(N, BN)
-    n_split = min(_splits(q), SPLIT_MAX)
+    n_split = _splits(q, n_prog, n_kb)
     dev = q.device
-    ms = torch.empty(R * SPLIT_MAX * LQ, dtype=torch.float32, device=dev)
+    ms = torch.empty(R * n_split * LQ, dtype=torch.float32, device=dev)
     ls = torch.empty_like(ms)
     col = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
     dp = torch.empty(R, n_kb, 2 * BN, dtype=torch.float32, device=dev)
-    scr = torch.empty(1 if SKEW_GATHER else R * n_split * LQ * BN, dtype=torch.float32, device=dev)
+    scr = torch.empty(1 if SKEW_GATHER else n_prog * n_split * GH * LQ * BN, dtype=torch.float32, device=dev)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"   # fp32 inputs: no tf32 rounding of logits
     args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            N, lq, Hq, Hq // Hkv, n_kb, n_split, scale * 1.4426950408889634)
-    meta = dict(LQ=LQ, BLOCK_N=BN, HEAD_D=D, SPLIT_MAX=SPLIT_MAX, PREC=prec, num_warps=4)
-    _vs_stats[(R, n_split)](q, k, ms, ls, *args, **meta)
-    _vs_sums[(R, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER, **meta)
-    # diagonal e = N-1-d: block kb's slot v is e = kb*BN + v; the lower half of block kb meets the
-    # upper half of block kb-1
-    diag_e = dp[:, :, :BN].clone()
-    diag_e[:, 1:] += dp[:, :-1, BN:]
-    diag = diag_e.reshape(R, n_kb * BN)[:, :N].flip(-1).reshape(B, Hq, N)    # index d
+            N, lq, Hq, G, NCH, n_kb, n_split, scale * 1.4426950408889634)
+    meta = dict(LQ=LQ, GH=GH, BLOCK_N=BN, HEAD_D=D, PREC=prec, num_warps=SCORES_WARPS or (4 if GH * LQ <= 64 else 8),
+                num_stages=SCORES_STAGES)
+    _mark("scores_setup")
+    _vs_stats[(n_prog, n_split)](q, k, ms, ls, *args, **meta)
+    _mark("scores_stats")
+    _vs_sums[(n_prog, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER,
+                                SKEW_HALVES=SKEW_HALVES, SPLIT_CHUNK=8, **meta)
+    _mark("scores_sums")
+    diag = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
+    _diag_combine[(R, triton.cdiv(N, 1024))](dp, diag, N, n_kb, BLOCK_N=BN, P=1024, num_warps=4)
+    _mark("scores_diag")
     return col, diag
 
 
 # ------------------------------------------------------------------------------------------------
 # 4-5. index conversion
 # ------------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["S", "T_MAX"])
-def _slash_tiles(A, REL, TOTAL, S, T_MAX, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 S_PAD: tl.constexpr):
+@triton.jit
+def _count_le(PTR, n_valid, x, step0):
+    """Entries <= x in the ascending PTR[0:n_valid] (x scalar or a vector of lanes): binary lifting,
+    step0 = the largest power of two <= n_valid (>= 1); padding past n_valid is never read."""
+    pos = tl.zeros_like(x)
+    step = step0
+    while step > 0:
+        nxt = pos + step
+        ok = nxt <= n_valid
+        # .cg: L2, not L1 (in _slash_tiles the list was written by this program before a barrier)
+        val = tl.load(PTR + tl.where(ok, nxt - 1, 0), mask=ok, other=0, cache_modifier=".cg")
+        pos = tl.where(ok & (val <= x), nxt, pos)
+        step = step // 2
+    return pos
+
+
+@triton.jit(do_not_specialize=["S", "T_MAX", "n", "span"])
+def _slash_tiles(D, REL, TOTAL, SEGA, SEGX, COVER, S, T_MAX, n, span, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, S_PAD: tl.constexpr, P: tl.constexpr, CB: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, S_PAD)
-    a_last = tl.load(A + r * S + S - 1)
-    a = tl.load(A + r * S + i, mask=i < S, other=a_last)   # padding duplicates the last start
-    e = a + BLOCK_M
+    # D holds the row's diagonal offsets ascending; relative starts a = -d ascending = D reversed
+    a_last = -tl.load(D + r * S)
+    a = tl.where(i < S, -tl.load(D + r * S + (S - 1 - i), mask=i < S, other=0), a_last)  # padding
+    e = a + BLOCK_M                                          # duplicates the last start
     nxt = tl.minimum(i + 1, S_PAD - 1)
     prv = tl.maximum(i - 1, 0)
     start = tl.full([S_PAD], 1, dtype=tl.int32)            # every interval its own segment
     changed = tl.sum(start, 0)                              # (a tensor: the loop carries its type)
+    # The fixpoint stays: merging by a segment's start-dependent tiled extent is not monotone in the
+    # start (rounding up on another grid phase), so one left-to-right max-scan can split what the
+    # reference's rounds merged; it converges in a few rounds (2-3 on banded slashes).
     while changed > 0:
         seg_a = tl.associative_scan(tl.where(start > 0, a, _NEG), 0, _max_combine)
         last = (tl.gather(start, nxt, 0) > 0) | (i == S_PAD - 1)
@@ -222,10 +340,53 @@ def _slash_tiles(A, REL, TOTAL, S, T_MAX, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
     last = (tl.gather(start, nxt, 0) > 0) | (i == S_PAD - 1)
     nt = tl.where(last, tl.cdiv(e - seg_a, BLOCK_N), 0)
     excl = tl.cumsum(nt, 0) - nt
-    tl.store(TOTAL + r, tl.sum(nt, 0))
-    for m in range(0, tl.max(nt, 0)):
-        slot = excl + m
-        tl.store(REL + r * T_MAX + slot, seg_a + m * BLOCK_N, mask=last & (m < nt) & (slot < T_MAX))
+    total = tl.sum(nt, 0)
+    nseg = tl.sum(last.to(tl.int32), 0)
+    tl.store(TOTAL + r, total)
+    # compact segment list (start, first tile slot), then every tile slot finds its segment by binary
+    # search: a fixed cost of log2(S_PAD) loads, not one masked S_PAD-wide pass per tile of the
+    # longest segment (~100 passes on a 6K-diagonal band)
+    k = tl.cumsum(last.to(tl.int32), 0) - 1
+    tl.store(SEGA + r * S_PAD + k, seg_a, mask=last)
+    tl.store(SEGX + r * S_PAD + k, excl, mask=last)
+    tl.debug_barrier()          # the segment list written by all threads, read back by all
+    p_ = tl.arange(0, P)
+    cb = tl.arange(0, CB)
+    step0 = 1
+    while step0 * 2 <= nseg:
+        step0 *= 2
+    for p0 in range(0, T_MAX, P):
+        p = p0 + p_
+        ks = _count_le(SEGX + r * S_PAD, nseg, p, step0) - 1             # (P,) segment of slot p
+        ks = tl.maximum(ks, 0)
+        sa = tl.load(SEGA + r * S_PAD + ks, cache_modifier=".cg")
+        sx = tl.load(SEGX + r * S_PAD + ks, cache_modifier=".cg")
+        rel = sa + (p - sx) * BLOCK_N
+        ok = p < total
+        tl.store(REL + r * T_MAX + p, tl.where(ok, rel, _BIG_I), mask=p < T_MAX)
+        # coverage bitmap of relative offsets [-n, BM+BN) (index rel + n), as the reference builds it
+        for c0 in tl.static_range(0, BLOCK_N, CB):
+            ci = rel[:, None] + n + c0 + cb[None, :]
+            tl.store(COVER + r * span + ci, tl.full([P, CB], 1, dtype=tl.uint8),
+                     mask=(ok & (p < T_MAX))[:, None] & (ci >= 0) & (ci < span))
+
+
+@triton.jit(do_not_specialize=["n", "T_MAX", "V", "M", "t_step0", "v_step0"])
+def _block_bounds(REL, COLS, FIRST, CNT, NCAUS, n, T_MAX, V, M, t_step0, v_step0,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """Per query block: its run of the head's tile list (tiles not entirely before key 0 or after the
+    block's last row) and how many sorted verticals are causal for it: vector binary searches."""
+    r = tl.program_id(0).to(tl.int64)
+    m = tl.program_id(1) * P + tl.arange(0, P)
+    r0 = m * BLOCK_M
+    r1 = tl.minimum(r0 + BLOCK_M, n)
+    first = _count_le(REL + r * T_MAX, T_MAX, -(r0 + BLOCK_N), t_step0)
+    cnt = _count_le(REL + r * T_MAX, T_MAX, r1 - 1 - r0, t_step0) - first
+    ok = m < M
+    tl.store(FIRST + r * M + m, first, mask=ok)
+    tl.store(CNT + r * M + m, cnt, mask=ok)
+    ncaus = _count_le(COLS + r * V, V, r1 - 1, v_step0)
+    tl.store(NCAUS + r * M + m, ncaus, mask=ok)
 
 
 @triton.jit(do_not_specialize=["n", "T_MAX", "MB", "V", "MC", "M", "span"])
@@ -265,51 +426,45 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     B, H, S = slash.shape
     dev = slash.device
     R = B * H
-    d = slash.reshape(R, S).to(torch.int64)
-    d = d.masked_fill((d < 0) | (d >= n), 0)                          # padding -> diagonal 0
-    a = d.sort(-1, descending=True).values.neg_().to(torch.int32)    # relative starts, ascending
+    d = slash.reshape(R, S)
+    # padding -> diagonal 0; int32 (a cheaper sort); ascending: the kernel reads it reversed and negated
+    _mark("convert_start")
+    d = d.masked_fill((d < 0) | (d >= n), 0).to(torch.int32).sort(-1).values
     # tiles are disjoint inside the relative key range [-(n-1), block_m + block_n)
     T_MAX = max(1, min(triton.cdiv(n + block_m, block_n) + 1, S * (block_m // block_n + 1)))
-    rel = torch.full((R, T_MAX), _BIG, dtype=torch.int32, device=dev)
-    total = torch.empty(R, dtype=torch.int32, device=dev)
-    _slash_tiles[(R,)](a, rel, total, S, T_MAX, BLOCK_M=block_m, BLOCK_N=block_n,
-                       S_PAD=max(16, _next_pow2(S)), num_warps=4 if S <= 1024 else 8)
-    r0 = torch.arange(triton.cdiv(n, block_m), device=dev, dtype=torch.int64) * block_m
-    r1 = torch.clamp(r0 + block_m, max=n)          # exclusive; the last block may be ragged
-    M = r0.numel()
-    rel64 = rel.to(torch.int64)
-    lo_key = (-(r0 + block_n))[None, :].expand(R, M).contiguous()
-    hi_key = (r1 - 1 - r0)[None, :].expand(R, M).contiguous()
-    # int32 results straight from searchsorted: no cast launches (the kernels read int32)
-    first = torch.searchsorted(rel64, lo_key, right=True, out_int32=True)
-    count = torch.searchsorted(rel64, hi_key, right=True, out_int32=True) - first
+    S_PAD = max(16, _next_pow2(S))
+    M = triton.cdiv(n, block_m)
     MB = max(1, min(T_MAX, triton.cdiv(n, block_n) + 2))
-    # coverage of relative offsets [-n, block_m + block_n) by the head's tiles (as the reference)
-    span = n + block_m + block_n
-    ok_t = rel64 < _BIG
-    diff = torch.zeros(R, span + 1, dtype=torch.int32, device=dev)
-    lo = torch.where(ok_t, (rel64 + n).clamp(0, span), span)
-    hi = torch.where(ok_t, (rel64 + n + block_n).clamp(0, span), span)
-    # one scatter of +1 at tile starts and -1 at tile ends (was two scatters over two (R, T_MAX)
-    # ones_like); the signs are built on the device (no host copy: the index stays graph-capturable)
-    step = torch.ones(1, 2 * T_MAX, dtype=torch.int32, device=dev)
-    step[:, T_MAX:] = -1
-    step = step.expand(R, -1)
-    diff.scatter_add_(1, torch.cat((lo, hi), 1), step)
-    cover = (torch.cumsum(diff, 1)[:, :span] > 0).to(torch.uint8).contiguous()
+    span = n + block_m + block_n   # coverage bitmap of relative offsets [-n, block_m + block_n)
+    rel = torch.empty(R, T_MAX, dtype=torch.int32, device=dev)
+    total = torch.empty(R, dtype=torch.int32, device=dev)
+    seg = torch.empty(2, R, S_PAD, dtype=torch.int32, device=dev)    # per-head segment starts / slots
+    cover = torch.zeros(R, span, dtype=torch.uint8, device=dev)
+    _mark("convert_sort_slash")
+    _slash_tiles[(R,)](d, rel, total, seg[0], seg[1], cover, S, T_MAX, n, span, BLOCK_M=block_m,
+                       BLOCK_N=block_n, S_PAD=S_PAD, P=256, CB=min(32, block_n),
+                       num_warps=4 if S <= 1024 else 8)
+    _mark("convert_slash_tiles")
     V = vertical.shape[-1]
     MC = max(1, V)
     if V:
-        c = vertical.reshape(R, V).to(torch.int64)
-        c = c.masked_fill((c < 0) | (c >= n), _BIG).sort(-1).values
-        ncaus = torch.searchsorted(c, (r1 - 1)[None, :].expand(R, M).contiguous(), right=True, out_int32=True)
-        cols = c.clamp(max=n).to(torch.int32).contiguous()
+        c = vertical.reshape(R, V)
+        cols = c.masked_fill((c < 0) | (c >= n), n).to(torch.int32).sort(-1).values   # padding last
     else:
-        ncaus = torch.zeros(R, M, dtype=torch.int32, device=dev)
         cols = torch.zeros(R, 1, dtype=torch.int32, device=dev)
+    # first tile, tile count, causal columns per query block (separate buffers: a slice of one would
+    # change pointer alignment with M and so Triton's specialisation key)
+    first, count, ncaus = (torch.empty(R, M, dtype=torch.int32, device=dev) for _ in range(3))
+    _mark("convert_sort_vertical")
+    P = 128
+    _block_bounds[(R, triton.cdiv(M, P))](rel, cols, first, count, ncaus, n, T_MAX, V, M,
+                                          1 << (T_MAX.bit_length() - 1), (1 << (V.bit_length() - 1)) if V else 0,
+                                          BLOCK_M=block_m, BLOCK_N=block_n, P=P, num_warps=4)
+    _mark("convert_block_bounds")
     off = torch.zeros(R, M, MB, dtype=torch.int32, device=dev)
     cidx = torch.zeros(R, M, MC, dtype=torch.int32, device=dev)
     ccount = torch.empty(R, M, dtype=torch.int32, device=dev)
     _block_lists[(R, M)](rel, first, count, ncaus, cols, cover, off, cidx, ccount,
                          n, T_MAX, MB, max(V, 1), MC, M, span, BLOCK_M=block_m, CH=128, num_warps=4)
+    _mark("convert_block_lists")
     return (count.view(B, H, M), off.view(B, H, M, MB), ccount.view(B, H, M), cidx.view(B, H, M, MC))

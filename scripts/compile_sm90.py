@@ -10,8 +10,11 @@ time on a config sweep (KERNEL_CONFIGS in kernels/triton_sparse.py).
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import subprocess
+import tempfile
 import time
 
 os.environ.pop("TRITON_INTERPRET", None)
@@ -28,6 +31,9 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 def compile_one(fn, types, consts, **opts):
     names = fn.arg_names
+    # constexpr parameters with a default (e.g. LOOP_STAGES=None) take it, as a launch would
+    consts = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.default is not inspect.Parameter.empty
+                 and p.name not in consts}, **consts}
     sig = {n: ("constexpr" if n in consts else types.get(n, "i32")) for n in names}
     div = [n for n in names if n not in consts and (sig[n].startswith("*") or (n.startswith("s") and sig[n] == "i32"))]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div}
@@ -36,19 +42,38 @@ def compile_one(fn, types, consts, **opts):
     k = triton.compile(src, target=TARGET, options=opts)
     ptx = k.asm["ptx"]
     print(f"{fn.__name__:>17} {str(consts):<95} {opts} {time.time() - t:5.1f}s shared {k.metadata.shared:>6} "
-          f"wgmma {len(re.findall(r'wgmma.mma_async', ptx)):>3} cp.async16 {len(re.findall(r'cp.async.cg', ptx)):>3}",
-          flush=True)
+          f"wgmma {len(re.findall(r'wgmma.mma_async', ptx)):>3} cp.async16 {len(re.findall(r'cp.async.cg', ptx)):>3} "
+          f"{_resources(k.asm['cubin'])}", flush=True)
+
+
+def _resources(cubin: bytes) -> str:
+    """Registers per thread and local-memory (spill) bytes from cuobjdump's resource report."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+).*?STACK:(\d+).*?LOCAL:(\d+)", out)
+    return f"regs {m.group(1)} stack {m.group(2)} local {m.group(3)}" if m else ""
 
 
 def main():
     est = {"Q": "*bf16", "K": "*bf16", "MS": "*fp32", "LS": "*fp32", "COL": "*fp32", "DP": "*fp32", "SCR": "*fp32",
            "qk_scale": "fp32"}
     for d in (64, 128):
-        for fn in (vf._vs_stats, vf._vs_sums):
-            compile_one(fn, est, dict(LQ=64, BLOCK_N=64, HEAD_D=d, SPLIT_MAX=vf.SPLIT_MAX, PREC="tf32"), num_warps=4)
+        for fn, gh in ((f, g) for f in (vf._vs_stats, vf._vs_sums) for g in (1, 2, 4, 8)):
+            compile_one(fn, est, dict(LQ=64, GH=gh, BLOCK_N=64, HEAD_D=d, PREC="tf32", **(
+                {"SKEW_HALVES": vf.SKEW_HALVES} if fn is vf._vs_sums else {})), num_warps=4 if gh == 1 else 8,
+                        num_stages=vf.SCORES_STAGES)
+    compile_one(vf._diag_combine, {"DP": "*fp32", "DIAG": "*fp32"}, dict(BLOCK_N=64, P=1024), num_warps=4)
     for s_pad, nw in ((256, 4), (8192, 8)):
-        compile_one(vf._slash_tiles, {"A": "*i32", "REL": "*i32", "TOTAL": "*i32"},
-                    dict(BLOCK_M=128, BLOCK_N=128, S_PAD=s_pad), num_warps=nw)
+        compile_one(vf._slash_tiles, {"D": "*i32", "REL": "*i32", "TOTAL": "*i32", "SEGA": "*i32", "SEGX": "*i32",
+                                      "COVER": "*u8"},
+                    dict(BLOCK_M=128, BLOCK_N=128, S_PAD=s_pad, P=256, CB=32), num_warps=nw)
+    compile_one(vf._block_bounds, {k: "*i32" for k in ("REL", "COLS", "FIRST", "CNT", "NCAUS")},
+                dict(BLOCK_M=128, BLOCK_N=64, P=128), num_warps=4)
     compile_one(vf._block_lists, {**{k: "*i32" for k in ("REL", "FIRST", "CNT", "NCAUS", "COLS", "BO", "CI", "CC")},
                                   "COVER": "*u8"}, dict(BLOCK_M=128, CH=128), num_warps=4)
     attn = {**{k: "*bf16" for k in "QKVO"}, **{k: "*i32" for k in ("BC", "BO", "CC", "CI")}, "qk_scale": "fp32"}

@@ -102,9 +102,92 @@ def test_kernel_on_fused_index_equals_float64():
 
 
 def test_scratch_skew_variant_gives_identical_sums(monkeypatch):
+    """Gather or scratch skew, whole (rows, 2BN) tile or two halves: bit-identical sums."""
     from accel.kernels import vs_fused
     q, k = qk(1, 4, 2, 290, 32, seed=2)
     a = vertical_slash_scores_fused(q, k)
-    monkeypatch.setattr(vs_fused, "SKEW_GATHER", False)
-    b = vertical_slash_scores_fused(q, k)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for gather, halves in ((False, True), (True, False), (False, False)):
+        monkeypatch.setattr(vs_fused, "SKEW_GATHER", gather)
+        monkeypatch.setattr(vs_fused, "SKEW_HALVES", halves)
+        b = vertical_slash_scores_fused(q, k)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (gather, halves)
+
+
+@pytest.mark.parametrize("rows_max", [64, 128, 512])
+def test_scores_equal_reference_for_every_head_grouping(monkeypatch, rows_max):
+    """One program per query head (64 rows), part of a GQA group, or the whole group padded to a power
+    of two (7 heads -> 8, the padding head masked): the same sums as the reference."""
+    from accel.kernels import vs_fused
+    monkeypatch.setattr(vs_fused, "ROWS_MAX", rows_max)
+    q, k = qk(1, 14, 2, 333, 32, seed=rows_max)
+    col_r, diag_r = vertical_slash_scores(q, k)
+    col_f, diag_f = vertical_slash_scores_fused(q, k)
+    assert torch.allclose(col_f, col_r, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(diag_f, diag_r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bm,bn", [(64, 64), (128, 64), (32, 16)])
+def test_fused_conversion_bands_padding_and_no_verticals(bm, bn):
+    """A long contiguous band (one segment of many tiles: slots found by binary search), scattered
+    diagonals, padding entries (-1 and >= n, in any order) and V = 0 give the reference's index."""
+    from accel.kernels.index import SparseIndex
+    g = torch.Generator().manual_seed(bm + bn)
+    N = 700
+    band = torch.arange(0, 300)
+    scattered = torch.randperm(N, generator=g)[:40]
+    d = torch.cat([band, scattered, torch.tensor([-1, -1, N, N + 5])])
+    d = d[torch.randperm(d.numel(), generator=g)].view(1, 1, -1)
+    vert = torch.cat([torch.randperm(N, generator=g)[:50], torch.tensor([-1, N])]).view(1, 1, -1)
+    for v in (vert, vert[..., :0]):
+        a = SparseIndex(*vertical_slash_index(v, d, N, bm, bn), n=N, block_m=bm, block_n=bn)
+        b = SparseIndex(*vertical_slash_index_fused(v, d, N, bm, bn), n=N, block_m=bm, block_n=bn)
+        _same_index(a, b)
+
+
+@pytest.mark.parametrize("loop_stages,ws", [(2, False), (3, True)])
+def test_kernel_hopper_loop_options_equal_float64(loop_stages, ws):
+    """The sweep's loop options (tl.range num_stages / warp_specialize) change scheduling only."""
+    from accel.kernels.triton_sparse import sparse_attention_triton
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, h, 200, 32, generator=g) for h in (4, 2, 2))
+    idx = build_index(q, k, [HeadPattern("vertical_and_slash", 20, 30)] * 4, 64, 64, fused=True)
+    out = sparse_attention_triton(q, k, v, idx, loop_stages=loop_stages, warp_specialize=ws)
+    ref = dense_causal_reference(q, k, v, mask=kept_mask(idx))
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_tile_table_drives_default_blocks(monkeypatch):
+    """default_blocks reads TILE_TABLE per (head_dim, N); pattern caps still apply after it."""
+    from accel.kernels import attention, triton_sparse
+
+    class FakeQ:   # default_blocks only looks at is_cuda and the shape
+        is_cuda = True
+
+        def __init__(self, n, d):
+            self.shape = (1, 4, n, d)
+    monkeypatch.setattr(triton_sparse, "TILE_TABLE", {64: ((1000, (64, 64)), (None, (128, 64)))})
+    vs = [HeadPattern("vertical_and_slash", 10, 20)]
+    assert attention.default_blocks(vs, FakeQ(1000, 64)) == (64, 64)
+    assert attention.default_blocks(vs, FakeQ(1001, 64)) == (128, 64)
+    assert attention.default_blocks(vs, FakeQ(5000, 128)) == triton_sparse.DEFAULT_TILES
+    assert attention.default_blocks([HeadPattern("block_sparse", 4)], FakeQ(5000, 128))[1] == 64
+    assert triton_sparse.tiles_for(64, 31744) == (128, 64)
+
+
+def test_fused_conversion_random_cases_equal_reference():
+    """Random lengths, budgets (incl. S = 1 and V = 1), block shapes, heads with padded budgets."""
+    from accel.kernels.index import SparseIndex
+    g = torch.Generator().manual_seed(11)
+    for case in range(24):
+        bm, bn = [(64, 64), (128, 64), (32, 16), (16, 16), (128, 128)][case % 5]
+        N = int(torch.randint(1, 400, (1,), generator=g))
+        H = int(torch.randint(1, 4, (1,), generator=g))
+        S = int(torch.randint(1, min(N, 90) + 1, (1,), generator=g))
+        V = int(torch.randint(1, min(N, 40) + 1, (1,), generator=g))
+        sl = torch.stack([torch.randperm(N, generator=g)[:S] for _ in range(H)])[None]
+        vert = torch.stack([torch.randperm(N, generator=g)[:V] for _ in range(H)])[None]
+        sl[..., torch.rand(sl.shape, generator=g) < 0.1] = -1      # a smaller budget's padding
+        vert[..., torch.rand(vert.shape, generator=g) < 0.1] = -1
+        a = SparseIndex(*vertical_slash_index(vert, sl, N, bm, bn), n=N, block_m=bm, block_n=bn)
+        b = SparseIndex(*vertical_slash_index_fused(vert, sl, N, bm, bn), n=N, block_m=bm, block_n=bn)
+        _same_index(a, b)
