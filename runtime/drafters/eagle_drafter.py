@@ -183,4 +183,7 @@ class EagleDrafter(Drafter):
     def to_pack(self) -> tuple[dict, dict[str, torch.Tensor]]:
         cfg = {**self.draft.config.to_dict(),
                "tree": {"top_k": self.top_k, "depth": self.depth, "num_nodes": self.num_nodes}}
-        return cfg, dict(self.draft.state_dict())
+        # stored in bf16 whatever the training precision (fp32 master weights): half the file (SmolLM2's
+        # draft: ~10 MB instead of ~20), and loading casts to the model's dtype anyway
+        return cfg, {k: v.detach().to(torch.bfloat16) if v.is_floating_point() else v.detach()
+                     for k, v in self.draft.state_dict().items()}
