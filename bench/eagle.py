@@ -169,18 +169,26 @@ def run_eagle_bench(model: str, eagle_path: str, num_prompts: int, max_new_token
             eng = Engine(cm, md, mode=mode)
             r, _ = _run(eng, prompts, max_new_tokens, eos, dev, ref)
             finish(dict(engine=f"medusa ({eng.mode})", tree_nodes=md.tree.num_nodes - 1, **r))
-    eagle_rows = []
+    eagle_rows, errors = [], []
     for k, depth, nodes in trees:
         dr = EagleDrafter(base.draft, top_k=k, depth=depth, num_nodes=nodes)
         eng = Engine(cm, dr, mode=mode)
-        r, _ = _run(eng, prompts, max_new_tokens, eos, dev, ref)
-        row = finish(dict(engine=f"eagle ({eng.mode}) k={k} depth={depth} nodes={dr.num_nodes}", top_k=k,
-                          depth=depth, num_nodes=dr.num_nodes, **r))
+        name = f"eagle ({eng.mode}) k={k} depth={depth} nodes={dr.num_nodes}"
+        try:
+            r, _ = _run(eng, prompts, max_new_tokens, eos, dev, ref)
+        except Exception as e:  # keep the other rows of a one-shot GPU run; the JSON says what failed
+            import traceback
+
+            errors.append(dict(engine=name, error=f"{type(e).__name__}: {e}",
+                               traceback=traceback.format_exc().splitlines()[-12:]))
+            log(f"{name}: FAILED {type(e).__name__}: {e}")
+            continue
+        row = finish(dict(engine=name, top_k=k, depth=depth, num_nodes=dr.num_nodes, **r))
         eagle_rows.append(row)
     return dict(model=lm.name, eagle=str(eagle_path), medusa=medusa_note, device=str(dev),
                 device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", dtype=str(dt),
                 mode=plain_eng.mode, prompts=len(prompts), max_new_tokens=max_new_tokens,
-                plain_tok_s=plain["tokens_per_s"], rows=rows, trees=eagle_rows, draft_metrics=metrics,
+                plain_tok_s=plain["tokens_per_s"], rows=rows, trees=eagle_rows, errors=errors, draft_metrics=metrics,
                 environment=environment(command))
 
 

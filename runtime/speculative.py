@@ -84,6 +84,7 @@ def _get_step(model, backend, mode, drafter, acceptance, out_len, max_steps):
     if not drafter.fixed_tree:
         return _Captured(drafter, st, fn)
     saved = [t.clone() for t in st.tensors()]
+    drafter.reset()  # its warm-up runs then write draft slots from 0, inside what ``reserve`` sized
     step = StepGraph(fn, [], mode)  # its warm-up runs advance the state / write free cache slots
     for dst, src in zip(st.tensors(), saved):
         dst.copy_(src)
