@@ -23,8 +23,10 @@ multi-draft rejection for point-mass drafts, as runtime/medusa.py does). The out
 as plain sampling with the same temperature / top_p. The drafter never decides the output, only how many
 tokens a step emits, so any drafter (random, wrong, untrained) is lossless.
 
-Eager for now, with a few host reads per step (acceptance length, loop control); every tensor has a static
-shape per (k, depth, N), so the step can be captured in a CUDA graph once the engine's static state exists.
+This stand-alone loop is eager, with a few host reads per step (acceptance length, loop control): it is the
+reference the engine's captured step is tested against. The engine runs EAGLE through ``EagleDrafter`` and
+``runtime.speculative``, whose step uses the static-shape pieces here (``_draft_catch_up_static``, ``_draft_tree``
+with a device-side length) and is one CUDA graph.
 """
 
 from __future__ import annotations
