@@ -220,3 +220,24 @@ def test_sampling_modes_run_through_the_engine(model, acceptance):
     b = eng.generate([PROMPTS[0]], s)[0]
     assert a.tokens == b.tokens and len(a.tokens) == 20 and all(0 <= t < V for t in a.tokens)
     assert sum(a.accept_lengths) >= 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("mode", ["graph", "exact"])
+def test_cuda_captured_step_equals_plain(mode):
+    """On a GPU: the EAGLE greedy step is captured (a host sync would fail the capture), reused by the
+    next request, and gives plain's tokens; a wrong draft too."""
+    from accel.runtime.steps import StepGraph
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                      initializer_range=0.3, tie_word_embeddings=True)
+    m = CompactLM.from_hf(LlamaForCausalLM(cfg).eval().to(torch.bfloat16).cuda())
+    for std in (0.3, 0.0):
+        dr = EagleDrafter(make_draft(m, std=std).to("cuda", torch.bfloat16), top_k=4, depth=4, num_nodes=16)
+        eng = Engine(m, dr, mode=mode)
+        for p in PROMPTS:
+            ref = generate_plain(m, [p], 48, compile=mode)[0].tokens
+            assert eng.generate([p], Sampling(48))[0].tokens == ref
+        caps = [v for v in m.step_graphs.values() if getattr(v, "drafter", None) is dr]
+        assert len(caps) == 1 and isinstance(caps[0].step, StepGraph) and caps[0].step.mode == "graph"
