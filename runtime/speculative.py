@@ -74,8 +74,9 @@ def _get_step(model, backend, mode, drafter, acceptance, out_len, max_steps):
     kind = "greedy" if acceptance == "greedy" else "verify"
     # the entry keeps its drafter alive, so the ids inside cache_key() cannot be recycled meanwhile
     key = ("spec", drafter.cache_key(), kind, backend)
-    if drafter.reserve(model.max_seq_len):  # its buffers moved: a capture aliasing the old ones is stale
-        model.step_graphs.pop((key, mode), None)
+    if drafter.reserve(model.max_seq_len):  # its buffers moved: every capture aliasing the old ones is stale
+        for k in [k for k, v in model.step_graphs.items() if getattr(v, "drafter", None) is drafter]:
+            del model.step_graphs[k]
     hit = model.step_graphs.get((key, mode)) if drafter.fixed_tree else None
     if hit is not None and hit.state.out.numel() >= out_len and hit.state.accept.numel() >= max_steps:
         return hit

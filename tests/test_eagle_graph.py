@@ -210,6 +210,13 @@ def test_capture_reused_across_requests_and_dropped_when_the_cache_grows(model):
     new = [v for v in model.step_graphs.values() if getattr(v, "drafter", None) is dr]
     assert len(new) == 1 and new[0] is not caps[0]
     assert got == generate_plain(model, [long], 40)[0].tokens
+    # the draft cache reallocated while the model's cache did not grow: the captures aliasing it go too
+    caps = [v for v in model.step_graphs.values() if getattr(v, "drafter", None) is dr]
+    dr.cache = d = dr.draft.new_cache(1, 8)
+    got = eng.generate([PROMPTS[0]], Sampling(8))[0].tokens
+    now = [v for v in model.step_graphs.values() if getattr(v, "drafter", None) is dr]
+    assert dr.cache is not d and len(now) == 1 and now[0] is not caps[0]
+    assert got == generate_plain(model, [PROMPTS[0]], 8)[0].tokens
 
 
 @pytest.mark.parametrize("acceptance", ["speculative", "typical"])
