@@ -34,11 +34,18 @@ def test_eagle_bench_from_a_pack_compares_plain_and_eagle(tiny_model_dir, tmp_pa
     cfg, tensors = EagleDrafter(d, top_k=3, depth=3, num_nodes=8).to_pack()
     pack = save_pack(Pack(lm.name, lm.fingerprint, drafter=cfg, tensors=tensors, drafter_kind="eagle"),
                      tmp_path / "e.safetensors")
+    from accel.bench.decode import random_heads
+    from accel.runtime.drafters.medusa import MedusaDrafter
+
+    mcfg, mt = MedusaDrafter(random_heads(cm, 2), [(0,), (1,), (0, 0)]).to_pack()
+    medusa = save_pack(Pack(lm.name, lm.fingerprint, drafter=mcfg, tensors=mt, drafter_kind="medusa"),
+                       tmp_path / "m.safetensors")
     js = tmp_path / "out.json"
     main(["--model", str(tiny_model_dir), "--pack", str(pack), "--prompts", "2", "--max-new-tokens", "10",
-          "--tree", "3,3,8", "--tree", "2,2,4", "--device", "cpu", "--json", str(js)])
+          "--tree", "3,3,8", "--tree", "2,2,4", "--device", "cpu", "--medusa-pack", str(medusa), "--json", str(js)])
     out = json.loads(js.read_text())
-    assert [r["engine"].split()[0] for r in out["rows"]] == ["plain", "eagle", "eagle"]
+    assert [r["engine"].split()[0] for r in out["rows"]] == ["plain", "medusa", "eagle", "eagle"]
+    assert out["rows"][1]["identical"] == "2/2" and out["errors"] == []
     for r in out["trees"]:
         assert r["identical"] == "2/2" and r["mean_accept"] >= 1.0 and r["wall_tokens_per_s"] > 0
         assert r["tokens_per_s"] > 0 and "wall_speedup_vs_plain" in r and "step_cost" in r
