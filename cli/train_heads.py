@@ -47,6 +47,7 @@ def train_heads(
     drafter: str = typer.Option("medusa", "--drafter", help="medusa (heads in the pack) | eagle (EAGLE-3 draft layer)."),
     ttt_steps: int = typer.Option(5, "--ttt-steps", min=1, max=16, help="eagle: draft steps unrolled in training (training-time test)."),
     eagle_loss: str = typer.Option("kl", "--eagle-loss", help="eagle: kl (base distribution) | ce (base argmax)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="eagle: stop the training loop after this many minutes (checkpointed; --resume continues)."),
     export_eagle3: Optional[Path] = typer.Option(None, "--export-eagle3", help="eagle: also write the draft in the EAGLE-3 layout SGLang / vLLM load (a folder)."),
 ):
     """Train a drafter (Medusa heads or an EAGLE-3 draft layer) on the frozen base model."""
@@ -59,9 +60,11 @@ def train_heads(
             return _train_eagle(output, model, pack, steps, batch_size, seq_len, 3e-4 if lr is None else lr, warmup, grad_accum, prompts,
                                 data, distill_tokens, distill_batch_size, distill_samples, distill_temperature,
                                 checkpoint_dir, checkpoint_every, resume, seed, force, device, dtype, ttt_steps,
-                                eagle_loss, export_eagle3, trust_remote_code)
+                                eagle_loss, export_eagle3, trust_remote_code, max_minutes)
         if export_eagle3 is not None:
             raise AccelError("--export-eagle3 needs --drafter eagle")
+        if max_minutes is not None:
+            raise AccelError("--max-minutes needs --drafter eagle (Medusa training is bounded by --steps)")
         lr = 1e-3 if lr is None else lr
         from ..heads.train import TrainConfig
         from ..heads.train import train_heads as run_training
@@ -157,7 +160,7 @@ def _examples(lm, prompts, data, distill_tokens, distill_batch_size, distill_sam
 def _train_eagle(output, model, pack, steps, batch_size, seq_len, lr, warmup, grad_accum, prompts, data,
                  distill_tokens, distill_batch_size, distill_samples, distill_temperature, checkpoint_dir,
                  checkpoint_every, resume, seed, force, device, dtype, ttt_steps, eagle_loss, export_dir,
-                 trust_remote_code=False):
+                 trust_remote_code=False, max_minutes=None):
     from ..heads.eagle_train import EagleTrainConfig, train_eagle
     from ..runtime.drafters.eagle_io import export_eagle3, save_eagle
     from ..runtime.errors import AccelError
@@ -183,7 +186,8 @@ def _train_eagle(output, model, pack, steps, batch_size, seq_len, lr, warmup, gr
     cfg = EagleTrainConfig(ttt_steps=ttt_steps, loss=eagle_loss, steps=steps, batch_size=batch_size, seq_len=seq_len,
                            lr=lr, warmup=warmup, grad_accum=grad_accum,
                            checkpoint_dir=str(checkpoint_dir or output.with_name(output.name + ".ckpt")),
-                           checkpoint_every=checkpoint_every, resume=resume, seed=seed)
+                           checkpoint_every=checkpoint_every, resume=resume, seed=seed,
+                           max_train_s=None if max_minutes is None else 60.0 * max_minutes)
     cfg.validate()
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if base is not None:

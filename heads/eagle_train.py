@@ -63,6 +63,7 @@ class EagleTrainConfig:
     eval_max_sequences: int = 512
     eval_batch_size: int | None = None
     precision: str = "auto"         # "auto" (bf16 autocast on CUDA) | "bf16" | "fp32"
+    max_train_s: float | None = None  # stop the loop after this long (checkpointed: --resume continues it)
 
     def validate(self) -> None:
         def need(ok: bool, msg: str):
@@ -71,6 +72,7 @@ class EagleTrainConfig:
         need(1 <= self.ttt_steps <= 16, f"ttt_steps must be in 1..16, got {self.ttt_steps}")
         need(self.loss in ("kl", "ce"), f"loss must be 'kl' or 'ce', got {self.loss!r}")
         need(self.steps >= 1, "steps must be >= 1")
+        need(self.max_train_s is None or self.max_train_s > 0, "max_train_s must be > 0 (or None: no limit)")
         need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
         need(self.seq_len >= self.ttt_steps + 2,
              f"seq_len {self.seq_len} is too short for {self.ttt_steps} unrolled steps; use at least {self.ttt_steps + 2}")
@@ -286,6 +288,7 @@ def train_eagle(model, tokenizer, data: Sequence[Any], config: EagleTrainConfig 
     K = config.ttt_steps
     bar = _Progress(progress and main, config.steps, start)
     tokens, t_train = 0, time.perf_counter()
+    stopped_at = config.steps
     accept = [0.0] * K
     try:
         for step in range(start, config.steps):
@@ -320,8 +323,13 @@ def train_eagle(model, tokenizer, data: Sequence[Any], config: EagleTrainConfig 
             bar.update(step + 1, step_loss, accept, sched.get_last_lr()[0])
             if on_step is not None:
                 on_step(step + 1, {"loss": step_loss, "accept": accept})
-            if ckpt is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            out_of_time = config.max_train_s is not None and time.perf_counter() - t_train >= config.max_train_s
+            if ckpt is not None and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
+                                     or out_of_time):
                 save(step + 1)
+            if out_of_time:  # a time-boxed run (one GPU call): the checkpoint lets --resume go on bit for bit
+                stopped_at = step + 1
+                break
     finally:
         bar.close()
     train_wall = time.perf_counter() - t_train
@@ -332,10 +340,10 @@ def train_eagle(model, tokenizer, data: Sequence[Any], config: EagleTrainConfig 
     tail = history[-max(1, min(50, len(history))):] if history else []
     metrics = {
         "drafter": "eagle", "draft": dcfg.to_dict(), "ttt_steps": K, "loss": config.loss, "steps": config.steps,
-        "resumed_from_step": resumed_from, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+        "steps_done": stopped_at, "resumed_from_step": resumed_from, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "seq_len": config.seq_len, "lr": config.lr, "warmup": _warmup(config), "world_size": world,
         "train_sequences": len(train), "eval_sequences": len(held),
-        "epochs": round(config.steps * config.grad_accum / max(1, order.per_epoch), 3),
+        "epochs": round(stopped_at * config.grad_accum / max(1, order.per_epoch), 3),
         "train_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "train_accept": [round(a, 4) for a in accept], **ev,
         "tokens_per_s": round(tokens * world / train_wall, 1) if tokens else 0.0,

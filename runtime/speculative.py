@@ -10,7 +10,9 @@ The captured step is cached on the model per (drafter, tree, acceptance, backend
 state, and reused across requests: the state is refilled in place (``SpecState.reset``) instead of
 capturing a new CUDA graph per request (~50 ms each on the H200 before). In greedy mode the whole
 step (KV move, verify forward, acceptance, drafting) is one graph; in sampling modes the verify
-forward is, and acceptance runs eagerly. A drafter without a fixed tree runs eagerly.
+forward is, and acceptance runs eagerly. A drafter whose tree tensors are not static buffers
+(``fixed_tree = False``) runs eagerly. A drafter with its own static buffers (EAGLE's draft KV cache)
+sizes them through ``reserve`` before the lookup; a reallocation drops the stale capture.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def _get_step(model, backend, mode, drafter, acceptance, out_len, max_steps):
     kind = "greedy" if acceptance == "greedy" else "verify"
     # the entry keeps its drafter alive, so the ids inside cache_key() cannot be recycled meanwhile
     key = ("spec", drafter.cache_key(), kind, backend)
+    if drafter.reserve(model.max_seq_len):  # its buffers moved: every capture aliasing the old ones is stale
+        for k in [k for k, v in model.step_graphs.items() if getattr(v, "drafter", None) is drafter]:
+            del model.step_graphs[k]
     hit = model.step_graphs.get((key, mode)) if drafter.fixed_tree else None
     if hit is not None and hit.state.out.numel() >= out_len and hit.state.accept.numel() >= max_steps:
         return hit
@@ -80,6 +85,7 @@ def _get_step(model, backend, mode, drafter, acceptance, out_len, max_steps):
     if not drafter.fixed_tree:
         return _Captured(drafter, st, fn)
     saved = [t.clone() for t in st.tensors()]
+    drafter.reset()  # its warm-up runs then write draft slots from 0, inside what ``reserve`` sized
     step = StepGraph(fn, [], mode)  # its warm-up runs advance the state / write free cache slots
     for dst, src in zip(st.tensors(), saved):
         dst.copy_(src)

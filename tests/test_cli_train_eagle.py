@@ -103,3 +103,23 @@ def test_train_eagle_into_pack_keeps_patterns_and_decodes(tiny_model_dir, tmp_pa
     cfg = json.loads((tmp_path / "e3" / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and (tmp_path / "e3" / "model.safetensors").exists()
     _one_line_error(_run("pack", "export", pack, "--format", "eagle3", "-o", tmp_path / "e4"), "--model")
+
+
+def test_train_eagle_into_a_pack_time_boxed_bf16(tiny_model_dir, tmp_path):
+    """The lead's GPU call: --pack P --max-minutes M writes a pack whose EAGLE tensors are bf16 and records
+    how many steps ran; --max-minutes is refused for Medusa in one line."""
+    from accel.runtime.pack import load_pack
+
+    text = tmp_path / "data.txt"
+    text.write_text(("the cat sat on the mat and the dog sat on the log. " * 12 + "\n") * 4)
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    base = save_pack(Pack(lm.name, lm.fingerprint, patterns=None), tmp_path / "base.safetensors")
+    out = tmp_path / "eagle.pack.safetensors"
+    r = _train(tiny_model_dir, out, text, "--pack", base, "--max-minutes", 0.0001, "--checkpoint-dir",
+               tmp_path / "ck")
+    assert r.exit_code == 0, r.output
+    pk = load_pack(out)
+    assert pk.drafter_kind == "eagle" and all(str(t.dtype) == "torch.bfloat16" for t in pk.tensors.values())
+    assert pk.provenance["train_heads"]["metrics"]["steps_done"] == 1
+    _one_line_error(_run("train-heads", "--model", tiny_model_dir, "--data", text, "--output",
+                         tmp_path / "o.safetensors", "--max-minutes", 1), "--drafter eagle")

@@ -67,3 +67,19 @@ def test_config_bounds(model):
                 {**cfg, "tree": [1, 2]}, [1], {**cfg, "bogus": 1}):
         with pytest.raises(ValueError):
             EagleDrafter.validate_config(bad)
+
+
+def test_pack_stores_bf16_and_smollm2_draft_fits_the_transfer_limit(tmp_path):
+    """The pack keeps the draft in bf16 (fp32 master weights are halved): SmolLM2-135M's draft layer
+    (H 576, MLP 1536, 9/3 heads of 64, 30 layers, vocab 49152) is ~10 MB, under the 20 MB pack budget
+    and the 16 MiB a GPU run may bring back."""
+    c = EagleConfig(hidden_size=576, vocab_size=49152, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                    intermediate_size=1536, target_num_layers=30)
+    emb = torch.zeros(49152, 576)
+    d = EagleDraft(c, emb, emb).init_weights(0)  # fp32, as training leaves it
+    cfg, tensors = EagleDrafter(d).to_pack()
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+    path = save_pack(Pack("smollm2", "fp", drafter=cfg, tensors=tensors, drafter_kind="eagle"), tmp_path / "e.safetensors")
+    size = path.stat().st_size
+    assert size <= 16 * 2 ** 20 and size <= 20e6
+    assert size >= 2 * sum(p.numel() for p in d.parameters())  # nothing dropped

@@ -43,3 +43,17 @@ def test_exact_bf16_eagle_equals_plain(bf16):
         ref = generate_plain(bf16, [p], n, compile="exact")[0].tokens
         assert generate_eagle(bf16, d, p, n, top_k=3, depth=3, num_nodes=8, compile="exact").tokens == ref
     assert not getattr(bf16, "exact", False)  # nothing is switched on the model
+
+
+def test_exact_bf16_static_step_through_the_engine_equals_plain(bf16):
+    """The step the GPU captures (exact kernels reading the dynamic tree's ancestors as data), run eagerly."""
+    from accel.runtime.drafters import EagleDrafter
+    from accel.runtime.engine import Engine, Sampling
+
+    n = 40 if DEV == "cuda" else 6
+    d = EagleDraft(EagleConfig.for_base(bf16, intermediate_size=64), bf16.tok_embeddings, bf16.output.weight)
+    d = d.init_weights(1, 0.3).to(DEV, torch.bfloat16).eval()
+    p = [1, 5, 7, 9, 11, 13, 2, 4]
+    ref = generate_plain(bf16, [p], n, compile="exact")[0].tokens
+    got = Engine(bf16, EagleDrafter(d, top_k=3, depth=3, num_nodes=8), mode="exact").generate([p], Sampling(n))[0]
+    assert got.tokens == ref

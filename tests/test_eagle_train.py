@@ -154,3 +154,21 @@ def test_bf16_paths_run_on_cpu(model):
     assert res.draft.fc.weight.dtype == torch.float32  # fp32 master weights
     assert all(v == v for v in res.loss_history)
     assert res.draft.lm_head_weight.data_ptr() == m16.lm_head.weight.data_ptr()  # shared, not copied
+
+
+def test_time_boxed_run_stops_checkpointed_and_resumes_bit_exact(model, tmp_path):
+    """--max-minutes: the loop stops after its budget with a checkpoint at that step; --resume then ends
+    exactly where an uninterrupted run does (one GPU call of <= 10 min per piece)."""
+    data = toy_sequences(40)
+    ref = train_eagle(model, None, data, small_cfg(), fingerprint="fp", progress=False)
+    d = str(tmp_path / "run")
+    part = train_eagle(model, None, data, small_cfg(checkpoint_dir=d, max_train_s=1e-9), fingerprint="fp",
+                       progress=False)
+    assert part.metrics["steps_done"] == 1 and len(part.loss_history) == 1
+    res = train_eagle(model, None, data, small_cfg(checkpoint_dir=d, resume=True), fingerprint="fp", progress=False)
+    assert res.metrics["resumed_from_step"] == 1 and res.metrics["steps_done"] == 12
+    assert res.loss_history == ref.loss_history
+    a, b = ref.draft.state_dict(), res.draft.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(HeadsConfigError, match="max_train_s"):
+        small_cfg(max_train_s=0).validate()

@@ -12,10 +12,14 @@ the tree in one forward (``runtime.verify``, shared by all drafters) and accepts
                                          accepted path's node ids (D+1,) and its length (1,); a
                                          drafter with its own KV cache rolls it back to that path
     reset()                              before a new request
+    reserve(max_len) -> bool             before a request: size own static buffers for a base cache of
+                                         max_len slots; True when they were reallocated (a captured
+                                         step aliasing the old ones is then dropped)
 
 ``feature_layers``: which hidden states the drafter consumes (layer indices; -1 = the final-norm
 output); the model returns exactly those. Everything above runs on the device without host syncs,
-so with ``fixed_tree`` the whole greedy step (verify, acceptance, drafting) is one CUDA graph.
+so with ``fixed_tree`` (the tree's tensors are static buffers; their contents may change every step,
+as EAGLE's dynamic tree does) the whole greedy step (verify, acceptance, drafting) is one CUDA graph.
 
 Pack side: ``validate_config`` checks a config dict with bounds BEFORE anything is sized from it,
 ``expected_tensors`` gives the tensor names and shapes a pack must hold, ``from_pack`` loads, and
@@ -42,6 +46,11 @@ class Drafter:
     # -- decoding --------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the previous request (own KV cache, counters)."""
+
+    def reserve(self, max_len: int) -> bool:
+        """Size the drafter's own static buffers (KV cache) for ``max_len`` positions, between requests
+        only. -> True when reallocated (default: no buffers of its own)."""
+        return False
 
     def set_prompt(self, prompt_ids: list[int]) -> None:
         """The request's prompt token ids, before ``begin`` (for drafters that re-run the prompt, as

@@ -46,19 +46,45 @@ class DynamicTree:
     def num_heads(self) -> int:  # TreeBuffers' name for the maximal depth (static: the grown depth)
         return self.ancestors.shape[1] - 1
 
+    # what the distribution-exact acceptance (runtime.verify.accept_speculative) reads; host-side, so
+    # only for the eagerly accepted sampling modes
+    @property
+    def children_list(self) -> list[list[int]]:
+        """Child node ids of each node in draft-rank order (node order keeps a parent's children ranked)."""
+        parents = self.parents.tolist()
+        kids: list[list[int]] = [[] for _ in parents]
+        for i in range(1, len(parents)):
+            kids[parents[i]].append(i)
+        return kids
+
+    @property
+    def children(self) -> torch.Tensor:
+        """(N+1, C) child node ids, padded with -1."""
+        kids = self.children_list
+        C = max(1, max(map(len, kids)))
+        return torch.tensor([k + [-1] * (C - len(k)) for k in kids], dtype=torch.long, device=self.tokens.device)
+
+    @property
+    def node_path(self) -> torch.Tensor:
+        """Row of ``retrieve`` that ends at each node: one row per node, so the node itself."""
+        return torch.arange(self.num_nodes, device=self.tokens.device)
+
 
 def num_candidates(top_k: int, depth: int) -> int:
     return 1 + top_k + (depth - 1) * top_k * top_k
 
 
 def select_tree(cand_tokens: torch.Tensor, cand_scores: torch.Tensor, cand_parents: torch.Tensor,
-                cand_depth: torch.Tensor, num_nodes: int) -> DynamicTree:
+                cand_depth: torch.Tensor, num_nodes: int, max_depth: int | None = None) -> DynamicTree:
     """Candidates in depth-major order (0 = root, parents before children; ``cand_parents`` index the
-    candidate list, -1 for the root) -> the best ``num_nodes`` non-root candidates as a tree."""
+    candidate list, -1 for the root) -> the best ``num_nodes`` non-root candidates as a tree.
+
+    No host sync and no data-dependent shape when ``max_depth`` (the deepest candidate's depth, which
+    sizes ``ancestors``) is given, as ``grow_tree`` does: then it runs inside a captured CUDA graph."""
     M = cand_tokens.shape[0]
     N = min(num_nodes, M - 1)
     dev = cand_tokens.device
-    D = int(cand_depth.max()) if M > 1 else 0  # host read of a static-shape constant (max grown depth)
+    D = max_depth if max_depth is not None else (int(cand_depth.max()) if M > 1 else 0)
     # stable sort on -score over depth-major order: ties keep the shallower (parent) first
     order = torch.sort(-cand_scores[1:].double(), stable=True).indices[:N] + 1  # (N,) candidate ids
     keep = torch.sort(order).values  # depth-major again: parents precede children
@@ -67,19 +93,19 @@ def select_tree(cand_tokens: torch.Tensor, cand_scores: torch.Tensor, cand_paren
     node_of[cand_index] = torch.arange(N + 1, device=dev)
     parents = torch.where(cand_index == 0, -1, node_of[cand_parents[cand_index].clamp(min=0)])  # (N+1,)
     depth = cand_depth[cand_index]
-    # ancestors: walk up D times; column depth[i] holds i itself, column 0 the root
-    anc = torch.zeros(N + 1, D + 1, dtype=torch.long, device=dev)
-    cur = torch.arange(N + 1, device=dev)
+    # chain[u, i]: node i's u-th ancestor (the root past the top); column c of a node's ancestors is
+    # its (depth - c)-th ancestor: a gather, static in shape (no boolean indexing)
+    up = [torch.arange(N + 1, device=dev)]
+    for _ in range(D):
+        par = parents[up[-1]]
+        up.append(torch.where(par >= 0, par, 0))
+    chain = torch.stack(up)  # (D+1, N+1)
     cols = torch.arange(D + 1, device=dev)
     valid = cols[None, :] <= depth[:, None]  # (N+1, D+1)
-    for up in range(D + 1):
-        col = depth - up  # the column this ancestor belongs to
-        ok = col >= 0
-        anc[torch.arange(N + 1, device=dev)[ok], col[ok]] = cur[ok]
-        cur = torch.where(parents[cur] >= 0, parents[cur], 0)
-    mask = torch.zeros(N + 1, N + 1, dtype=torch.bool, device=dev)
-    rows = torch.arange(N + 1, device=dev)[:, None].expand(N + 1, D + 1)
-    mask[rows[valid], anc[valid]] = True
+    dist = (depth[:, None] - cols[None, :]).clamp(min=0)  # (N+1, D+1) steps up to column c
+    anc = torch.where(valid, chain.gather(0, dist.T).T, 0)  # (N+1, D+1), padded with the root
+    # padding points at the root, itself an ancestor of every node: scattering True there is harmless
+    mask = torch.zeros(N + 1, N + 1, dtype=torch.bool, device=dev).scatter_(1, anc, True)
     scores = torch.where(cand_index == 0, torch.zeros_like(cand_scores[cand_index]), cand_scores[cand_index])
     return DynamicTree(tokens=cand_tokens[cand_index], parents=parents, depth=depth, mask=mask, ancestors=anc,
                        retrieve=anc, retrieve_valid=valid, scores=scores, cand_index=cand_index)
@@ -119,4 +145,5 @@ def grow_tree(root_token: torch.Tensor, first_logp: torch.Tensor, step: Callable
         front_tok, front_score = child.indices.reshape(-1)[best], cum.reshape(-1)[best]
         front_cand, front_parent_row = offset + best, best // k
         offset += k * k
-    return select_tree(torch.cat(toks), torch.cat(scores), torch.cat(parents), torch.cat(depths), num_nodes)
+    return select_tree(torch.cat(toks), torch.cat(scores), torch.cat(parents), torch.cat(depths), num_nodes,
+                       max_depth=depth)

@@ -23,8 +23,10 @@ multi-draft rejection for point-mass drafts, as runtime/medusa.py does). The out
 as plain sampling with the same temperature / top_p. The drafter never decides the output, only how many
 tokens a step emits, so any drafter (random, wrong, untrained) is lossless.
 
-Eager for now, with a few host reads per step (acceptance length, loop control); every tensor has a static
-shape per (k, depth, N), so the step can be captured in a CUDA graph once the engine's static state exists.
+This stand-alone loop is eager, with a few host reads per step (acceptance length, loop control): it is the
+reference the engine's captured step is tested against. The engine runs EAGLE through ``EagleDrafter`` and
+``runtime.speculative``, whose step uses the static-shape pieces here (``_draft_catch_up_static``, ``_draft_tree``
+with a device-side length) and is one CUDA graph.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .dynamic_tree import DynamicTree, grow_tree
 from .eagle import DraftCache, EagleDraft
 
 __all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree", "accept_greedy", "accept_speculative",
-           "forward_features"]
+           "forward_features"]  # _draft_* are the drafter's building blocks
 
 
 def forward_features(model, layers, input_ids, meta, *, backend: str = "sdpa", last_only: bool = False):
@@ -130,12 +132,38 @@ def _draft_catch_up(drafter: EagleDraft, cache: DraftCache, feats, tokens):
     return torch.log_softmax(logits[0, -1].float(), -1), h[0, -1]
 
 
-def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h, top_k, depth, num_nodes):
-    """Grow the dynamic tree from the root; draft KV goes to slots past the committed length (dead after)."""
+def _draft_catch_up_static(drafter: EagleDraft, cache: DraftCache, length: torch.Tensor, feats, tokens,
+                           a: torch.Tensor):
+    """The catch-up over a FIXED number of slots (the CUDA-graph step): features (D+1, 3H) and next tokens
+    (D+1,) of the accepted path padded to D+1, of which the first a+1 (``a`` (1,)) are real; the
+    committed draft length ``length`` (1,) is a device tensor, advanced in place by a+1.
+
+    Query j runs at position/slot length + j and sees the slots up to its own, so the real queries
+    j <= a never see a padded one; the padded queries write slots past the new committed length, which
+    the next tree's drafts and the next catch-up overwrite (and the tree's masks exclude until then).
+    No host sync. -> (log-probs after the last real query (V,), its h_out (H,))."""
+    T = tokens.shape[0]
+    dev = tokens.device
+    pos = length + torch.arange(T, device=dev)  # (T,)
+    slots = torch.arange(cache.max_len, device=dev)
+    mask = (slots[None, :] <= pos[:, None])[None, None]  # (1, 1, T, S): committed prefix + causal
+    logits, h = drafter(feats[None], tokens[None], pos[None], cache, pos[None], mask)
+    length.add_(a + 1)
+    return torch.log_softmax(logits[0, a][0].float(), -1), h[0, a][0]
+
+
+def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h, top_k, depth, num_nodes,
+                length: torch.Tensor | None = None):
+    """Grow the dynamic tree from the root; draft KV goes to slots past the committed length (dead after).
+    ``length`` (1,): the committed draft length as a device tensor (no host sync: the captured step);
+    default ``cache.length``."""
     dev = root_logp.device
-    P, k = cache.length, min(top_k, root_logp.shape[-1])
-    if P + depth * k > cache.max_len:
-        raise ValueError(f"draft cache of {cache.max_len} slots cannot hold a depth-{depth} tree; build it larger")
+    k = min(top_k, root_logp.shape[-1])
+    if length is None:
+        if cache.length + depth * k > cache.max_len:
+            raise ValueError(f"draft cache of {cache.max_len} slots cannot hold a depth-{depth} tree; build it larger")
+        length = torch.full((1,), cache.length, dtype=torch.long, device=dev)
+    P = length  # (1,)
     slots = torch.arange(cache.max_len, device=dev)
     st = {"mask": (slots < P)[None].expand(k, -1), "h": root_h[None].expand(k, -1)}  # per parent row
 
@@ -144,7 +172,7 @@ def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h,
         # P + d, query position P - 1 + d, each with its own mask row (prefix + ancestors + itself)
         own = P + (d - 1) * k + torch.arange(k, device=dev)  # (k,) their slots
         mask = st["mask"][parent_rows] | (slots[None, :] == own[:, None])  # (k, S)
-        pos = torch.full((1, k), P - 1 + d, dtype=torch.long, device=dev)
+        pos = (P + (d - 1)).expand(k)[None]  # (1, k)
         logits, h = drafter(st["h"][parent_rows][None], tokens[None], pos, cache, own[None], mask[None, None])
         st["mask"], st["h"] = mask, h[0]
         return torch.log_softmax(logits[0].float(), -1)

@@ -1,40 +1,42 @@
 """EAGLE-3 as a drafter of the engine's speculative loop (``runtime.speculative``).
 
 The draft (``eagle.EagleDraft``) reads the base model's residual stream at three layers and runs
-autoregressively with its own small KV cache, so, unlike Medusa:
-- ``fixed_tree = False``: a new EAGLE-2 dynamic tree every step (``dynamic_tree.grow_tree``); the
-  loop verifies whatever ``self.tree`` is (a ``DynamicTree`` carries the fields ``verify`` reads)
-  and runs uncaptured. Its shapes are static per (top_k, depth, N), which is what a CUDA-graph
-  capture would key on later.
+autoregressively with its own small KV cache, so, unlike Medusa, it proposes a new EAGLE-2 dynamic tree
+every step (``dynamic_tree.grow_tree``). Every shape is static per (top_k, depth, num_nodes), so the
+whole greedy step (verify, acceptance, KV move, catch-up, drafting) is captured in ONE CUDA graph like
+Medusa's (``fixed_tree = True`` means "static tree buffers", not "the same tree"):
+- ``self.tree`` is a ``DynamicTree`` of static tensors refilled in place by each ``propose`` (tokens,
+  depth, ancestors, retrieve...): the captured verify reads the tree as DATA.
+- The draft's KV cache and its committed length (``self.length``, a (1,) device tensor) are static
+  buffers sized by ``reserve`` before the step is captured (between requests only; a reallocation
+  tells the loop to drop the stale capture).
+- ``accept`` only records the accepted path; the next ``propose`` re-runs the draft over it
+  ("catch-up") over a FIXED depth+1 slots right after the committed prefix, of which the first a+1 are
+  real (``eagle_decode._draft_catch_up_static``): the draft cache is rolled back to the accepted path
+  by construction and no host sync is needed for the path length.
 - ``feature_layers``: EAGLE-3 takes the *input* of base layer i (transformers' ``hidden_states[i]``)
   = the output of layer i-1, which is what ``CompactLM.forward(features=)`` returns.
-- ``accept`` only records the accepted path (its verified features and tokens); the next ``propose``
-  re-runs the draft over it ("catch-up") into the slots right after the committed prefix, which
-  overwrites the dead tree slots: the draft cache is rolled back to the accepted path by construction.
-  This needs the path length on the host (one sync per step), fine for an uncaptured loop.
+The prompt's own catch-up (variable length) runs eagerly in the first ``propose`` of a request.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from .base import Drafter
-from .dynamic_tree import num_candidates
+from .dynamic_tree import DynamicTree, num_candidates
 from .eagle import EagleConfig, EagleConfigError, EagleDraft
-from .eagle_decode import _draft_catch_up, _draft_tree
+from .eagle_decode import _draft_catch_up, _draft_catch_up_static, _draft_tree
 
 __all__ = ["EagleDrafter"]
 
 _MAX_TOPK, _MAX_DEPTH, _MAX_NODES = 64, 32, 1024  # bounds on a pack's tree settings
 _TREE_DEFAULT = {"top_k": 8, "depth": 5, "num_nodes": 48}
-_DRAFT_MARGIN = 4096  # draft-cache slots beyond the prompt before it is grown (doubling)
 
 
 class EagleDrafter(Drafter):
     kind = "eagle"
-    fixed_tree = False
+    fixed_tree = True  # static tree BUFFERS (new contents every step): the step is capturable
 
     def __init__(self, draft: EagleDraft, top_k: int = 8, depth: int = 5, num_nodes: int = 48):
         c = draft.config
@@ -47,34 +49,57 @@ class EagleDrafter(Drafter):
         self.top_k, self.depth = min(top_k, c.vocab_size), depth
         self.num_nodes = min(num_nodes, num_candidates(self.top_k, depth) - 1)
         self.feature_layers = tuple(i - 1 for i in c.feature_layers)  # layer outputs, see the docstring
+        dev = draft.fc.weight.device
         self.cache = None
+        self.length = torch.zeros(1, dtype=torch.long, device=dev)  # committed draft length (static)
         self._prompt_ids = None
-        self._pending = None  # (features (T, 3H), tokens (T-1,)) still to be run through the draft
-        self.tree = self._shape()
+        self._pending = None  # ("prompt", feats (L, 3H), tokens (L-1,)) or ("path", feats, nodes, a)
+        self.tree = self._empty_tree(dev)
 
-    def _shape(self):
-        # before the first propose the loop sizes its state from the tree: every tree has these shapes
-        return SimpleNamespace(num_nodes=self.num_nodes + 1, num_heads=self.depth)
+    def _empty_tree(self, dev) -> DynamicTree:
+        n, D1 = self.num_nodes + 1, self.depth + 1
+        z = dict(dtype=torch.long, device=dev)
+        anc = torch.zeros(n, D1, **z)
+        return DynamicTree(tokens=torch.zeros(n, **z), parents=torch.full((n,), -1, **z), depth=torch.zeros(n, **z),
+                           mask=torch.eye(n, dtype=torch.bool, device=dev), ancestors=anc, retrieve=anc,
+                           retrieve_valid=torch.zeros(n, D1, dtype=torch.bool, device=dev),
+                           scores=torch.zeros(n, dtype=torch.float32, device=dev), cand_index=torch.zeros(n, **z))
+
+    def _store(self, new: DynamicTree) -> None:
+        t = self.tree
+        for name in ("tokens", "parents", "depth", "mask", "ancestors", "retrieve_valid", "scores", "cand_index"):
+            getattr(t, name).copy_(getattr(new, name))  # retrieve is ancestors (one tensor)
 
     @staticmethod
     def _flat(feats: torch.Tensor) -> torch.Tensor:
         return feats.permute(1, 0, 2).reshape(feats.shape[1], -1)  # (F, T, H) -> (T, F*H), layer-major like cat
 
-    def _ensure(self, need: int) -> None:
+    def _ensure(self, need: int) -> bool:
+        """Room for ``need`` draft slots; True when the cache was reallocated (never inside a step)."""
         c = self.cache
         if c is not None and need <= c.max_len:
-            return
+            return False
         new = self.draft.new_cache(1, max(need, 2 * (c.max_len if c else 0)))
         if c is not None:
             new.k[:, :, : c.max_len], new.v[:, :, : c.max_len] = c.k, c.v
             new.length = c.length
         self.cache = new
+        return True
 
     # -- decoding --------------------------------------------------------------------------------
+    def reserve(self, max_len: int) -> bool:
+        # every step writes at most depth+1 catch-up slots and depth*k tree slots past the committed length
+        return self._ensure(max_len + self.depth + 1 + self.depth * self.top_k)
+
+    def cache_key(self) -> tuple:
+        # the capture aliases this drafter's cache and tree buffers: only this object
+        return (self.kind, id(self), self.top_k, self.depth, self.num_nodes)
+
     def reset(self) -> None:
         if self.cache is not None:
             self.cache.rollback(0)
-        self._pending, self.tree = None, self._shape()
+        self.length.zero_()
+        self._pending = None
 
     def set_prompt(self, prompt_ids) -> None:
         self._prompt_ids = prompt_ids
@@ -83,23 +108,30 @@ class EagleDrafter(Drafter):
         if self._prompt_ids is None:
             raise ValueError("the EAGLE drafter needs the prompt's token ids: call set_prompt() before begin()")
         ids = torch.as_tensor(self._prompt_ids, dtype=torch.long, device=prompt_feats.device).reshape(-1)
-        self._ensure(ids.numel() + _DRAFT_MARGIN)
+        self.reserve(ids.numel())  # a no-op after the loop's reserve for the whole request
         self.cache.rollback(0)
-        self._pending = (self._flat(prompt_feats), ids[1:])
+        self._pending = ("prompt", self._flat(prompt_feats), ids[1:])
 
     def propose(self, root: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        pf, toks = self._pending
         root = root.reshape(1)
-        self._ensure(self.cache.length + pf.shape[0] + self.depth * self.top_k + 1)
-        logp, h = _draft_catch_up(self.draft, self.cache, pf, torch.cat([toks, root]))
-        self.tree = _draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth,
-                                self.num_nodes)
+        kind, pf, *rest = self._pending
+        if kind == "prompt":  # once per request, eager: the prompt's length varies
+            logp, h = _draft_catch_up(self.draft, self.cache, pf, torch.cat([rest[0], root]))
+            self.length.fill_(self.cache.length)
+        else:  # the captured step: fixed depth+1 slots, the path length a stays on the device
+            nodes, a = rest
+            D1 = nodes.shape[0]
+            nxt = torch.cat([self.tree.tokens[nodes[1:]], root])  # (D+1,) token after each path node
+            nxt = torch.where(torch.arange(D1, device=root.device) == a, root, nxt)  # after node a: the new root
+            logp, h = _draft_catch_up_static(self.draft, self.cache, self.length, pf, nxt, a)
+        self._store(_draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth,
+                                self.num_nodes, length=self.length))
+        self._pending = None
         return self.tree.tokens
 
     def accept(self, feats: torch.Tensor, nodes: torch.Tensor, n: torch.Tensor) -> None:
-        a = int(n.reshape(-1)[0])  # host sync: the path length sizes the catch-up
-        path = nodes[: a + 1]
-        self._pending = (self._flat(feats[:, path]), self.tree.tokens[path[1:]])
+        # nodes (D+1,): the accepted path padded past n (padding = root ids: harmless, masked by position)
+        self._pending = ("path", self._flat(feats[:, nodes]), nodes, n.reshape(1))
 
     def bounds(self) -> tuple[int, int]:
         return self.depth, self.num_nodes + 1
@@ -151,4 +183,7 @@ class EagleDrafter(Drafter):
     def to_pack(self) -> tuple[dict, dict[str, torch.Tensor]]:
         cfg = {**self.draft.config.to_dict(),
                "tree": {"top_k": self.top_k, "depth": self.depth, "num_nodes": self.num_nodes}}
-        return cfg, dict(self.draft.state_dict())
+        # stored in bf16 whatever the training precision (fp32 master weights): half the file (SmolLM2's
+        # draft: ~10 MB instead of ~20), and loading casts to the model's dtype anyway
+        return cfg, {k: v.detach().to(torch.bfloat16) if v.is_floating_point() else v.detach()
+                     for k, v in self.draft.state_dict().items()}
