@@ -118,3 +118,34 @@ def test_cpu_without_a_measurement_runs_plain_and_says_why(tiny_model_dir, tmp_p
                                           "--stats"])))
     assert r.exit_code == 0, r.output
     assert "decode: batched plain (1 prompt: no throughput measured on this device" in r.output
+
+
+def test_bench_decode_wall_clock_speedups_and_the_table_into_a_pack(tiny_model_dir, tmp_path):
+    """`accel bench decode` reports wall-clock tok/s beside decode-only, computes speed-ups from wall
+    clock, measures batched plain by batch size, and --into-pack stores the table the rule reads."""
+    from tests.test_generate import _random_heads_pack
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    pack = _random_heads_pack(lm, tmp_path / "p.safetensors")
+    out = tmp_path / "d.json"
+    r = runner.invoke(app, list(map(str, ["bench", "decode", "--model", tiny_model_dir, "--device", "cpu",
+                                          "--max-new-tokens", 6, "--prompts", 3, "--no-hf", "--pack", pack,
+                                          "--json", out, "--into-pack", pack])))
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    plain = next(x for x in d["rows"] if x["engine"].startswith("plain"))
+    med = next(x for x in d["rows"] if x["engine"].startswith("medusa"))
+    assert 0 < plain["wall_tokens_per_s"] <= plain["tokens_per_s"]
+    assert med["speedup_vs_plain"] == pytest.approx(med["wall_tokens_per_s"] / plain["wall_tokens_per_s"])
+    assert med["decode_speedup_vs_plain"] == pytest.approx(med["tokens_per_s"] / plain["tokens_per_s"])
+    t = d["decode_throughput"]
+    assert set(t["plain_tok_s"]) == {"1", "2", "3"} and t["device_type"] == "cpu"
+    assert t["plain_tok_s"]["1"] == pytest.approx(plain["wall_tokens_per_s"])
+    assert t["speculative_tok_s"] == pytest.approx(med["wall_tokens_per_s"])
+    stored = throughput_for(load_pack(pack), "cpu")
+    assert stored is not None and stored.speculative == pytest.approx(t["speculative_tok_s"])
+    assert "pack" in stored.source
+    # random heads (no --pack): the table says nothing about a pack's drafter, so it is refused
+    r = runner.invoke(app, list(map(str, ["bench", "decode", "--model", tiny_model_dir, "--device", "cpu",
+                                          "--max-new-tokens", 2, "--prompts", 1, "--no-hf", "--into-pack", pack])))
+    assert r.exit_code != 0 and "random heads" in r.output
