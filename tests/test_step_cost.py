@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,9 +39,10 @@ def test_run_step_cost_structure_on_a_tiny_shape():
 
 def test_script_writes_json(tmp_path):
     out = tmp_path / "sc.json"
-    r = subprocess.run([sys.executable, "scripts/step_cost_projection.py", "--synthetic", "tiny-llama", "--device", "cpu",
+    root = Path(__file__).resolve().parents[1]  # another test may have changed the working folder
+    r = subprocess.run([sys.executable, str(root / "scripts" / "step_cost_projection.py"), "--synthetic", "tiny-llama", "--device", "cpu",
                         "--context", "8", "--medusa-heads", "2", "--medusa-nodes", "4", "--eagle", "2,2,3",
-                        "--reps", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+                        "--reps", "1", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=root)
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
     assert d["bench"] == "step_cost" and "command" in d["env"] and len(d["eagle"]) == 1
