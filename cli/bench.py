@@ -351,10 +351,15 @@ def decode(
     modes: Optional[str] = typer.Option(None, "--modes", help="Decode-step modes to time, comma-separated (default on CUDA: exact,graph)."),
     json_path: Optional[Path] = typer.Option(None, "--json"),
     plot: Optional[Path] = typer.Option(None, "--plot"),
+    into_pack: Optional[Path] = typer.Option(None, "--into-pack", help="Store the measured batched-vs-speculative throughput table in this pack's provenance (decode_throughput), where `accel generate` reads it to pick batched plain or speculative decoding for a prompt file. Must be the pack of the measured model."),
 ):
-    """Tokens/s: transformers generate (eager) vs our plain decode vs Medusa; accepted length; bandwidth use."""
+    """Tokens/s, wall clock (request start to last token) beside decode-only: transformers generate vs our plain decode (batch 1 and batched) vs Medusa; speed-ups from wall clock; accepted length; bandwidth use."""
     with user_errors():
         _check_json(json_path, pack)
+        if into_pack is not None:  # a bad pack fails now, not after minutes of timing
+            from ..runtime.pack import load_pack
+
+            load_pack(into_pack)
         from ..bench.decode import run_decode_bench
 
         from ..runtime.errors import AccelError
@@ -371,15 +376,39 @@ def decode(
                                        num_prompts=prompts, hf_baseline=hf_baseline, device=device, dtype=dtype,
                                        modes=mode_list, log=err.print)
         out.print(_table(f"decode: {extra['model']} ({extra['dtype']}, {extra['device']})", rows,
-                         ["engine", "wall_tokens_per_s", "tokens_per_s", "wall_speedup_vs_plain", "speedup_vs_plain",
+                         ["engine", "wall_tokens_per_s", "tokens_per_s", "speedup_vs_plain", "decode_speedup_vs_plain",
                           "overhead_ms_per_request", "mean_accepted", "identical_to_plain",
                           "batched_identical_to_single", "bandwidth_util", "speedup_vs_hf"]))
+        table = extra["decode_throughput"]
+        err.print("batched plain, wall tok/s by batch size: " + ", ".join(
+            f"{b}: {t:.0f}" for b, t in table["plain_tok_s"].items()) + f"; speculative: {table['speculative_tok_s']:.0f}")
         _save(json_path, {"bench": "decode", **extra, "rows": rows})
+        if into_pack is not None:
+            _store_throughput(into_pack, table, extra)
         if plot is not None and extra.get("accept_lengths"):
             from ..bench.plots import histogram
 
             histogram(plot / "decode-accepted.png", extra["accept_lengths"], bins=range(1, 8),
                       xlabel="tokens accepted per step", title=f"Medusa: {extra['model']}")
+
+
+def _store_throughput(path: Path, table: dict, extra: dict) -> None:
+    """Write the measured decode table into the pack's provenance (atomically), after checking the
+    pack was built for the measured model."""
+    from ..bench.common import environment
+    from ..runtime.errors import AccelError
+    from ..runtime.pack import load_pack, save_pack
+
+    pk = load_pack(path)
+    if extra.get("heads") != "pack":
+        raise AccelError("--into-pack: Medusa ran with random heads here (no pack drafter), so its tokens/s says "
+                         "nothing about the pack's drafter; measure with --pack PACK")
+    if pk.base_model and extra.get("model") and pk.base_model != extra["model"]:
+        raise AccelError(f"--into-pack: {path} is for {pk.base_model}, the measurement is of {extra['model']}")
+    pk.provenance["decode_throughput"] = {**table, "command": environment(command_line())["command"],
+                                          "date": environment()["date"]}
+    save_pack(pk, path)
+    err.print(f"stored the decode throughput table in {path}")
 
 
 @app.command("kernels")

@@ -11,6 +11,11 @@ inside ``accel.runtime``), validates the pack against the model, and builds what
 
 ``run(prompts, on_completion=...)`` returns Completions (and hands each over as it is final);
 ``stream(prompt)`` yields one prompt's text as its tokens are accepted.
+
+Batched plain or speculative: with a drafter, each prompt file runs whichever way the measured rule
+of ``runtime.decode_rule`` estimates faster (many prompts: one plain batch; few: speculative prompt by
+prompt); ``--medusa`` / ``--no-medusa`` force either way. ``decode_choice`` keeps the last decision
+and ``print_stats`` names it in one line.
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-    medusa: bool | None = None  # None: on when the model runs on CUDA (on a CPU plain decoding is faster)
+    # None: speculative where the measured rule (runtime.decode_rule) says it is faster for the prompt
+    # file (needs a measurement for this device: shipped defaults for CUDA; on a CPU plain decoding is
+    # faster unless the pack measured otherwise); True / False: force speculative / batched plain
+    medusa: bool | None = None
     dense_prefill: bool = False
     acceptance: str = "typical"  # sampling with Medusa: "typical" | "speculative"
     tree_file: str | None = None
@@ -75,7 +83,12 @@ class Generator:
         self.tree = _load_tree(config.tree_file) if config.tree_file else None
         # why the compact engine does not run this model (one line), or None
         self.fallback_reason = "asked for transformers" if transformers else _why_unsupported(loaded.model)
+        from .decode_rule import throughput_for
+
+        dev = next(loaded.model.parameters()).device.type
+        self.throughput = throughput_for(pack, dev)  # None: nothing measured for this device
         self.engine = None if self.fallback_reason else self._build_engine()
+        self.decode_choice = None  # the last run's DecodeChoice (which path, and why)
 
     def _build_engine(self):
         from .engine import Engine
@@ -98,8 +111,26 @@ class Generator:
     def _want_drafter(self) -> bool:
         want = self.config.medusa
         if want is None:
-            want = next(self.loaded.model.parameters()).device.type == "cuda"
+            want = self.throughput is not None  # the rule can only choose speculative with a measurement
         return bool(want and self.pack is not None and self.pack.has_drafter)
+
+    def choose(self, n_prompts: int):
+        """-> DecodeChoice for a file of ``n_prompts``: the measured rule, or what forced the path."""
+        from .decode_rule import DecodeChoice, choose_decode
+
+        if self.engine is None:
+            return DecodeChoice(False, n_prompts, forced="transformers' generate, no drafter")
+        if self.engine.drafter is None:
+            why = ("--no-medusa" if self.config.medusa is False else
+                   "the pack has no drafter" if self.pack is None or not self.pack.has_drafter else
+                   "no throughput measured on this device; plain is faster on a CPU (--medusa forces speculative)")
+            return DecodeChoice(False, n_prompts, forced=why)
+        kind = self.engine.drafter.kind
+        if self.throughput is None:  # --medusa on a device nothing was measured on
+            return DecodeChoice(True, n_prompts, forced="--medusa", drafter=kind)
+        force = True if self.config.medusa else None
+        return choose_decode(n_prompts, self.config.max_new_tokens, self.throughput, force=force,
+                             drafter=kind, forced_by="--medusa")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -148,8 +179,9 @@ class Generator:
             if on_completion is not None:
                 on_completion(done[row])
 
+        self.decode_choice = self.choose(len(prompts))
         if self.engine is not None:
-            self._run_engine(ids, finish)
+            self._run_engine(ids, finish, self.decode_choice.speculative)
         else:
             for row, r in enumerate(self._run_hf(ids)):
                 finish(row, r)
@@ -163,7 +195,9 @@ class Generator:
             yield tok.decode(self._run_hf([ids])[0]["tokens"], skip_special_tokens=True)
             return
         eos, toks, text = set(self.loaded.eos_ids), [], ""
-        for chunk in self.engine.stream([ids], self._sampling(), plans=[self._plan(ids)], check_every=1):
+        self.decode_choice = self.choose(1)
+        for chunk in self.engine.stream([ids], self._sampling(), plans=[self._plan(ids)], check_every=1,
+                                        speculative=self.decode_choice.speculative):
             toks += [t for t in chunk.tokens if t not in eos]
             # decode the whole prefix each time: a character may span tokens
             now = tok.decode(toks, skip_special_tokens=True)
@@ -184,14 +218,15 @@ class Generator:
         return plan_prefill(self.pack, len(ids), self.engine.model.device, self.config.sparse_min_len,
                             dense=not self.use_sparse)
 
-    def _run_engine(self, ids: list[list[int]], finish) -> None:
+    def _run_engine(self, ids: list[list[int]], finish, speculative: bool) -> None:
         engine = self.engine
         plans = [self._plan(x) for x in ids]
         eos = set(self.loaded.eos_ids)
+        name = engine.path_name(speculative)
 
         def on_result(row, r):
             toks = r.tokens[:-1] if r.tokens and r.tokens[-1] in eos else r.tokens
-            stats = {"engine": engine.name, "decode_mode": engine.mode, "prefill_ms": r.prefill_s * 1e3,
+            stats = {"engine": name, "decode_mode": engine.mode, "prefill_ms": r.prefill_s * 1e3,
                      "tokens_per_s": r.tokens_per_s, "wall_tokens_per_s": r.wall_tokens_per_s,
                      "attention_density": plans[row].work_share(len(ids[row]), engine.model.head_dim)}
             if r.accept_lengths:
@@ -199,7 +234,7 @@ class Generator:
                 stats["steps"] = len(r.accept_lengths)
             finish(row, {"tokens": toks, "stats": stats})
 
-        engine.generate(ids, self._sampling(), plans=plans, on_result=on_result)
+        engine.generate(ids, self._sampling(), plans=plans, on_result=on_result, speculative=speculative)
 
     def _strip_eos(self, toks: list[int]) -> list[int]:
         eos = set(self.loaded.eos_ids)
@@ -235,6 +270,8 @@ class Generator:
     def print_stats(self, completions: list[Completion], console) -> None:
         from rich.table import Table
 
+        if self.decode_choice is not None:
+            console.print(self.decode_choice.line(), markup=False, highlight=False)
         t = Table(title="generation stats")
         keys = ["engine", "decode_mode", "prefill_ms", "wall_tokens_per_s", "tokens_per_s", "accepted_per_step",
                 "attention_density"]

@@ -143,10 +143,14 @@ def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: in
     sent = 0
     accept: list[int] = []
     hit_eos = False
+    # read back every check_every steps, but near the end only after as many steps as are still needed
+    # at D1 tokens a step: steps past max_new_tokens are never run (they were up to check_every - 1)
+    next_check = min(check_every, -(-max_new_tokens // D1))
     for i in range(max_steps):
         step()
-        if (i + 1) % check_every == 0 or i == max_steps - 1:
+        if i + 1 == next_check or i == max_steps - 1:
             n = min(int(st.n_gen), max_new_tokens)
+            next_check = i + 1 + max(1, min(check_every, -(-(max_new_tokens - n) // D1)))
             new = st.out[sent:n].tolist()
             cut = next((j for j, t in enumerate(new) if t in eos_set), None)
             if cut is not None:

@@ -22,6 +22,9 @@ import torch
 
 __all__ = ["build_tree", "default_tree", "TreeBuffers"]
 
+_SHARED: dict = {}  # TreeBuffers.shared: (paths, topk, device) -> buffers, least recently used first
+_SHARED_MAX = 32
+
 # Vicuna-7B Medusa-1 per-head top-1 accuracies (paper); lower ranks decay geometrically (a guess
 # until the heads' own accuracies are measured: pass those to build_tree instead).
 _TOP1 = [0.56, 0.32, 0.20, 0.15, 0.12]
@@ -125,6 +128,21 @@ class TreeBuffers:
         self.node_path = node_path.to(**to)
         self.children = children.to(**to)
         self.children_list = kids  # host copy for the speculative walk
+
+    @classmethod
+    def shared(cls, paths, topk: int | None = None, device="cpu") -> "TreeBuffers":
+        """The same buffers for the same tree on the same device, built once per process: building
+        them is Python loops over the nodes plus one host-to-device copy per tensor (~6 ms on a CPU
+        for 63 nodes), which a per-request ``MedusaDrafter(heads, tree)`` used to pay every call.
+        Callers must not modify the returned buffers (nothing does: they are read-only indices)."""
+        key = (tuple(sorted({tuple(int(r) for r in p) for p in paths})), topk, str(torch.device(device)))
+        tb = _SHARED.pop(key, None)
+        if tb is None:
+            tb = cls(paths, topk, device)
+        _SHARED[key] = tb  # most recently used last
+        while len(_SHARED) > _SHARED_MAX:
+            _SHARED.pop(next(iter(_SHARED)))
+        return tb
 
     def candidates(self, root_token: torch.Tensor, topk_tokens: torch.Tensor) -> torch.Tensor:
         """root (1,) + (K, topk) head tokens -> tree tokens (N+1,)."""

@@ -35,7 +35,8 @@ class MedusaDrafter(Drafter):
         self.heads = heads
         K = heads.config.num_heads
         device = device if device is not None else next(iter(list(heads.parameters()) + list(heads.buffers()))).device
-        tb = tree if isinstance(tree, TreeBuffers) else TreeBuffers(tree or default_tree(K), device=device)
+        # shared: a drafter built per request (generate_medusa) must not rebuild the tree's buffers each time
+        tb = tree if isinstance(tree, TreeBuffers) else TreeBuffers.shared(tree or default_tree(K), device=device)
         if tb.num_heads > K or tb.topk > heads.config.vocab_size:
             raise ValueError(f"tree depth {tb.num_heads} needs that many heads (have {K}); build it for {K} heads")
         if tb.tree_indices.device.type != torch.device(device).type:
