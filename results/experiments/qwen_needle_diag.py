@@ -5,7 +5,8 @@ few pattern sets built on the same q/k with the runtime's own `build_index`:
   * per (layer, head) the attention mass of the prompt's last rows (question + answer prefix) on the
     needle value's tokens (retrieval heads: where that mass is large), and the share of it the index keeps;
   * the attention-mass recall over those last rows vs over the last 12.5 % of rows (what the search scores).
-Usage: python results/experiments/qwen_needle_diag.py OUT.json [length] [samples]
+Usage: python results/experiments/qwen_needle_diag.py OUT.json [length] [samples] [budgets, e.g. 0.1,0.2]
+  with budgets: the search at each budget with --retrieval-weight 0 (old objective) and 0.5 (new)
 """
 import json, sys, time
 import torch
@@ -24,11 +25,16 @@ t0 = time.time()
 lm = load_model("qwen2.5-coder-0.5b", device="cpu", dtype="fp32")
 tok, model = lm.tokenizer, lm.model
 L, Hq = model.config.num_hidden_layers, model.config.num_attention_heads
-res = {"length": N, "samples": S, "timings": {}}
+res = {"command": "python " + " ".join(sys.argv), "length": N, "samples": S, "timings": {}}
 
 # the search as shipped (budget 0.1, mixed calibration) and target-recall 0.95
 sets = {}
-for name, cfg in [("search_b0.1", SearchConfig(seq_len=N, budget=0.1)),
+configs = [("search_b0.1", SearchConfig(seq_len=N, budget=0.1, retrieval_weight=0.0)),
+           ("search_r0.95", SearchConfig(seq_len=N, target_recall=0.95, retrieval_weight=0.0))]
+if len(sys.argv) > 4:
+    configs = [(f"search_b{b}_w{w}", SearchConfig(seq_len=N, budget=float(b), retrieval_weight=w))
+               for b in sys.argv[4].split(",") for w in (0.0, 0.5)]
+for name, cfg in configs or [("search_b0.1", SearchConfig(seq_len=N, budget=0.1)),
                   ("search_r0.95", SearchConfig(seq_len=N, target_recall=0.95))]:
     t = time.time()
     r = run_search(model, calibration_ids(tok, N, kind="mixed", seed=0), cfg)
@@ -38,7 +44,7 @@ for name, cfg in [("search_b0.1", SearchConfig(seq_len=N, budget=0.1)),
                  "per_layer_counts": [{p.name: sum(q.name == p.name for q in lay) for p in lay} for lay in r.layers]}
     print(name, res[name]["summary"], f"{time.time() - t:.0f}s", flush=True)
 # uniform candidates at budget 0.1 (each pattern kind / slash share)
-for c in candidates_for_budget(N, 64, 0.1):
+for c in (candidates_for_budget(N, 64, 0.1) if len(sys.argv) <= 4 else []):
     sets[f"uniform_{c.name}:{c.size_1}:{c.size_2}"] = [[c] * Hq for _ in range(L)]
 
 
