@@ -145,25 +145,37 @@ def _percent(xs) -> float:
 
 @torch.no_grad()
 def ruler_suite(compact, tokenizer, tasks, lengths, patterns_for, *, samples: int = 50, batch: int = 8,
-                seed: int = 0, eos_ids=(), examples: int = 2, progress=None) -> dict:
+                seed: int = 0, eos_ids=(), examples: int = 2, progress=None, seconds: float | None = None,
+                on_row=None) -> dict:
     """Dense vs forced-sparse prefill on the same RULER cases -> {"rows": per task x length, "averages"}.
 
     A row: RULER score (0-100) dense and sparse, sparse - dense, the share of cases whose two answers
     are identical, the sparse runs' density and share of heads run sparse, and the first ``examples``
-    cases' answers (to see *how* a case fails)."""
+    cases' answers (to see *how* a case fails).
+
+    ``seconds``: a wall-clock budget for the whole suite, split over the lengths in proportion to their
+    token count and evenly over the tasks; a task stops adding batches once its share is spent (at
+    least one batch always runs), and its row says how many cases it ran. ``on_row(row)`` is called as
+    each row is done (to write results as they come)."""
     from ..runtime.decode import generate_plain
     from .ruler import make_cases
 
     mode = "graph" if compact.device.type == "cuda" else "eager"  # see the module docstring
     rows = []
+    total = sum(lengths) * len(tasks)
     for n in lengths:
         pats = patterns_for(n)
         for task in tasks:
             t0 = time.perf_counter()
+            share = None if seconds is None else seconds * n / total
             cases = make_cases(tokenizer, task, n, samples, seed)
             scores, same, stats, shown = {"dense": [], "sparse": []}, 0, [], []
+            done = 0
             for i in range(0, len(cases), batch):
+                if share is not None and i > 0 and time.perf_counter() - t0 > share * i / (i + batch):
+                    break  # the next batch would likely overrun this task's share of the budget
                 chunk = cases[i:i + batch]
+                done += len(chunk)
                 texts = {}
                 for m in ("dense", "sparse"):
                     plan = forced_plan(pats if m == "sparse" else None, stats)
@@ -178,9 +190,11 @@ def ruler_suite(compact, tokenizer, tasks, lengths, patterns_for, *, samples: in
                 if progress:
                     progress(len(chunk))
             dense, sparse = _percent(scores["dense"]), _percent(scores["sparse"])
-            rows.append({"task": task, "length": n, "samples": len(cases), "dense": dense, "sparse": sparse,
-                         "delta": sparse - dense, "identical_answers": same / len(cases),
+            rows.append({"task": task, "length": n, "samples": done, "dense": dense, "sparse": sparse,
+                         "delta": sparse - dense, "identical_answers": same / done,
                          **sparse_summary(stats), "wall_s": time.perf_counter() - t0, "examples": shown})
+            if on_row is not None:
+                on_row(rows[-1])
     return {"rows": rows, "averages": ruler_averages(rows)}
 
 

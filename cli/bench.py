@@ -49,12 +49,13 @@ def _check_json(json_path: Optional[Path], *inputs) -> None:
         check_output(json_path, inputs=inputs, what="--json", create_parents=True)
 
 
-def _save(json_path: Optional[Path], payload: dict) -> None:
+def _save(json_path: Optional[Path], payload: dict, quiet: bool = False) -> None:
     if json_path is not None:
         from ..bench.common import environment, write_json
 
         write_json(json_path, {"env": environment(command_line()), **payload})
-        err.print(f"wrote {json_path}")
+        if not quiet:
+            err.print(f"wrote {json_path}")
 
 
 def _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers):
@@ -173,6 +174,7 @@ def quality(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="ruler: comma-separated tasks (default: all 11: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, cwe, fwe)."),
     batch: int = typer.Option(8, "--batch", min=1, help="ruler: cases per batch (same length, no padding)."),
     seed: int = typer.Option(0, "--seed", help="ruler: case seed."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", min=1, help="ruler: wall-clock budget for the cases, split over lengths by token count and evenly over tasks; a task stops adding batches when its share is spent (each row says how many cases ran)."),
     depths: str = typer.Option("0,0.25,0.5,0.75,1", "--depths"),
     trials: int = typer.Option(2, "--trials", min=1),
     ppl_length: Optional[str] = typer.Option(None, "--ppl-length", help="Perplexity length(s), comma-separated (default: needle 4k; ruler the suite's lengths; 0 skips)."),
@@ -196,7 +198,7 @@ def quality(
             raise AccelError(f"unknown --suite {suite!r}: use needle or ruler")
         if suite == "ruler":
             return _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, ppl_length,
-                                  device, dtype, json_path, plot)
+                                  device, dtype, json_path, plot, seconds)
         lens = _lengths(lengths or "1k,2k,4k")
         try:
             dps = [float(d) for d in depths.split(",")]
@@ -258,7 +260,7 @@ def quality(
 
 
 def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, ppl_length, device, dtype,
-                   json_path, plot):
+                   json_path, plot, seconds=None):
     """``bench quality --suite ruler``: the RULER-style tasks and natural-text perplexity, dense vs forced sparse."""
     from rich.progress import Progress
 
@@ -292,8 +294,16 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
         eos = sorted(set(eos) | {tok.eos_token_id})
     with Progress(console=err, transient=True) as prog:
         bar = prog.add_task("RULER cases", total=len(lens) * len(task_list) * samples)
+        done_rows: list = []
+
+        def on_row(row):  # partial results on disk as each row finishes (a killed run keeps them)
+            done_rows.append(row)
+            if json_path is not None:
+                _save(json_path, {"bench": "quality", "suite": "ruler", "model": name, "partial": True,
+                                  "rows": done_rows}, quiet=True)
+
         res = ruler_suite(compact, tok, task_list, lens, patterns_for, samples=samples, batch=batch, seed=seed,
-                          eos_ids=eos, progress=lambda k: prog.advance(bar, k))
+                          eos_ids=eos, progress=lambda k: prog.advance(bar, k), seconds=seconds, on_row=on_row)
     ppl = perplexity_curve(compact, tok, ppl_lens, patterns_for, seed=seed) if ppl_lens else []
     from ..bench.ruler import shared_ngrams, suite_text_sample
     from ..search.calibration import haystack_paragraphs

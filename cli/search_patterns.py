@@ -28,6 +28,7 @@ def search_patterns(
     budget: str = typer.Option("0.1", "--budget", help="Cost of every candidate, as a fraction of dense attention at --seq-len (e.g. 0.1), or 'minference' (MInference's v=1000/s=6096 cost)."),
     target_recall: Optional[float] = typer.Option(None, "--target-recall", help="Per head, the cheapest budget of a ladder whose recall reaches this (e.g. 0.95); dense if none does."),
     dense_below: float = typer.Option(0.0, "--dense-below", help="With --budget: heads whose best recall is below this stay dense (default 0: never, like MInference)."),
+    retrieval_weight: float = typer.Option(0.5, "--retrieval-weight", help="Weight of the question rows' far-key recall in a head's score (0: attention-mass recall only; 0.5 keeps needles on Qwen2.5-Coder-0.5B, results/experiments/)."),
     scaling: str = typer.Option("proportional", "--scaling", help="How the runtime adapts sizes to other prompt lengths: proportional or absolute (MInference)."),
     block: int = typer.Option(64, "--block", help="Kernel block size (keep 64 unless testing)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG heat-map of each head's pattern, recall and density."),
@@ -85,7 +86,7 @@ def search_patterns(
             except ValueError:
                 raise AccelError(f"--budget {budget!r}: use a fraction of dense cost like 0.1, or 'minference'") from None
         cfg = SearchConfig(seq_len=n, budget=b, target_recall=target_recall, block=block,
-                           dense_below=dense_below, scaling=scaling)
+                           dense_below=dense_below, scaling=scaling, retrieval_weight=retrieval_weight)
         cfg.check()
 
         if text is not None:

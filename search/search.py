@@ -15,6 +15,10 @@ Design points:
 * `--target-recall R`: a budget ladder is searched; a head gets the cheapest budget whose best
   candidate reaches R, and `dense` if none does.  With a single budget, `dense_below` (default 0: never,
   like MInference) turns heads whose best recall is below it into `dense`.
+* Retrieval: for heads whose question rows (the last `last_q`: the calibration sample's question, which
+  the online estimation reads too) put >= `far_min` of their mass on far keys, the score is
+  (1-w)·recall + w·far-key recall of those rows (`score.far_recall_of_indexes`, w = `retrieval_weight`):
+  on the real Qwen2.5-Coder-0.5B, mass recall alone picked A-shape everywhere and lost every needle.
 * The stored score (4th field) is the winner's recall; `density` is its measured kernel cost / dense.
 """
 from __future__ import annotations
@@ -32,7 +36,7 @@ from ..kernels.scaling import SCALING_RULES, scale_layers, scale_pattern  # noqa
 from ..runtime.errors import AccelError, ModelError
 
 from .cost import candidates_for_budget, cost_tolerance, dense_cost, head_costs
-from .score import recall_of_indexes, score_rows
+from .score import far_recall_of_indexes, recall_of_indexes, score_rows
 
 __all__ = ["SearchConfig", "SearchResult", "SearchError", "run_search", "search_layer", "validate",
            "scale_pattern", "scale_layers", "DEFAULT_LADDER", "SCALING_RULES"]
@@ -56,6 +60,8 @@ class SearchConfig:
     score_frac: float = 0.125           # score over the last 12.5% of rows (>= 64 rows)
     dense_below: float = 0.0            # budget mode: best recall below this -> dense
     scaling: str = "proportional"       # rule the runtime uses to adapt sizes to the prompt length
+    retrieval_weight: float = 0.5       # weight of the question rows' far-key recall in a head's score
+    far_min: float = 0.02               # ... for heads whose question rows put at least this share far
 
     def check(self) -> None:
         if self.target_recall is None and not 0.0 < self.budget <= 1.0:
@@ -67,6 +73,8 @@ class SearchConfig:
         if self.seq_len < 2 * self.block:
             raise SearchError(f"--seq-len {self.seq_len} is too short to search: use at least {2 * self.block} "
                               f"tokens (sparsity pays off from a few thousand)")
+        if not 0.0 <= self.retrieval_weight <= 1.0:
+            raise SearchError(f"--retrieval-weight {self.retrieval_weight} must be in [0, 1] (0: attention-mass recall only)")
         if self.scaling not in SCALING_RULES:
             raise SearchError(f"scaling rule {self.scaling!r} unknown: use one of {SCALING_RULES}")
 
@@ -103,7 +111,11 @@ class SearchResult:
             "seq_len": c.seq_len, "budget": None if c.target_recall is not None else c.budget,
             "target_recall": c.target_recall, "ladder": list(c.budgets) if c.target_recall is not None else None,
             "scaling": c.scaling, "block": c.block, "last_q": c.last_q,
-            "score": f"attention-mass recall, mean over the last {c.score_frac:.1%} of rows (>= 64)",
+            "score": (f"attention-mass recall, mean over the last {c.score_frac:.1%} of rows (>= 64)"
+                      + (f"; x{1 - c.retrieval_weight:g} + {c.retrieval_weight:g} x far-key recall of the last "
+                         f"{c.last_q} rows for heads putting >= {c.far_min:g} of their mass far"
+                         if c.retrieval_weight > 0 else "")),
+            "retrieval_weight": c.retrieval_weight, "far_min": c.far_min,
             "dense_below": c.dense_below,
             "density": [[round(d, 4) for d in layer] for layer in self.density],
             **{k: v for k, v in self.summary().items()},
@@ -169,6 +181,13 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, cfg: SearchConfig, scale: flo
     rows = score_rows(N, cfg.score_frac)
     max_elems = (1 << 27) if q.is_cuda else (1 << 24)
     rec = recall_of_indexes(q, k, [e[3] for e in entries], rows, scale, max_elems=max_elems)  # (C, Hq)
+    if cfg.retrieval_weight > 0:
+        # the question rows (the last `last_q`, which the online estimation reads too) must keep their
+        # far keys: mass recall alone is blind to a lost needle (see score.far_recall_of_indexes)
+        far, share = far_recall_of_indexes(q, k, [e[3] for e in entries], slice(max(0, N - cfg.last_q), N),
+                                           scale, max_elems=max_elems)               # (C, Hq), (Hq,)
+        w = torch.where(share >= cfg.far_min, cfg.retrieval_weight, 0.0).to(rec.dtype)  # (Hq,)
+        rec = (1 - w) * rec + w * far
 
     out, dens = [], []
     for h in range(Hq):

@@ -129,6 +129,19 @@ def test_bench_quality_ruler_end_to_end(tiny_long_dir, tmp_path):
     assert d["perplexity"][0]["density"] < 0.4 and d["perplexity"][0]["ratio"] != 1.0
 
 
+def test_bench_quality_ruler_time_budget(tiny_long_dir, tmp_path):
+    # a budget far below one batch per task: each task runs exactly its first batch, and says so
+    out = tmp_path / "budget.json"
+    r = CliRunner().invoke(app, ["bench", "quality", "--suite", "ruler", "--model", str(tiny_long_dir), "--device", "cpu",
+                                 "--lengths", "1024", "--samples", "6", "--batch", "2", "--seconds", "1",
+                                 "--tasks", "niah_single_1,vt", "--ppl-length", "0", "--pattern", "stream_llm:64:2048",
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert "partial" not in d and [row["samples"] for row in d["rows"]] == [2, 2]
+    assert all(row["sparse"] == row["dense"] for row in d["rows"])
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--tasks", "qa_1"], "unknown ['qa_1']"),
     (["--lengths", "4k"], "exceed"),

@@ -245,6 +245,7 @@ def test_cli_calibration_file_too_short_then_pad(tiny_model_dir, tmp_path):
     (["--budget", "1.5"], "--budget"),
     (["--budget", "lots"], "--budget"),
     (["--target-recall", "1.2"], "--target-recall"),
+    (["--retrieval-weight", "1.5"], "--retrieval-weight"),
     (["--kind", "poetry"], "--kind"),
     (["--calibration", "no-such-file.txt"], "not found"),
     (["--model", "no-such-model"], "unknown model"),
