@@ -27,11 +27,19 @@ step() { local name=$1 t=$2; shift 2; local s=$SECONDS; echo "== [$name, ${SECON
          python3 -c "import json,sys; json.dump(dict(a.split('=') for a in sys.argv[1:]), open('$OUT/timings.json','w'))" \
            $(for k in "${!T[@]}"; do echo "$k=${T[$k]}"; done); }
 
-step search 240 accel search-patterns "${M[@]}" --seq-len 16k --budget "${BUDGET:-0.2}" --output "$P"
-if [[ ! -f $P ]]; then echo "no pack: the search failed, nothing else to measure"; exit 1; fi
-cp "$P" "$OUT/qwen-pack-searched.safetensors"
-step speed 150 accel bench prefill "${M[@]}" --pack "$P" --lengths 4k,8k,16k,31k --json "$OUT/speed.json"
-[[ -f $OUT/speed.json ]] && step threshold 30 python3 "$here/qwen_longctx.py" threshold "$P" "$OUT/speed.json" 32768
+# PHASES (default search,speed,suite) splits the work over calls (scripts/gpu/session.sh): a later call's
+# suite reads the pack the earlier call left at $P.
+PHASES=",${PHASES:-search,speed,suite},"
+if [[ $PHASES == *,search,* ]]; then
+  step search 240 accel search-patterns "${M[@]}" --seq-len 16k --budget "${BUDGET:-0.2}" --output "$P"
+  if [[ ! -f $P ]]; then echo "no pack: the search failed, nothing else to measure"; exit 1; fi
+  cp "$P" "$OUT/qwen-pack-searched.safetensors"
+fi
+if [[ $PHASES == *,speed,* ]]; then
+  step speed 150 accel bench prefill "${M[@]}" --pack "$P" --lengths 4k,8k,16k,31k --json "$OUT/speed.json"
+  [[ -f $OUT/speed.json ]] && step threshold 30 python3 "$here/qwen_longctx.py" threshold "$P" "$OUT/speed.json" 32768
+fi
+[[ $PHASES == *,suite,* ]] || exit 0
 # the suite gets what is left, less ~45 s model load and ~35 s perplexity at 8K-31K
 left=$((TOTAL - SECONDS - 80)); (( left < 30 )) && left=30
 step suite $((left + 90)) accel bench quality --suite ruler "${M[@]}" --pack "$P" --lengths 4k,8k,16k,31k \

@@ -46,7 +46,7 @@ qwen2)
       --max-minutes ${EAGLE_MINUTES:-5.5} --distill-samples ${DISTILL_SAMPLES:-2} --checkpoint-dir $W/eagle.ckpt \
       > $W/train.log 2>&1; echo done > $W/train.done" > /dev/null 2>&1 < /dev/null &
   cp $W/qwen-pack.safetensors $OUT/ 2>/dev/null
-  PHASES=suite bash scripts/gpu/qwen_longctx.sh; tail -3 $W/train.log ;;
+  PHASES=suite TOTAL=${SUITE_S:-420} bash scripts/gpu/qwen_longctx.sh; tail -3 $W/train.log ;;
 eagle)
   while [[ ! -f $W/train.done ]]; do sleep 2; done
   grep -v "━" $W/train.log | tail -6; cp $W/eagle-pack.safetensors $W/train.log $OUT/
