@@ -70,10 +70,11 @@ class DecodeThroughput:
                 "speculative_tok_s": self.speculative, "device_type": self.device_type}
 
 
-# results/decode-smollm2-wall.json (H200, 2026-12-03, 12 held-out prompts x 256 tokens): plain exact
-# 730 wall tok/s at batch 1, a batch of the 12 prompts 6389 tok/s, Medusa 1158 wall tok/s at batch 1.
+# results/decode-smollm2-wall.json (H200, 2026-12-03, session 4, 12 held-out prompts x 256 tokens, wall clock
+# from request start): plain exact 701 tok/s at batch 1, 780 / 1446 / 2950 / 4000 at batch 2 / 4 / 8 / 12;
+# Medusa (the shipped pack) 1144 tok/s at batch 1.
 DEFAULT_THROUGHPUT = DecodeThroughput(
-    plain={1: 730.2, 12: 6389.2}, speculative=1158.5,
+    plain={1: 701.2, 2: 780.0, 4: 1445.6, 8: 2949.8, 12: 3999.9}, speculative=1144.4,
     source="defaults: SmolLM2-135M on an H200, results/decode-smollm2-wall.json")
 
 

@@ -50,7 +50,9 @@ def test_default_table_is_the_measured_h200_run():
     med = next(r for r in d["rows"] if r["engine"].startswith("medusa"))
     t = DEFAULT_THROUGHPUT
     assert t.plain[1] == pytest.approx(plain["wall_tokens_per_s"], rel=1e-3)
-    assert t.plain[d["prompts"]] == pytest.approx(plain["batched_tokens_per_s"], rel=1e-3)
+    for b, tps in d["decode_throughput"]["plain_tok_s"].items():  # wall clock by batch size
+        assert t.plain[int(b)] == pytest.approx(tps, rel=1e-3)
+    assert t.plain[d["prompts"]] == pytest.approx(plain["batched_wall_tokens_per_s"][str(d["prompts"])], rel=1e-3)
     assert t.speculative == pytest.approx(med["wall_tokens_per_s"], rel=1e-3)
     assert t.source.startswith("defaults:") and "decode-smollm2-wall.json" in t.source
 
