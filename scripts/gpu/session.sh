@@ -11,6 +11,7 @@
 #   bash scripts/gpu/session.sh qwen1             sparse results back; Qwen search + prefill speed + threshold
 #   bash scripts/gpu/session.sh qwen2             starts EAGLE training in the background; Qwen RULER suite + perplexity
 #   bash scripts/gpu/session.sh eagle             waits for training; captured-step tests; EAGLE/Medusa/plain bench; decode bench
+#   bash scripts/gpu/session.sh final             (after stage1/2 + qpart 1-9) Qwen prefill + EAGLE bench re-measure
 # Parts are made by: split -b 55m -d -a 2 <qwen.gguf> (see docs/gpu.md).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -55,5 +56,12 @@ eagle)
     --tree 8,5,48 --tree 10,6,60 --json $OUT/eagle-bench.json 2>&1 | tail -14
   timeout 100 accel bench decode --model smollm2-135m --prompts 12 --no-hf --modes exact \
     --json $OUT/decode-smollm2-wall.json 2>&1 | tail -8 ;;
+final)   # a short re-measure after fixes: Qwen prefill with the committed pack, EAGLE bench with a carried pack
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+  [[ -f .carry/eagle-pack.safetensors ]] && cp .carry/eagle-pack.safetensors $W/
+  timeout 170 accel bench prefill --model qwen2.5-coder-0.5b --pack results/qwen2.5-coder-0.5b-patterns-h200.safetensors \
+    --lengths ${LENGTHS:-4k,8k,16k,31k} --json $OUT/prefill-qwen.json 2>&1 | grep -v "━" | tail -${TAIL:-12}
+  timeout 170 python3 -m accel.bench.eagle --pack $W/eagle-pack.safetensors --prompts 12 --max-new-tokens 256 \
+    --tree ${TREE:-8,5,48} --json $OUT/eagle-bench.json 2>&1 | tail -8 ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
