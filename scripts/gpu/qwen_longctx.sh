@@ -11,7 +11,8 @@
 # leave no time for the suite in the same call.
 # Budget 0.2 (not the CLI's 0.1): on the real model at 4K (results/experiments/qwen-needle-diag-4k-retrieval.json)
 # budget 0.2 with the retrieval term keeps 0.80-0.83 of the question rows' attention on the needle at a measured
-# density of 0.12 (0.97-1.0 on the top retrieval heads); budget 0.1 keeps 0.50-0.56, the old objective 0.28-0.36.
+# density of 0.12 (0.97-1.0 on the top retrieval heads) on niah_single_2/multikey_1; budget 0.1 keeps 0.50-0.56,
+# the old objective 0.28-0.36. UUID-among-UUIDs (niah_multikey_3) stays hard: 0.27 kept (old: 0.06-0.16).
 # Every phase writes its JSON as soon as it has it (the suite row by row), so a timeout keeps what finished.
 # Env: ACCEL_QWEN_GGUF (default /root/stage/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf), SAMPLES (50), TASKS (all 11),
 # LENGTHS (suite), PACK (reuse a pack from an earlier call: skips the search and the speed phase), BUDGET (0.2, the search's --budget), TOTAL (555 s: the call's budget the suite's --seconds is fitted into).
