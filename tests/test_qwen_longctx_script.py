@@ -47,6 +47,9 @@ def test_table_reads_partial_results(tmp_path):
     (tmp_path / "timings.json").write_text(json.dumps({"search": 130, "speed": 70}))
     (tmp_path / "speed.json").write_text(json.dumps({"rows": _rows(0.8, 1.6)}))
     row = {"task": "niah_single_1", "length": 4096, "samples": 16, "dense": 100.0, "sparse": 93.75, "density": 0.2}
-    (tmp_path / "ruler.json").write_text(json.dumps({"partial": True, "rows": [row]}))
+    (tmp_path / "ruler.json").write_text(json.dumps({"partial": True, "rows": [row], "averages": [
+        {"length": 4096, "dense": 90.0, "sparse": 80.0, "needle_dense": None, "needle_sparse": None,
+         "worst_task_delta": -10.0}]}))
     t = qwen_longctx.table(str(tmp_path))
+    assert "average 4096: dense 90.0 sparse 80.0; worst task delta -10.0" in t
     assert "search 130" in t and "1.60x" in t and "[partial]" in t and "100.0/ 93.8 (16)" in t

@@ -129,8 +129,16 @@ def test_bench_quality_ruler_end_to_end(tiny_long_dir, tmp_path):
     assert d["perplexity"][0]["density"] < 0.4 and d["perplexity"][0]["ratio"] != 1.0
 
 
-def test_bench_quality_ruler_time_budget(tiny_long_dir, tmp_path):
+def test_bench_quality_ruler_time_budget(tiny_long_dir, tmp_path, monkeypatch):
     # a budget far below one batch per task: each task runs exactly its first batch, and says so
+    # (a clock that moves 10 s per reading: the test does not depend on this machine's speed)
+    import itertools
+    import types
+
+    import accel.bench.quality as quality
+
+    ticks = itertools.count(0, 10.0)
+    monkeypatch.setattr(quality, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     out = tmp_path / "budget.json"
     r = CliRunner().invoke(app, ["bench", "quality", "--suite", "ruler", "--model", str(tiny_long_dir), "--device", "cpu",
                                  "--lengths", "1024", "--samples", "6", "--batch", "2", "--seconds", "1",

@@ -76,8 +76,10 @@ def table(out: str) -> str:
                 cells.append(f"{r['dense']:5.1f}/{r['sparse']:5.1f} ({r['samples']:2d})".rjust(18) if r else " " * 18)
             lines.append(task.ljust(16) + "".join(cells))
         for a in d.get("averages", []):
-            lines.append(f"average {a['length']}: dense {a['dense']:.1f} sparse {a['sparse']:.1f}; needles "
-                         f"{a['needle_dense']:.1f}/{a['needle_sparse']:.1f}; worst task delta {a['worst_task_delta']:+.1f}")
+            needles = (f"; needles {a['needle_dense']:.1f}/{a['needle_sparse']:.1f}"
+                       if a.get("needle_dense") is not None else "")
+            lines.append(f"average {a['length']}: dense {a['dense']:.1f} sparse {a['sparse']:.1f}{needles}; "
+                         f"worst task delta {a['worst_task_delta']:+.1f}")
         dens = [r["density"] for r in rows if r.get("density") is not None]
         if dens:
             lines.append(f"sparse density (mean over rows) {sum(dens) / len(dens):.3f}")

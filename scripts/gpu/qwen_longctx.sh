@@ -11,10 +11,11 @@
 # leave no time for the suite in the same call.
 # Budget 0.2 (not the CLI's 0.1): on the real model at 4K (results/experiments/qwen-needle-diag-4k-retrieval.json)
 # budget 0.2 with the retrieval term keeps 0.80-0.83 of the question rows' attention on the needle at a measured
-# density of 0.12 (0.97-1.0 on the top retrieval heads); budget 0.1 keeps 0.50-0.56, the old objective 0.28-0.36.
+# density of 0.12 (0.97-1.0 on the top retrieval heads) on niah_single_2/multikey_1; budget 0.1 keeps 0.50-0.56,
+# the old objective 0.28-0.36. UUID-among-UUIDs (niah_multikey_3) stays hard: 0.27 kept (old: 0.06-0.16).
 # Every phase writes its JSON as soon as it has it (the suite row by row), so a timeout keeps what finished.
 # Env: ACCEL_QWEN_GGUF (default /root/stage/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf), SAMPLES (50), TASKS (all 11),
-# BUDGET (0.2, the search's --budget), TOTAL (555 s: the call's budget the suite's --seconds is fitted into).
+# LENGTHS (suite), PACK (reuse a pack from an earlier call: skips the search and the speed phase), BUDGET (0.2, the search's --budget), TOTAL (555 s: the call's budget the suite's --seconds is fitted into).
 set -uo pipefail
 export ACCEL_QWEN_GGUF=${ACCEL_QWEN_GGUF:-/root/stage/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf} PYTHONUNBUFFERED=1
 M=(--model qwen2.5-coder-0.5b)
@@ -24,12 +25,13 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 declare -A T
 step() { local name=$1 t=$2; shift 2; local s=$SECONDS; echo "== [$name, ${SECONDS}s] $*"
          timeout "$t" "$@" 2>&1 | grep -v "━\|Ignoring\|Warn" | tail -${TAIL:-25}; T[$name]=$((SECONDS - s))
-         python3 -c "import json,sys; json.dump(dict(a.split('=') for a in sys.argv[1:]), open('$OUT/timings.json','w'))" \
+         python3 -c "import json,sys; json.dump({k: int(v) for k, v in (a.split('=') for a in sys.argv[1:])}, open('$OUT/timings.json','w'))" \
            $(for k in "${!T[@]}"; do echo "$k=${T[$k]}"; done); }
 
-# PHASES (default search,speed,suite) splits the work over calls (scripts/gpu/session.sh): a later call's
-# suite reads the pack the earlier call left at $P.
+# PHASES (default search,speed,suite) splits the work over calls (scripts/gpu/session.sh: qwen1 = search,speed;
+# qwen2 = suite, reading the pack the earlier call left at $P); PACK reuses a pack from an earlier call instead.
 PHASES=",${PHASES:-search,speed,suite},"
+[[ -n ${PACK:-} ]] && { cp "$PACK" "$P"; PHASES=",suite,"; }
 if [[ $PHASES == *,search,* ]]; then
   step search 240 accel search-patterns "${M[@]}" --seq-len 16k --budget "${BUDGET:-0.2}" --output "$P"
   if [[ ! -f $P ]]; then echo "no pack: the search failed, nothing else to measure"; exit 1; fi
@@ -42,7 +44,7 @@ fi
 [[ $PHASES == *,suite,* ]] || exit 0
 # the suite gets what is left, less ~45 s model load and ~35 s perplexity at 8K-31K
 left=$((TOTAL - SECONDS - 80)); (( left < 30 )) && left=30
-step suite $((left + 90)) accel bench quality --suite ruler "${M[@]}" --pack "$P" --lengths 4k,8k,16k,31k \
+step suite $((left + 90)) accel bench quality --suite ruler "${M[@]}" --pack "$P" --lengths "${LENGTHS:-4k,8k,16k,31k}" \
   --samples "${SAMPLES:-50}" --batch 16 --seconds "$left" ${TASKS:+--tasks "$TASKS"} --ppl-length 8k,16k,31k \
   --json "$OUT/ruler.json" --plot "$OUT/img-ruler"
 echo "== summary (timings in $OUT/timings.json)"
