@@ -704,7 +704,8 @@ def wall_clock_section():
     e = None if b else load("eagle-accept-smollm2-h200.json")  # the bench's rows supersede the eager acceptance run
     if not d and not e and not b:
         return ""
-    parts = ["## Decode as a user feels it: wall clock per request, and the EAGLE draft's acceptance\n"]
+    parts = ["## Decode as a user feels it: wall clock per request, "
+             + ("plain vs Medusa vs EAGLE\n" if b else "and the EAGLE draft's acceptance\n")]
     if d:
         parts.append("Request start to last token (prefill, set-up and graph capture included) beside decode-only tokens/s; "
                      f"{d['prompts']} held-out prompts x {d['max_new_tokens']} tokens, batch 1, after the engine redesign "
@@ -746,7 +747,7 @@ def eagle_bench_part(b: dict) -> str:
                          decode_x=1.0 if plain else r.get("speedup_vs_plain"),
                          tps=r.get("mean_accept", 1.0), cost=1.0 if plain else r.get("step_cost"),
                          same="reference" if plain else r.get("identical")))
-    out = [f"### Plain vs Medusa vs EAGLE, every step captured ({b['mode']} mode, {b['device_name']})\n",
+    out = [f"### Plain vs Medusa vs EAGLE, every step captured ({b.get('mode', '?')} mode, {b.get('device_name', '?')})\n",
            f"{b['model']}, {b['prompts']} held-out prompts × {b['max_new_tokens']} new tokens, batch 1, greedy; each "
            "engine's step captured once (one warm-up request) and reused. **wall × plain** (request start to last "
            "token, prefill and set-up included) is the governing figure; decode × plain leaves the per-request work "
