@@ -380,6 +380,51 @@ Perplexity of the last half of a {d['perplexity']['length']}-token held-out text
             + "\n![needle dense](img/needle-dense.png) ![needle sparse](img/needle-sparse.png) ![accepted](img/medusa-accepted.png)\n")
 
 
+# `accel bench prefill --json` runs of real long-context models (schema: bench/prefill.py)
+LONG_PREFILL = (("prefill-qwen2.5-coder-0.5b-h200.json", "Qwen2.5-Coder-0.5B-Instruct (real weights, 32K context), its searched pack"),)
+
+
+def break_even(rows: list[dict]):
+    """The shortest measured length from which sparse beats dense there and at every longer measured
+    length (the rule scripts/gpu/qwen_longctx.py records in the pack as sparse_min_len); None: never."""
+    best = None
+    for r in sorted(rows, key=lambda r: r["length"], reverse=True):
+        if r["speedup"] <= 1.0:
+            break
+        best = r["length"]
+    return best
+
+
+def long_prefill_section():
+    parts = []
+    for name, title in LONG_PREFILL:
+        d = load(name)
+        if not d or not d.get("rows"):
+            continue
+        rows = sorted(d["rows"], key=lambda r: r["length"])
+        cols = [("prompt tokens", "length"), ("dense ms", "dense_ms"), ("sparse ms", "sparse_ms"),
+                ("sparse × dense", lambda r: f"{r['speedup']:.2f}×")]
+        if any(r.get("exact_ms") is not None for r in rows):
+            cols.insert(2, ("invariant (exact) ms", "exact_ms"))
+        cols += [("predicted work", "predicted_work"), ("index ms (all layers)", "index_ms"), ("index share", "index_share")]
+        n = break_even(rows)
+        # the break-even rule of `scripts/gpu/qwen_longctx.py threshold`, which writes it into the pack
+        verdict = (f"Sparse prefill beats dense from {n} tokens on (at every measured length from there): the "
+                   f"break-even recorded in the pack is `sparse_min_len = {n}`, the length from which the runtime "
+                   "prefills sparse."
+                   if n is not None else
+                   f"Sparse prefill beats dense at no measured length up to {rows[-1]['length']} tokens: the pack's "
+                   "`sparse_min_len` is set above the context, so the runtime keeps dense prefill for this model.")
+        parts.append(f"### {title}\n\n" + table(rows, cols) + f"\n\n{verdict}\n\n" + env_line(name, d.get("env")) + "\n")
+    if not parts:
+        return ""
+    return ("## Long-context prefill on a real model: time to first token, dense vs sparse\n\n"
+            "The compact engine's whole prefill of one prompt of real text (all layers, MLPs included), dense = SDPA "
+            "(cuDNN) vs the pack's per-head sparse patterns; `predicted work` = the cost model's share of dense "
+            "attention work; the index is estimated online per layer (its time is inside sparse ms).\n\n"
+            + "\n".join(parts))
+
+
 def ruler_section():
     """Per model: the RULER-style suite's per-task table from every results/ruler-*.json of that model
     (runs split by length are merged), the sparse work kept, and natural-text perplexity."""
@@ -395,7 +440,10 @@ def ruler_section():
              "dense and sparse in one run.\n"]
     for model, files in runs.items():
         rows = [r for _, d in files for r in d["rows"]]
-        avgs = {a["length"]: a for _, d in files for a in d["averages"]}
+        avgs = {a["length"]: a for _, d in files for a in d.get("averages", [])}
+        for n in {r["length"] for r in rows} - set(avgs):  # a partial file (a run cut short) has rows only
+            at = [r for r in rows if r["length"] == n]
+            avgs[n] = {"dense": sum(r["dense"] for r in at) / len(at), "sparse": sum(r["sparse"] for r in at) / len(at)}
         lens = sorted({r["length"] for r in rows})
         tasks = list(dict.fromkeys(r["task"] for r in rows))
         cell = {(r["task"], r["length"]): r for r in rows}
@@ -413,8 +461,12 @@ def ruler_section():
                                  heads=sum(r["sparse_head_share"] for r in at) / len(at),
                                  same=sum(r["identical_answers"] for r in at) / len(at)))
         ppl = sorted((p for _, d in files for p in d.get("perplexity", [])), key=lambda p: p["length"])
-        samples = sorted({d["samples"] for _, d in files})
-        out = f"### {model} ({', '.join(map(str, samples))} cases per task and length)\n\n" + "\n".join(lines) + "\n\n"
+        # a run with a time budget (--seconds) may run fewer cases than asked: each row says how many
+        samples = sorted({r.get("samples", d.get("samples")) for _, d in files for r in d["rows"]} - {None})
+        cases = (f"{samples[0]}" if len(samples) == 1 else f"{samples[0]}-{samples[-1]}") if samples else "?"
+        partial = any(d.get("partial") for _, d in files)
+        out = (f"### {model} ({cases} cases per task and length{'; a partial run: the rows that finished' if partial else ''})\n\n"
+               + "\n".join(lines) + "\n\n")
         out += table(work, [("prompt tokens", "length"), ("density (kept work)", "density"),
                             ("share of heads run sparse", "heads"), ("identical answers", "same")]) + "\n\n"
         if ppl:
@@ -426,54 +478,234 @@ def ruler_section():
     return "\n".join(parts)
 
 
-def sparse_speed_section():
-    d = load("sparse-speed-h200.json")
+def _layer_bytes(spec: dict, qkv_in: int) -> int:
+    """Weight elements of one decoder layer of a synthetic spec (q/k/v read ``qkv_in`` features)."""
+    H, I, D = spec["hidden_size"], spec["intermediate_size"], spec["head_dim"]
+    q, kv = spec["num_attention_heads"] * D, spec["num_key_value_heads"] * D
+    return qkv_in * (q + 2 * kv) + q * H + 3 * H * I
+
+
+def lm_head_note(d: dict) -> str:
+    """What dominates an EAGLE draft step, said only when the JSON's own timings bound it.
+
+    The plain step runs every base layer (and the lm_head) once, so one base layer costs at most
+    plain_step / layers; the draft's layer reads 2H-wide q/k/v (EAGLE-3 reads [embedding, hidden]),
+    so it costs at most that times its weight ratio to a base layer. What a draft step spends beyond
+    that is its lm_head over the full vocabulary and the top-k. Returns "" when that share is under
+    half the draft step or the shape is unknown."""
+    try:
+        from accel.bench.synthetic import SYNTHETIC
+    except Exception:
+        return ""
+    name = str(d.get("model", "")).removeprefix("synthetic:").split(" ")[0]
+    spec, rows = SYNTHETIC.get(name), d.get("eagle") or []
+    if not spec or not rows or "(" in str(d.get("model")):  # unknown shape, or a layer-count override
+        return ""
+    L, H, V = spec["num_hidden_layers"], spec["hidden_size"], spec["vocab_size"]
+    ratio = _layer_bytes(spec, 2 * H) / _layer_bytes(spec, H)
+    layer_max = d["plain_step_ms"] / L * ratio
+    e = rows[0]
+    rest = e["draft_step_ms"] - layer_max
+    if rest < 0.5 * e["draft_step_ms"]:
+        return ""
+    gb = lambda n: n * 2 / 1e9  # bf16 bytes  # noqa: E731
+    return (f"An EAGLE draft step ({e['draft_step_ms']:.2f} ms, {e['draft_step_ms'] / e['verify_ms'] * 100:.0f} % of a "
+            f"{e['verify_ms']:.2f} ms verify) runs one decoder layer, which costs at most {layer_max:.2f} ms here (a plain "
+            f"step runs {L} base layers in {d['plain_step_ms']:.2f} ms; the draft layer reads {ratio:.2f}x a base layer's "
+            f"weights); so at least {rest:.2f} ms ({rest / e['draft_step_ms'] * 100:.0f} %) of each draft step is the "
+            f"lm_head over the {V:,}-token vocabulary and its top-k ({gb(V * H):.2f} GB of weights per step against "
+            f"{gb(_layer_bytes(spec, 2 * H)):.2f} GB for the layer). So the EAGLE draft at this shape is dominated by its "
+            f"lm_head, paid {e['depth']} times a step ({e['draft_ms']:.2f} ms in all), where Medusa's whole proposal adds "
+            f"{d['medusa']['step_ms'] - d['medusa']['verify_ms']:.2f} ms: a smaller draft vocabulary (EAGLE-3's "
+            "reduced-vocabulary head) is where its step cost would come down.")
+
+
+def step_cost_section():
+    name = "step-cost-llama3-8b-h200.json"
+    d = load(name)
     if not d:
         return ""
-    rows = []
-    for r in d["kernels"]:
-        b = r["best"]
-        rows.append(dict(shape="{}q/{}kv d={}".format(*r["shape"][1:]), N=r["n"], cudnn=r["dense_cudnn_ms"],
-                         ours=b["total_ms"], kernel=b["kernel_ms"], index=b["index_ms"], idx=r.get("index_share"),
-                         density=b["density"], pad=r.get("padding_share"), x=r["speedup_vs_cudnn"],
-                         eff=r["kernel_eff_vs_cudnn"], flex=r.get("flex_ms"), flexx=r.get("flex_exact_ms"),
-                         xflexx=r.get("speedup_vs_flex_exact"),
-                         cfg="{block_m}x{block_n} w{num_warps} s{num_stages}".format(**b)))
-    new = [dict(shape="{}q/{}kv d={}".format(*x["shape"][1:]), layer=x["patterns"] + (f" (dense heads: {x['dense_backend']} first)" if x.get("dense_backend") else ""), N=x["n"], added=x["added_ms"],
-                binaries=sum(x["new_binaries"].values())) for x in d["new_lengths"] if not x.get("warmup")]
-    g = d.get("graph", {})
-    graph = "; ".join(f"{k}: captured {v.get('captured')}, replay == eager {v.get('replay_equals_eager')}, "
-                      f"replay {v.get('replay_ms', float('nan')):.2f} ms vs eager {v.get('eager_ms', float('nan')):.2f} ms"
-                      for k, v in g.items())
-    return f"""## Sparse prefill after issue 12's first changes (fused estimation, no compile per length, d=64 tiles)
+    accepts = d["accepts"]
+    m = d["medusa"]
+    rows = [dict(drafter=f"Medusa, {m['heads']} heads, {m['tree_tokens']}-token tree", verify=m["verify_ms"],
+                 draft=m["step_ms"] - m["verify_ms"], **m)]
+    rows += [dict(drafter=f"EAGLE top-k {e['top_k']}, depth {e['depth']}, {e['nodes']} nodes", verify=e["verify_ms"],
+                  draft=e["draft_ms"], **e) for e in d.get("eagle", [])]
+    for r in rows:
+        for a in accepts:
+            r[f"x{a}"] = f"{r['speedup_at'][str(a)]:.2f}x"
+    target = d.get("target", 2.5)
+    cols = [("drafter", "drafter"), ("verify ms", "verify"), ("draft ms", "draft"), ("step ms", "step_ms"),
+            ("step / plain", lambda r: f"{r['step_over_plain']:.2f}")]
+    cols += [(f"× plain at {a} tok/step", f"x{a}") for a in accepts]
+    cols += [(f"tok/step for {target}×", lambda r: f"{r['accept_for_target']:.2f}")]
+    best = min(rows, key=lambda r: r["accept_for_target"])
+    small = load("decode-smollm2-exact.json")
+    acc = next((r["mean_accepted"] for r in (small or {}).get("rows", []) if r["engine"].startswith("medusa")), None)
+    measured = (f"; SmolLM2's shipped Medusa heads accept {acc:.2f} (`results/decode-smollm2-exact.json`), which "
+                f"would give {acc / m['step_over_plain']:.2f}× at this shape's Medusa step cost") if acc else ""
+    out = f"""## Speculative decoding at the 8B shape: step cost and projected speed-up
 
-One layer, vertical-slash v=1000 / s=6096 (scaled by the kernel bench for 14/2 heads), bf16, B=1, same run.
-"ours" = index (fused estimation + sync-free conversion) + kernel; "eff" = kernel TFLOP/s over computed tiles ÷
-cuDNN's; "pad" = computed ÷ kept-pair FLOPs; "Flex" = FlexAttention on our blocks only (less work than ours);
-"Flex exact" = FlexAttention with a BlockMask over our tiles and a `mask_mod` keeping exactly our keys.
+One plain decode step vs one speculative step (verify of the tree's tokens + acceptance + the drafter's own
+proposal), each captured as the engine runs it, on a {d['model']} model (random weights: timings depend on
+shapes only), {d['mode']} mode, batch 1, {d['context']} tokens in the cache. Plain step: {d['plain_step_ms']:.2f} ms.
+The speed-up at a given acceptance is `accepted tokens per step / (step / plain)`; the EAGLE draft steps are
+timed one by one without EAGLE-2's tree selection between them, so its step is a lower bound
+(`bench/step_cost.py`).
 
-{table(rows, [("shape", "shape"), ("N", "N"), ("cuDNN", "cudnn"), ("ours", "ours"), ("kernel", "kernel"), ("index", "index"),
-              ("index share", "idx"), ("density", "density"), ("pad", "pad"), ("× cuDNN", "x"), ("eff", "eff"),
-              ("Flex blocks", "flex"), ("Flex exact", "flexx"), ("× Flex exact", "xflexx"), ("config", "cfg")])}
+{table(rows, cols)}
 
-A new prompt length in a running process (after one warm-up length): milliseconds added before the first
-token by the sparse path, and new Triton binaries compiled. A mixed layer's dense heads run FlashAttention
-first by default; the "cudnn first" rows (the old behaviour) show the per-length plan cuDNN builds.
-
-{table(new, [("shape", "shape"), ("layer", "layer"), ("N", "N"), ("added ms", "added"), ("new binaries", "binaries")])}
-
-CUDA-graph capture of the index path: {graph}.
-
-{env_line("sparse-speed-h200.json", d.get("env"))}
+A {target}× speed-up needs at least {best['accept_for_target']:.2f} accepted tokens per step ({best['drafter']}){measured}.
 """
+    note = lm_head_note(d)
+    if note:
+        out += "\n" + note + "\n"
+    return out + "\n" + env_line(name, d.get("env")) + "\n"
+
+
+# The newest run of scripts/gpu_sparse_speed.py first: the page shows one (the latest present).
+SPARSE_SPEED = (("sparse-speed-h200-run3.json", "issue 12: index path profiled step by step, kernel configs swept"),
+                ("sparse-speed-h200.json", "after issue 12's first changes (fused estimation, no compile per length, d=64 tiles)"))
+
+
+def _shape(s) -> str:
+    return "{}q/{}kv d={}".format(*s[1:])
+
+
+def _graph_line(g: dict) -> str:
+    if "error" in g or "captured" in g:  # the script's record of a failed capture
+        return f"captured {g.get('captured')}: {g.get('error', '')}"
+    return "; ".join(f"{k}: captured {v.get('captured')}, replay == eager {v.get('replay_equals_eager')}, "
+                     f"replay {v.get('replay_ms', float('nan')):.2f} ms vs eager {v.get('eager_ms', float('nan')):.2f} ms"
+                     for k, v in g.items() if isinstance(v, dict))
+
+
+def _index_profile_table(profile: list) -> str:
+    rows = []
+    for r in profile:
+        if "error" in r:
+            rows.append(dict(shape=_shape(r["shape"]), N=r["n"], same=f"failed: {r['error'][:80]}"))
+            continue
+        ns, os_ = r["new_steps_ms"], r["old_steps_ms"]
+        knobs = {k: v for k, v in (r.get("scores_knobs_ms") or {}).items() if isinstance(v, float)}
+        kb = min(knobs, key=knobs.get) if knobs else None
+        rows.append(dict(shape=_shape(r["shape"]), N=r["n"], ne=ns["total"], ng=r.get("new_graph_ms"), oe=os_["total"],
+                         og=r.get("old_graph_ms"),
+                         xe=os_["total"] / ns["total"] if ns.get("total") else None,
+                         xg=r["old_graph_ms"] / r["new_graph_ms"] if r.get("new_graph_ms") and r.get("old_graph_ms") else None,
+                         scores=sum(v for k, v in ns.items() if k.startswith("scores_")),
+                         topk=ns.get("topk_unsorted"), conv=sum(v for k, v in ns.items() if k.startswith("convert_")),
+                         same=r.get("new_equals_old_index"), knob=f"{kb} {knobs[kb]:.3f}" if kb else None))
+    return table(rows, [("shape", "shape"), ("N", "N"), ("new eager", "ne"), ("new graph", "ng"), ("old eager", "oe"),
+                        ("old graph", "og"), ("× eager", "xe"), ("× graph", "xg"), ("new: scores", "scores"),
+                        ("new: top-k", "topk"), ("new: conversion", "conv"), ("same index", "same"),
+                        ("fastest scores knob (ms)", "knob")])
+
+
+def _sweep_part(d: dict) -> str:
+    sweeps = d.get("sweep") or []
+    if not sweeps:
+        return ""
+    if not any("kernel_ms" in r for sw in sweeps for r in sw.get("rows", [])):
+        return ("Kernel config sweep: no config ran (the run's time budget was spent before the sweep; "
+                "`--budget-s` sets it).\n")
+    rows = []
+    for sw in sweeps:
+        ok = sorted((r for r in sw.get("rows", []) if "kernel_ms" in r), key=lambda r: r["kernel_ms"])
+        failed = sum("error" in r for r in sw.get("rows", []))
+        if not ok:
+            rows.append(dict(shape=_shape(sw["shape"]), N=sw["n"], ran=0, failed=failed,
+                             skipped=sw.get("skipped"), cfg="none ran"))
+            continue
+        b = ok[0]
+        cfg = f"{b['block_m']}x{b['block_n']} w{b['num_warps']} s{b['num_stages']}"
+        cfg += (f" loop-stages {b['loop_stages']}" if b.get("loop_stages") is not None else "") + (" warp-specialized" if b.get("warp_specialize") else "")
+        rows.append(dict(shape=_shape(sw["shape"]), N=sw["n"], cudnn=sw.get("cudnn_ms"), ms=b["kernel_ms"], eff=b.get("eff"),
+                         cfg=cfg, ran=len(ok), failed=failed, skipped=sw.get("skipped")))
+    out = ("Kernel config sweep (vertical-slash 1000/6096; tiles × warps × stages, then Hopper loop options on the "
+           "best; stopped by the run's time budget): the fastest config per shape and length.\n\n"
+           + table(rows, [("shape", "shape"), ("N", "N"), ("cuDNN ms", "cudnn"), ("best config", "cfg"), ("kernel ms", "ms"),
+                          ("eff", "eff"), ("configs ran", "ran"), ("failed", "failed"), ("skipped (budget)", "skipped")]))
+    sug = d.get("suggested_kernel_configs") or {}
+    if sug:
+        out += ("\n\n`KERNEL_CONFIGS` rows the sweep suggests (best mean eff over the swept lengths), "
+                "(head_dim, BLOCK_M, BLOCK_N): (num_warps, num_stages): "
+                + "; ".join(f"({k}): ({v[0]}, {v[1]}) eff {v[2]:.3f}" for k, v in sorted(sug.items())) + ".")
+    return out + "\n"
+
+
+def sparse_speed_section():
+    name, title = next(((n, t) for n, t in SPARSE_SPEED if (R / n).exists()), (None, None))
+    d = load(name) if name else None
+    if not d:
+        return ""
+    parts = [f"## Sparse prefill speed, one layer: {title}\n",
+             "Vertical-slash v=1000 / s=6096 (scaled by the kernel bench for 14/2 heads), bf16, B=1, one run. "
+             "\"ours\" = index (fused estimation + sync-free conversion) + kernel; \"index share\" = index ÷ ours; "
+             "\"eff\" = kernel TFLOP/s over computed tiles ÷ cuDNN's; \"pad\" = computed ÷ kept-pair FLOPs; "
+             "\"Flex blocks\" = FlexAttention on our blocks only (less work than ours); \"Flex exact\" = FlexAttention "
+             "with a BlockMask over our tiles and a `mask_mod` keeping exactly our keys. Times in ms.\n"]
+    by_shape: dict[str, list] = {}
+    for r in d.get("kernels", []):
+        b = r["best"]
+        by_shape.setdefault(_shape(r["shape"]), []).append(dict(
+            N=r["n"], cudnn=r["dense_cudnn_ms"], ours=b["total_ms"], kernel=b["kernel_ms"], index=b["index_ms"],
+            idx=r.get("index_share", b["index_ms"] / b["total_ms"]), density=b["density"], pad=r.get("padding_share"),
+            x=r["speedup_vs_cudnn"], eff=r["kernel_eff_vs_cudnn"], flex=r.get("flex_ms"), flexx=r.get("flex_exact_ms"),
+            xflexx=r.get("speedup_vs_flex_exact"), cfg="{block_m}x{block_n} w{num_warps} s{num_stages}".format(**b)))
+    for shape, rows in by_shape.items():
+        parts.append(f"### {shape}\n")
+        parts.append(table(rows, [("N", "N"), ("cuDNN", "cudnn"), ("ours", "ours"), ("kernel", "kernel"), ("index", "index"),
+                                  ("index share", "idx"), ("density", "density"), ("pad", "pad"), ("× cuDNN", "x"), ("eff", "eff"),
+                                  ("Flex blocks", "flex"), ("Flex exact", "flexx"), ("× Flex exact", "xflexx"), ("config", "cfg")]) + "\n")
+    prev = next((load(n) for n, _ in SPARSE_SPEED if n != name and (R / n).exists()), None)
+    if prev and prev is not d:
+        pairs = []
+        for r in d.get("kernels", []):
+            o = next((x for x in prev.get("kernels", []) if x["shape"] == r["shape"] and x["n"] == r["n"]), None)
+            if o:
+                pairs.append(f"{_shape(r['shape'])} N={r['n']}: index {o['best']['index_ms']:.2f} → {r['best']['index_ms']:.2f} ms, "
+                             f"ours {o['best']['total_ms']:.2f} → {r['best']['total_ms']:.2f} ms")
+        if pairs:
+            prev_name = next(n for n, _ in SPARSE_SPEED if n != name and (R / n).exists())
+            parts.append(f"Against the previous run ([`results/{prev_name}`](../results/{prev_name})): " + "; ".join(pairs) + ".\n")
+    if d.get("index_profile"):
+        parts.append("### Index estimation: new path vs the pre-issue-12 one\n\n"
+                     "Milliseconds to build one layer's vertical-slash index (8B shape at 32K/128K, 14/2 d=64 at 16K/31K): "
+                     "eager = the sum of its steps timed with CUDA events, graph = one CUDA-graph replay of the whole path "
+                     "(launch gaps gone); × = old ÷ new; the new path's eager time split into scores (stats, sums, "
+                     "diagonal combine), top-k and the conversion to block lists; same index = new == old.\n")
+        parts.append(_index_profile_table(d["index_profile"]) + "\n")
+    sweep = _sweep_part(d)
+    if sweep:
+        parts.append(sweep)
+    new = [dict(shape=_shape(x["shape"]), layer=x["patterns"] + (f" (dense heads: {x['dense_backend']} first)" if x.get("dense_backend") else ""),
+                N=x["n"], added=x["added_ms"], binaries=sum(x["new_binaries"].values()))
+           for x in d.get("new_lengths", []) if not x.get("warmup")]
+    if new:
+        parts.append("A new prompt length in a running process (after one warm-up length): milliseconds added before "
+                     "the first token by the sparse path, and new Triton binaries compiled. A mixed layer's dense heads "
+                     "run FlashAttention first by default; \"cudnn first\" rows (the old behaviour) show the per-length "
+                     "plan cuDNN builds.\n")
+        parts.append(table(new, [("shape", "shape"), ("layer", "layer"), ("N", "N"), ("added ms", "added"),
+                                 ("new binaries", "binaries")]) + "\n")
+    if d.get("graph"):
+        parts.append(f"CUDA-graph capture of the index path + kernel: {_graph_line(d['graph'])}.\n")
+    # the script writes device/torch/triton at the top level; an `env` block (added at commit) wins
+    env = {"command": "python scripts/gpu_sparse_speed.py", **{k: d[k] for k in ("device", "torch", "triton") if k in d},
+           **(d.get("env") or {})}
+    parts.append(env_line(name, env) + "\n")
+    return "\n".join(parts)
 
 
 def wall_clock_section():
     d = load("decode-smollm2-wall.json")
-    e = load("eagle-accept-smollm2-h200.json")
-    if not d and not e:
+    b = load(EAGLE_BENCH)
+    e = None if b else load("eagle-accept-smollm2-h200.json")  # the bench's rows supersede the eager acceptance run
+    if not d and not e and not b:
         return ""
-    parts = ["## Decode as a user feels it: wall clock per request, and the EAGLE draft's acceptance\n"]
+    parts = ["## Decode as a user feels it: wall clock per request, "
+             + ("plain vs Medusa vs EAGLE\n" if b else "and the EAGLE draft's acceptance\n")]
     if d:
         parts.append("Request start to last token (prefill, set-up and graph capture included) beside decode-only tokens/s; "
                      f"{d['prompts']} held-out prompts x {d['max_new_tokens']} tokens, batch 1, after the engine redesign "
@@ -498,22 +730,65 @@ def wall_clock_section():
             parts.append(f"\nHeld-out per-step acceptance of the draft chain: {m['eval_accept']} (Medusa's shipped heads: "
                          "1.99 tokens/step in the same conditions).\n")
         parts.append(env_line("eagle-accept-smollm2-h200.json", e.get("environment")) + "\n")
+    if b:
+        parts.append(eagle_bench_part(b))
     return "\n".join(parts)
 
 
-def main():
+EAGLE_BENCH = "eagle-bench-smollm2-h200.json"
+
+
+def eagle_bench_part(b: dict) -> str:
+    """Plain vs Medusa vs EAGLE trees from `python -m accel.bench.eagle --json` (schema: bench/eagle.py)."""
+    rows = []
+    for r in b["rows"]:
+        plain = r["engine"].startswith("plain")
+        rows.append(dict(r, wall_x=1.0 if plain else r.get("wall_speedup_vs_plain"),
+                         decode_x=1.0 if plain else r.get("speedup_vs_plain"),
+                         tps=r.get("mean_accept", 1.0), cost=1.0 if plain else r.get("step_cost"),
+                         same="reference" if plain else r.get("identical")))
+    out = [f"### Plain vs Medusa vs EAGLE, every step captured ({b.get('mode', '?')} mode, {b.get('device_name', '?')})\n",
+           f"{b['model']}, {b['prompts']} held-out prompts × {b['max_new_tokens']} new tokens, batch 1, greedy; each "
+           "engine's step captured once (one warm-up request) and reused. **wall × plain** (request start to last "
+           "token, prefill and set-up included) is the governing figure; decode × plain leaves the per-request work "
+           "out. Step cost = decode time per step over plain's: what tokens/step must beat. Medusa: "
+           f"`{b.get('medusa')}`; EAGLE: `{b.get('eagle')}`.\n",
+           table(rows, [("engine", "engine"), ("decode-only tok/s", "tokens_per_s"), ("wall tok/s", "wall_tokens_per_s"),
+                        ("**wall × plain**", "wall_x"), ("decode × plain", "decode_x"), ("tokens/step", "tps"),
+                        ("step cost (plain steps)", "cost"), ("first capture s", "first_capture_s"),
+                        ("identical to plain", "same")])]
+    spec = [r for r in rows if not r["engine"].startswith("plain") and r.get("wall_x") is not None]
+    if spec:
+        w = max(spec, key=lambda r: r["wall_x"])
+        out.append(f"\nFastest from request start: {w['engine']}, {w['wall_x']:.2f}× plain "
+                   f"({w['tps']:.2f} tokens/step at {w['cost']:.2f} plain steps each).")
+    for err in b.get("errors") or []:
+        out.append(f"\n{err['engine']}: failed ({err['error']}).")
+    m = b.get("draft_metrics") or {}
+    if m.get("eval_accept"):
+        out.append(f"\nHeld-out per-step acceptance of the EAGLE draft chain at training: {m['eval_accept']}.")
+    out.append("\n" + env_line(EAGLE_BENCH, b.get("environment")) + "\n")
+    return "\n".join(out)
+
+
+def render() -> str:
+    """The whole page, from whatever results/*.json exist (a section whose file is absent is left out)."""
     IMG.mkdir(parents=True, exist_ok=True)
     head = """# Results
 
 Every figure here comes from a committed JSON file under `results/` (named under each table, with its
 device, date and command) and is regenerated by `python scripts/results_page.py`. **Real weights**:
-SmolLM2-135M-Instruct (the default model). **Random weights of real shapes**: the Llama-3-8B-shaped
+SmolLM2-135M-Instruct (the default model) and, where named, Qwen2.5-Coder-0.5B-Instruct. **Random weights of real shapes**: the Llama-3-8B-shaped
 model — its timings are real, its acceptance/quality figures are meaningless and not given. GPU runs
 were on one NVIDIA H200 (the device tool's machine); none on an H100.
 """
-    body = [head, wall_clock_section(), sparse_speed_section(), kernels_section(), prefill_section(), exact_section(), decode_section(), acceptance_section(), training_section(), multigpu_section(), cpu_tree_section(),
-            search_section(), quality_section(), ruler_section()]
-    (ROOT / "docs" / "results.md").write_text("\n".join(b for b in body if b))
+    body = [head, wall_clock_section(), step_cost_section(), sparse_speed_section(), kernels_section(), prefill_section(), exact_section(), decode_section(), acceptance_section(), training_section(), multigpu_section(), cpu_tree_section(),
+            search_section(), quality_section(), long_prefill_section(), ruler_section()]
+    return "\n".join(b for b in body if b)
+
+
+def main():
+    (ROOT / "docs" / "results.md").write_text(render())
     print("wrote docs/results.md")
 
 
