@@ -74,6 +74,31 @@ def num_candidates(top_k: int, depth: int) -> int:
     return 1 + top_k + (depth - 1) * top_k * top_k
 
 
+_CONSTS: dict = {}
+
+
+def _const(kind: str, n: int, device, k: int = 0) -> torch.Tensor:
+    """Small index constants, built once per (kind, size, device) and then only read: inside a captured
+    step each rebuilt ``arange``/``full`` would be one more launch per step."""
+    key = (kind, n, k, str(device))
+    t = _CONSTS.get(key)
+    if t is None:
+        z = dict(dtype=torch.long, device=device)
+        if kind == "arange":
+            t = torch.arange(n, **z)
+        elif kind == "zeros":
+            t = torch.zeros(n, **z)
+        elif kind == "depths":  # candidate depths of a (top_k = k, depth = n) growth: 0, 1 x k, d x k*k
+            t = torch.cat([torch.zeros(1, **z), torch.ones(k, **z)] +
+                          [torch.full((k * k,), d + 1, **z) for d in range(1, n)])
+        elif kind == "parents1":  # parents of the root and the depth-1 candidates
+            t = torch.cat([torch.full((1,), -1, **z), torch.zeros(k, **z)])
+        else:
+            raise KeyError(kind)
+        _CONSTS[key] = t
+    return t
+
+
 def select_tree(cand_tokens: torch.Tensor, cand_scores: torch.Tensor, cand_parents: torch.Tensor,
                 cand_depth: torch.Tensor, num_nodes: int, max_depth: int | None = None) -> DynamicTree:
     """Candidates in depth-major order (0 = root, parents before children; ``cand_parents`` index the
@@ -85,28 +110,30 @@ def select_tree(cand_tokens: torch.Tensor, cand_scores: torch.Tensor, cand_paren
     N = min(num_nodes, M - 1)
     dev = cand_tokens.device
     D = max_depth if max_depth is not None else (int(cand_depth.max()) if M > 1 else 0)
-    # stable sort on -score over depth-major order: ties keep the shallower (parent) first
-    order = torch.sort(-cand_scores[1:].double(), stable=True).indices[:N] + 1  # (N,) candidate ids
+    # stable descending sort over depth-major order: ties keep the shallower (parent) first
+    order = torch.sort(cand_scores[1:], descending=True, stable=True).indices[:N] + 1  # (N,) candidate ids
     keep = torch.sort(order).values  # depth-major again: parents precede children
-    cand_index = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), keep])  # (N+1,)
-    node_of = torch.full((M,), -1, dtype=torch.long, device=dev)
-    node_of[cand_index] = torch.arange(N + 1, device=dev)
-    parents = torch.where(cand_index == 0, -1, node_of[cand_parents[cand_index].clamp(min=0)])  # (N+1,)
+    cand_index = torch.cat([cand_tokens.new_zeros(1), keep])  # (N+1,)
+    ar = _const("arange", N + 1, dev)
+    node_of = torch.zeros(M, dtype=torch.long, device=dev).index_put_((cand_index,), ar)  # root -> 0
+    # parent node of each node, the root its own (so walking up past the top stays at the root)
+    up1 = node_of[cand_parents[cand_index].clamp(min=0)]  # (N+1,)
+    is_root = cand_index == 0
+    parents = torch.where(is_root, -1, up1)
     depth = cand_depth[cand_index]
     # chain[u, i]: node i's u-th ancestor (the root past the top); column c of a node's ancestors is
     # its (depth - c)-th ancestor: a gather, static in shape (no boolean indexing)
-    up = [torch.arange(N + 1, device=dev)]
+    up = [ar]
     for _ in range(D):
-        par = parents[up[-1]]
-        up.append(torch.where(par >= 0, par, 0))
+        up.append(up1[up[-1]])
     chain = torch.stack(up)  # (D+1, N+1)
-    cols = torch.arange(D + 1, device=dev)
+    cols = _const("arange", D + 1, dev)
     valid = cols[None, :] <= depth[:, None]  # (N+1, D+1)
     dist = (depth[:, None] - cols[None, :]).clamp(min=0)  # (N+1, D+1) steps up to column c
     anc = torch.where(valid, chain.gather(0, dist.T).T, 0)  # (N+1, D+1), padded with the root
     # padding points at the root, itself an ancestor of every node: scattering True there is harmless
     mask = torch.zeros(N + 1, N + 1, dtype=torch.bool, device=dev).scatter_(1, anc, True)
-    scores = torch.where(cand_index == 0, torch.zeros_like(cand_scores[cand_index]), cand_scores[cand_index])
+    scores = torch.where(is_root, 0.0, cand_scores[cand_index])
     return DynamicTree(tokens=cand_tokens[cand_index], parents=parents, depth=depth, mask=mask, ancestors=anc,
                        retrieve=anc, retrieve_valid=valid, scores=scores, cand_index=cand_index)
 
@@ -120,30 +147,33 @@ def grow_tree(root_token: torch.Tensor, first_logp: torch.Tensor, step: Callable
     ``tokens`` are the frontier's tokens and ``parent_rows`` index the previous frontier (depth d-1; for
     d = 1 all 0, the root's query) whose draft state each continues. It must remember its own per-row
     state (hidden, KV slots) between calls.
+    Per depth: one batched top-k over the k frontier rows, one over their k*k children; the candidate
+    lists are assembled once at the end (depths and the first parents are constants).
     """
     if top_k < 1 or depth < 1 or num_nodes < 1:
         raise ValueError(f"top_k, depth and num_nodes must be >= 1, got {top_k}, {depth}, {num_nodes}")
     dev = first_logp.device
     k = min(top_k, first_logp.shape[-1])
     top = first_logp.float().topk(k)
-    toks, scores = [root_token.reshape(1).long(), top.indices], [first_logp.new_zeros(1).float(), top.values]
-    parents = [torch.full((1,), -1, dtype=torch.long, device=dev), torch.zeros(k, dtype=torch.long, device=dev)]
-    depths = [torch.zeros(1, dtype=torch.long, device=dev), torch.ones(k, dtype=torch.long, device=dev)]
+    toks, scores, fronts = [root_token.reshape(1).long(), top.indices], [first_logp.new_zeros(1).float(), top.values], []
     front_tok, front_score = top.indices, top.values           # (k,) frontier at depth 1
-    front_cand = torch.arange(1, k + 1, device=dev)             # their candidate ids
-    front_parent_row = torch.zeros(k, dtype=torch.long, device=dev)
+    front_cand = _const("arange", k + 1, dev)[1:]              # their candidate ids
+    front_parent_row = _const("zeros", k, dev)                 # all continue the root's query
     offset = 1 + k
     for d in range(1, depth):
         logp = step(d, front_tok, front_parent_row).float()    # (k, V): children of each frontier node
         child = logp.topk(k, dim=-1)
-        cum = front_score[:, None] + child.values                # (k, k)
-        toks.append(child.indices.reshape(-1))
-        scores.append(cum.reshape(-1))
-        parents.append(front_cand[:, None].expand(k, k).reshape(-1))
-        depths.append(torch.full((k * k,), d + 1, dtype=torch.long, device=dev))
-        best = cum.reshape(-1).topk(k).indices                   # next frontier: best k of k*k
-        front_tok, front_score = child.indices.reshape(-1)[best], cum.reshape(-1)[best]
-        front_cand, front_parent_row = offset + best, best // k
+        cum = (front_score[:, None] + child.values).reshape(-1)  # (k*k,)
+        ctok = child.indices.reshape(-1)
+        toks.append(ctok)
+        scores.append(cum)
+        fronts.append(front_cand)
+        best = cum.topk(k).indices                               # next frontier: best k of k*k
+        front_tok, front_score = ctok[best], cum[best]
+        front_cand, front_parent_row = best + offset, best // k
         offset += k * k
-    return select_tree(torch.cat(toks), torch.cat(scores), torch.cat(parents), torch.cat(depths), num_nodes,
-                       max_depth=depth)
+    parents = [_const("parents1", 1, dev, k)]
+    if fronts:  # each frontier node is the parent of its k children, in order
+        parents.append(torch.stack(fronts)[:, :, None].expand(-1, -1, k).reshape(-1))
+    return select_tree(torch.cat(toks), torch.cat(scores), torch.cat(parents), _const("depths", depth, dev, k),
+                       num_nodes, max_depth=depth)
