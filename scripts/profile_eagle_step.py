@@ -19,6 +19,41 @@ import accel.runtime.speculative as spec
 import accel.runtime.verify as vf
 
 _STACK = ["other"]
+PARTS = ("verify", "accept", "advance", "catch_up", "draft_tree", "select")
+_NO_KERNEL = {"aten::detach", "aten::view", "aten::_unsafe_view", "aten::alias", "aten::t", "aten::transpose",
+              "aten::expand", "aten::permute", "aten::unsqueeze", "aten::squeeze", "aten::select", "aten::slice",
+              "aten::as_strided", "aten::reshape", "aten::split", "aten::chunk", "aten::empty", "aten::empty_like",
+              "aten::empty_strided", "aten::to", "aten::lift_fresh", "aten::contiguous", "aten::flatten",
+              "aten::resize_", "aten::result_type", "aten::is_nonzero", "aten::unbind", "aten::matmul",
+              "aten::linear", "aten::dropout", "aten::_has_compatible_shallow_copy_type", "aten::expand_as",
+              "aten::view_as", "aten::scalar_tensor", "aten::_reshape_alias", "aten::narrow"}
+
+
+def launches(prof):
+    """Top-level aten ops that do work (a launch on CUDA), per part: a composite op (rms_norm, sdpa,
+    log_softmax) counts once, a view or a no-op cast not at all. -> Counter part -> n, Counter (part, op)."""
+    per, ops = collections.Counter(), collections.Counter()
+    seq = launches.seq = []
+
+    def works(e):
+        return e.name not in _NO_KERNEL or any(works(c) for c in e.cpu_children)
+
+    for e in prof.events():
+        if not e.name.startswith("aten::"):
+            continue
+        p, top = e.cpu_parent, True
+        while p is not None and top:
+            top = not p.name.startswith("aten::")
+            if p.name in PARTS:
+                break
+            p = p.cpu_parent
+        if not top or not works(e):
+            continue
+        part = p.name if p is not None and p.name in PARTS else "other"
+        per[part] += 1
+        ops[(part, e.name)] += 1
+        seq.append((part, e.name))
+    return per, ops
 
 
 class Count(TorchDispatchMode):
@@ -81,6 +116,10 @@ def build(args):
         dr = EagleDraft(EagleConfig.for_base(m, intermediate_size=96), m.tok_embeddings, m.output.weight)
         d = EagleDrafter(dr.init_weights(1, 0.3).eval().requires_grad_(False))
         prompt = [1, 5, 7, 9, 11, 13, 2, 4]
+    if args.dtype != "float32":
+        m = m.to(dtype=getattr(torch, args.dtype)) if hasattr(m, "to") else m
+        d.draft.to(dtype=getattr(torch, args.dtype))
+        d.draft.attach_base(m.tok_embeddings, m.output.weight)
     k, D, N = args.tree
     d = type(d)(d.draft, top_k=k, depth=D, num_nodes=N)
     return m, d, prompt
@@ -91,6 +130,8 @@ def main():
     ap.add_argument("--pack")
     ap.add_argument("--tree", default="8,5,48", type=lambda s: tuple(int(x) for x in s.split(",")))
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--sequence", default="", help="comma-separated parts whose launch-like ops to list in order")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 (bf16 shows the casts a GPU runs)")
     args = ap.parse_args()
     patch()
     m, d, prompt = build(args)
@@ -118,6 +159,13 @@ def main():
     print(f"{'part':12s} {'op':40s} count")
     for (part, op), n in sorted(cnt.ops.items(), key=lambda x: -x[1])[: args.top]:
         print(f"{part:12s} {op:40s} {n}")
+    per, ops = launches(prof)
+    print("launch-like ops per part (composites once, views/no-op casts not):", dict(per), "total", sum(per.values()),
+          "draft part", sum(v for k, v in per.items() if k in ("catch_up", "draft_tree", "select")))
+    for (part, op), n in sorted(ops.items(), key=lambda x: -x[1])[: args.top]:
+        print(f"{part:12s} {op:40s} {n}")
+    for part in filter(None, args.sequence.split(",")):
+        print(part, " ".join(o[6:] for p, o in launches.seq if p == part))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
 
 

@@ -278,7 +278,8 @@ class EagleDraft(nn.Module):
 
     def logits(self, h_out: torch.Tensor) -> torch.Tensor:
         """Pre-norm layer output (…, H) -> logits (…, V) through the base's lm_head."""
-        x = self.norm(h_out)
+        # without autograd (decoding) the norm skips its two casts: the same values, two launches fewer
+        x = self.norm(h_out) if torch.is_grad_enabled() else _norm(h_out, self.norm.weight, self.config.rms_norm_eps)
         return F.linear(x, _as(self.lm_head_weight, x))
 
     def forward(self, hidden, token_ids, positions, cache: DraftCache, write_slots, mask):
@@ -299,12 +300,13 @@ class EagleDraft(nn.Module):
     # -- the decoding path (no grad): the same layer in about half the kernels -----------------------
     def _fused(self, min_positions: int) -> SimpleNamespace:
         """Decode-time constants, built once per weights/device/dtype (host-side check, no device op):
-        q|k|v and gate|up weights concatenated (one matmul each), the two input norms' weights stacked
-        (one norm over [emb; h]), and RoPE cos/sin tables indexed by position (the same fp32 products
-        and cos/sin as ``rope``, so the same values)."""
+        q|k|v and gate|up weights concatenated (one matmul each) with the preceding norms' weights folded
+        in, and a RoPE cos/sin table indexed by position (the same fp32 products and cos/sin as ``rope``,
+        so the same values)."""
         m = self.midlayer
         ws = (m.self_attn.q_proj.weight, m.self_attn.k_proj.weight, m.self_attn.v_proj.weight,
-              m.mlp.gate_proj.weight, m.mlp.up_proj.weight, m.input_layernorm.weight, m.hidden_norm.weight)
+              m.mlp.gate_proj.weight, m.mlp.up_proj.weight, m.input_layernorm.weight, m.hidden_norm.weight,
+              m.post_attention_layernorm.weight)
         key = tuple((w.data_ptr(), w._version, w.dtype) for w in ws)
         f = getattr(self, "_fused_cache", None)
         if f is None or f.key != key or f.rope.shape[0] < min_positions:
@@ -312,8 +314,11 @@ class EagleDraft(nn.Module):
             dev = ws[0].device
             freqs = torch.arange(n, device=dev).float()[:, None] * self.inv_freq.to(dev)  # (n, D/2)
             emb = torch.cat((freqs, freqs), dim=-1)
-            f = SimpleNamespace(key=key, wqkv=torch.cat(ws[:3]), w13=torch.cat(ws[3:5]),
-                                wnorm=torch.stack(ws[5:7]),  # (2, H)
+            # a norm's weight scales the next matmul's input columns: folded into that matmul's weight
+            # (in fp32, rounded once), one launch fewer per norm
+            wn = torch.cat(ws[5:7]).float()  # (2H,) input_layernorm | hidden_norm
+            f = SimpleNamespace(key=key, wqkv=(torch.cat(ws[:3]).float() * wn).to(self.dtype),
+                                w13=(torch.cat(ws[3:5]).float() * ws[7].float()).to(self.dtype),
                                 # rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi] (negation is exact)
                                 rope=torch.stack([emb.cos(), torch.cat((-freqs.sin(), freqs.sin()), -1)], 1
                                                  ).to(self.dtype))  # (n, 2, D)
@@ -323,9 +328,12 @@ class EagleDraft(nn.Module):
     def _decode(self, hidden, token_ids, positions, cache: DraftCache, write_slots, mask):
         """``forward`` without autograd: the same math (same norms, RoPE values, attention, MLP) with
         fewer launches -- it runs inside the captured speculative step, where each launch costs a few
-        microseconds whatever its size: fused q|k|v and gate|up matmuls, one RMSNorm over the stacked
-        [embedding; features], RoPE on q and k at once from a table, GQA folded into the query axis
-        (SDPA with a mask and ``enable_gqa`` falls back to the unfused math path on CUDA)."""
+        microseconds whatever its size: fused q|k|v and gate|up matmuls with the norm weights folded in,
+        one RMSNorm over the stacked [embedding; features], RoPE on q and k at once from a table, GQA
+        folded into the query axis (SDPA with a mask and ``enable_gqa`` falls back to the unfused math
+        path on CUDA). ``mask`` (B, 1, T, S) or already folded (B, 1, G*T, S). Numerics: norms in fp32
+        as ``forward``; the folded weights round once (w * W) where ``forward`` rounds the normed
+        activation twice, so at least as accurate."""
         c, m = self.config, self.midlayer
         f = self._fused(cache.max_len)
         h = self.fuse(hidden) if hidden.shape[-1] == 3 * c.hidden_size else hidden.to(self.dtype)
@@ -333,8 +341,8 @@ class EagleDraft(nn.Module):
         Hq, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         emb = F.embedding(token_ids, self.embed_weight).to(h.dtype)  # (B, T, H)
         eh = torch.stack([emb, h], dim=2)  # (B, T, 2, H): both input norms in one (row-wise: the same values)
-        eh = _norm(eh, f.wnorm, c.rms_norm_eps)
-        x = eh.view(B, T, 2 * H)  # = cat[input_layernorm(emb), hidden_norm(h)], no copy
+        # = cat[input_layernorm(emb), hidden_norm(h)] up to the weights (folded into wqkv), no copy
+        x = F.rms_norm(eh, (H,), eps=c.rms_norm_eps).view(B, T, 2 * H)
         qkv = F.linear(x, f.wqkv).view(B, T, Hq + 2 * Hkv, D)
         cs = f.rope[positions][:, :, :, None]  # (B, T, 2, 1, D): cos, signed sin
         qk = qkv[:, :, : Hq + Hkv]
@@ -348,14 +356,14 @@ class EagleDraft(nn.Module):
             cache.v[rows, :, write_slots] = qkv[:, :, Hq + Hkv:]
         G = Hq // Hkv
         qg = qk[:, :, :Hq].transpose(1, 2).reshape(B, Hkv, G * T, D)  # heads sharing a kv head: extra queries
-        mg = mask if G == 1 or mask.shape[2] == 1 else mask.repeat(1, 1, G, 1)  # (B, 1, G*T, S)
+        # (B, 1, G*T, S); a caller may pass it folded already (rows g*T + t)
+        mg = mask if G == 1 or mask.shape[2] in (1, G * T) else mask.repeat(1, 1, G, 1)
         attn = F.scaled_dot_product_attention(qg, cache.k[:B], cache.v[:B], attn_mask=mg)
         attn = attn.reshape(B, Hq, T, D).transpose(1, 2).reshape(B, T, Hq * D)
         x = h + m.self_attn.o_proj(attn)
-        g, u = F.linear(_norm(x, m.post_attention_layernorm.weight, c.rms_norm_eps), f.w13).chunk(2, dim=-1)
+        g, u = F.linear(F.rms_norm(x, (H,), eps=c.rms_norm_eps), f.w13).chunk(2, dim=-1)
         h_out = x + m.mlp.down_proj(F.silu(g) * u)
-        xn = _norm(h_out, self.norm.weight, c.rms_norm_eps)
-        return F.linear(xn, _as(self.lm_head_weight, xn)), h_out
+        return self.logits(h_out), h_out
 
     def init_weights(self, seed: int = 0, std: float = 0.02) -> "EagleDraft":
         """Deterministic init: normal(std) linears, unit norms; fc starts as the mean of the three features."""

@@ -153,10 +153,10 @@ def _draft_catch_up_static(drafter: EagleDraft, cache: DraftCache, length: torch
 
 
 def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h, top_k, depth, num_nodes,
-                length: torch.Tensor | None = None):
+                length: torch.Tensor | None = None, out: DynamicTree | None = None):
     """Grow the dynamic tree from the root; draft KV goes to slots past the committed length (dead after).
     ``length`` (1,): the committed draft length as a device tensor (no host sync: the captured step);
-    default ``cache.length``."""
+    default ``cache.length``. ``out``: static tree buffers written in place (``select_tree``)."""
     dev = root_logp.device
     k = min(top_k, root_logp.shape[-1])
     if length is None:
@@ -165,7 +165,9 @@ def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h,
         length = torch.full((1,), cache.length, dtype=torch.long, device=dev)
     P = length  # (1,)
     slots = _const("arange", cache.max_len, dev)
-    st = {"mask": (slots < P)[None].expand(k, -1), "h": root_h[None].expand(k, -1)}  # per parent row
+    G = drafter.config.num_attention_heads // drafter.config.num_key_value_heads
+    # masks kept GQA-folded (G, k, S): the draft's attention takes them as (1, 1, G*k, S) without a copy
+    st = {"mask": (slots < P)[None, None].expand(G, k, -1), "h": root_h[None].expand(k, -1)}  # per parent row
     if depth > 1:
         # every depth's slots, positions and own-slot mask rows at once (one launch each, not per depth):
         # the k frontier nodes at depth d write slots P + (d-1)*k + j, query position P - 1 + d
@@ -176,13 +178,14 @@ def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h,
     def step(d, tokens, parent_rows):
         # the k frontier nodes at depth d are k queries of one row (a tree, as in verify), each with
         # its own mask row (prefix + ancestors + itself)
-        mask = st["mask"][parent_rows] | own_mask[d - 1]  # (k, S)
+        mask = st["mask"][:, parent_rows] | own_mask[d - 1]  # (G, k, S)
         pos = pos_all[d - 1: d].expand(k)[None]  # (1, k)
-        logits, h = drafter(st["h"][parent_rows][None], tokens[None], pos, cache, own[d - 1][None], mask[None, None])
+        logits, h = drafter(st["h"][parent_rows][None], tokens[None], pos, cache, own[d - 1][None],
+                            mask.view(1, 1, G * k, -1))
         st["mask"], st["h"] = mask, h[0]
         return torch.log_softmax(logits[0], -1, dtype=torch.float32)  # upcast inside the kernel
 
-    return grow_tree(root, root_logp, step, k, depth, num_nodes)
+    return grow_tree(root, root_logp, step, k, depth, num_nodes, out=out)
 
 
 def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache, sampling=None, backend: str = "sdpa"):

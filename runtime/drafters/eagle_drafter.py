@@ -65,11 +65,6 @@ class EagleDrafter(Drafter):
                            retrieve_valid=torch.zeros(n, D1, dtype=torch.bool, device=dev),
                            scores=torch.zeros(n, dtype=torch.float32, device=dev), cand_index=torch.zeros(n, **z))
 
-    def _store(self, new: DynamicTree) -> None:
-        t = self.tree
-        for name in ("tokens", "parents", "depth", "mask", "ancestors", "retrieve_valid", "scores", "cand_index"):
-            getattr(t, name).copy_(getattr(new, name))  # retrieve is ancestors (one tensor)
-
     @staticmethod
     def _flat(feats: torch.Tensor) -> torch.Tensor:
         return feats.permute(1, 0, 2).reshape(feats.shape[1], -1)  # (F, T, H) -> (T, F*H), layer-major like cat
@@ -124,8 +119,9 @@ class EagleDrafter(Drafter):
             nxt = torch.cat([self.tree.tokens[nodes[1:]], root])  # (D+1,) token after each path node
             nxt = torch.where(torch.arange(D1, device=root.device) == a, root, nxt)  # after node a: the new root
             logp, h = _draft_catch_up_static(self.draft, self.cache, self.length, pf, nxt, a)
-        self._store(_draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth,
-                                self.num_nodes, length=self.length))
+        # selected straight into the static tree buffers (``out``): no copy per field
+        _draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth, self.num_nodes,
+                    length=self.length, out=self.tree)
         self._pending = None
         return self.tree.tokens
 
