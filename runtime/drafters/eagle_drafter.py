@@ -55,6 +55,11 @@ class EagleDrafter(Drafter):
         self._prompt_ids = None
         self._pending = None  # ("prompt", feats (L, 3H), tokens (L-1,)) or ("path", feats, nodes, a)
         self.tree = self._empty_tree(dev)
+        self._first = None  # the first tree of a request, captured (``capture_propose``)
+        c = draft.config
+        self._first_in = (torch.zeros(1, dtype=torch.long, device=dev),  # root, draft log-probs, draft h
+                          torch.zeros(c.vocab_size, dtype=torch.float32, device=dev),
+                          torch.zeros(c.hidden_size, dtype=draft.dtype, device=dev))
 
     def _empty_tree(self, dev) -> DynamicTree:
         n, D1 = self.num_nodes + 1, self.depth + 1
@@ -79,6 +84,7 @@ class EagleDrafter(Drafter):
             new.k[:, :, : c.max_len], new.v[:, :, : c.max_len] = c.k, c.v
             new.length = c.length
         self.cache = new
+        self._first = None  # it aliased the old cache
         return True
 
     # -- decoding --------------------------------------------------------------------------------
@@ -89,6 +95,23 @@ class EagleDrafter(Drafter):
     def cache_key(self) -> tuple:
         # the capture aliases this drafter's cache and tree buffers: only this object
         return (self.kind, id(self), self.top_k, self.depth, self.num_nodes)
+
+    def capture_propose(self, mode: str) -> None:
+        """Capture the first tree of a request (the growth after the prompt's eager catch-up) once, like
+        the step: it is ~200 launches, each paying the host's dispatch cost when run eagerly (part of
+        the per-request overhead). 'eager' mode (CPU): the same function, uncaptured. Called by the
+        speculative loop right after it captures the step; dropped when ``reserve`` reallocates."""
+        from ..steps import StepGraph
+
+        if self._first is not None and self._first.mode == mode:
+            return
+        root, logp, h = self._first_in
+
+        def first():
+            _draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth, self.num_nodes,
+                        length=self.length, out=self.tree)
+            return ()
+        self._first = StepGraph(first, [], mode)  # its warm-up runs write dead draft slots and the tree
 
     def reset(self) -> None:
         if self.cache is not None:
@@ -113,6 +136,12 @@ class EagleDrafter(Drafter):
         if kind == "prompt":  # once per request, eager: the prompt's length varies
             logp, h = _draft_catch_up(self.draft, self.cache, pf, torch.cat([rest[0], root]))
             self.length.fill_(self.cache.length)
+            if self._first is not None:
+                for dst, src in zip(self._first_in, (root, logp, h)):
+                    dst.copy_(src)
+                self._first()
+                self._pending = None
+                return self.tree.tokens
         else:  # the captured step: fixed depth+1 slots, the path length a stays on the device
             nodes, a = rest
             D1 = nodes.shape[0]
