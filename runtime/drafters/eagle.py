@@ -319,7 +319,7 @@ class EagleDraft(nn.Module):
             wn = torch.cat(ws[5:7]).float()  # (2H,) input_layernorm | hidden_norm
             f = SimpleNamespace(key=key, wqkv=(torch.cat(ws[:3]).float() * wn).to(self.dtype),
                                 w13=(torch.cat(ws[3:5]).float() * ws[7].float()).to(self.dtype),
-                                # rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi] (negation is exact)
+                                # rotate_half(x) * sin == [x_hi, x_lo] * [-sin_lo, sin_hi] (negation is exact)
                                 rope=torch.stack([emb.cos(), torch.cat((-freqs.sin(), freqs.sin()), -1)], 1
                                                  ).to(self.dtype))  # (n, 2, D)
             self._fused_cache = f
@@ -346,7 +346,8 @@ class EagleDraft(nn.Module):
         qkv = F.linear(x, f.wqkv).view(B, T, Hq + 2 * Hkv, D)
         cs = f.rope[positions][:, :, :, None]  # (B, T, 2, 1, D): cos, signed sin
         qk = qkv[:, :, : Hq + Hkv]
-        qk = qk * cs[:, :, 0] + qk.roll(D // 2, -1) * cs[:, :, 1]  # RoPE on q and k at once
+        # RoPE on q and k at once; the half swap as one cat (roll would first copy the strided view)
+        qk = qk * cs[:, :, 0] + torch.cat((qk[..., D // 2:], qk[..., : D // 2]), -1) * cs[:, :, 1]
         if B == 1:  # the decoding case: no row index to build
             cache.k[0][:, write_slots[0]] = qk[0, :, Hq:].transpose(0, 1)  # (Hkv, T, D)
             cache.v[0][:, write_slots[0]] = qkv[0, :, Hq + Hkv:].transpose(0, 1)

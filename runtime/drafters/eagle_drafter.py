@@ -79,7 +79,9 @@ class EagleDrafter(Drafter):
         c = self.cache
         if c is not None and need <= c.max_len:
             return False
-        new = self.draft.new_cache(1, max(need, 2 * (c.max_len if c else 0)))
+        # 64-aligned like the base cache: the draft's SDPA masks span every slot, and aligned mask rows
+        # keep SDPA on its fused kernels
+        new = self.draft.new_cache(1, -(-max(need, 2 * (c.max_len if c else 0)) // 64) * 64)
         if c is not None:
             new.k[:, :, : c.max_len], new.v[:, :, : c.max_len] = c.k, c.v
             new.length = c.length
