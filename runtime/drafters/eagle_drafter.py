@@ -16,7 +16,9 @@ Medusa's (``fixed_tree = True`` means "static tree buffers", not "the same tree"
   by construction and no host sync is needed for the path length.
 - ``feature_layers``: EAGLE-3 takes the *input* of base layer i (transformers' ``hidden_states[i]``)
   = the output of layer i-1, which is what ``CompactLM.forward(features=)`` returns.
-The prompt's own catch-up (variable length) runs eagerly in the first ``propose`` of a request.
+The prompt's own catch-up (variable length) runs eagerly in the first ``propose`` of a request; the tree
+grown after it runs through a second step captured once per drafter (``capture_propose``), so a request
+does not pay ~200 eager launches for its first tree.
 """
 
 from __future__ import annotations
