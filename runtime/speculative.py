@@ -87,6 +87,8 @@ def _get_step(model, backend, mode, drafter, acceptance, out_len, max_steps):
     saved = [t.clone() for t in st.tensors()]
     drafter.reset()  # its warm-up runs then write draft slots from 0, inside what ``reserve`` sized
     step = StepGraph(fn, [], mode)  # its warm-up runs advance the state / write free cache slots
+    if hasattr(drafter, "capture_propose"):  # EAGLE: its first tree of a request, captured once too
+        drafter.capture_propose(mode)
     for dst, src in zip(st.tensors(), saved):
         dst.copy_(src)
     cap = _Captured(drafter, st, step)

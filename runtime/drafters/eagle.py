@@ -278,12 +278,15 @@ class EagleDraft(nn.Module):
 
     def logits(self, h_out: torch.Tensor) -> torch.Tensor:
         """Pre-norm layer output (…, H) -> logits (…, V) through the base's lm_head."""
-        x = self.norm(h_out)
+        # without autograd (decoding) the norm skips its two casts: the same values, two launches fewer
+        x = self.norm(h_out) if torch.is_grad_enabled() else _norm(h_out, self.norm.weight, self.config.rms_norm_eps)
         return F.linear(x, _as(self.lm_head_weight, x))
 
     def forward(self, hidden, token_ids, positions, cache: DraftCache, write_slots, mask):
         if self.embed_weight is None:
             raise EagleConfigError("the draft has no base embedding / lm_head: call attach_base(...) first")
+        if not torch.is_grad_enabled():
+            return self._decode(hidden, token_ids, positions, cache, write_slots, mask)
         h = self.fuse(hidden) if hidden.shape[-1] == 3 * self.config.hidden_size else hidden.to(self.dtype)
         q, k, v = self.layer_qkv(h, token_ids, positions)
         B = q.shape[0]
@@ -292,6 +295,75 @@ class EagleDraft(nn.Module):
         cache.v[rows, :, write_slots] = v.transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, cache.k[:B], cache.v[:B], attn_mask=mask, enable_gqa=True)
         h_out = self.layer_out(h, attn)
+        return self.logits(h_out), h_out
+
+    # -- the decoding path (no grad): the same layer in about half the kernels -----------------------
+    def _fused(self, min_positions: int) -> SimpleNamespace:
+        """Decode-time constants, built once per weights/device/dtype (host-side check, no device op):
+        q|k|v and gate|up weights concatenated (one matmul each) with the preceding norms' weights folded
+        in, and a RoPE cos/sin table indexed by position (the same fp32 products and cos/sin as ``rope``,
+        so the same values)."""
+        m = self.midlayer
+        ws = (m.self_attn.q_proj.weight, m.self_attn.k_proj.weight, m.self_attn.v_proj.weight,
+              m.mlp.gate_proj.weight, m.mlp.up_proj.weight, m.input_layernorm.weight, m.hidden_norm.weight,
+              m.post_attention_layernorm.weight)
+        key = tuple((w.data_ptr(), w._version, w.dtype) for w in ws)
+        f = getattr(self, "_fused_cache", None)
+        if f is None or f.key != key or f.rope.shape[0] < min_positions:
+            n = max(min_positions, self.config.max_position_embeddings, 1 if f is None else f.rope.shape[0])
+            dev = ws[0].device
+            freqs = torch.arange(n, device=dev).float()[:, None] * self.inv_freq.to(dev)  # (n, D/2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            # a norm's weight scales the next matmul's input columns: folded into that matmul's weight
+            # (in fp32, rounded once), one launch fewer per norm
+            wn = torch.cat(ws[5:7]).float()  # (2H,) input_layernorm | hidden_norm
+            f = SimpleNamespace(key=key, wqkv=(torch.cat(ws[:3]).float() * wn).to(self.dtype),
+                                w13=(torch.cat(ws[3:5]).float() * ws[7].float()).to(self.dtype),
+                                # rotate_half(x) * sin == [x_hi, x_lo] * [-sin_lo, sin_hi] (negation is exact)
+                                rope=torch.stack([emb.cos(), torch.cat((-freqs.sin(), freqs.sin()), -1)], 1
+                                                 ).to(self.dtype))  # (n, 2, D)
+            self._fused_cache = f
+        return f
+
+    def _decode(self, hidden, token_ids, positions, cache: DraftCache, write_slots, mask):
+        """``forward`` without autograd: the same math (same norms, RoPE values, attention, MLP) with
+        fewer launches -- it runs inside the captured speculative step, where each launch costs a few
+        microseconds whatever its size: fused q|k|v and gate|up matmuls with the norm weights folded in,
+        one RMSNorm over the stacked [embedding; features], RoPE on q and k at once from a table, GQA
+        folded into the query axis (SDPA with a mask and ``enable_gqa`` falls back to the unfused math
+        path on CUDA). ``mask`` (B, 1, T, S) or already folded (B, 1, G*T, S). Numerics: norms in fp32
+        as ``forward``; the folded weights round once (w * W) where ``forward`` rounds the normed
+        activation twice, so at least as accurate."""
+        c, m = self.config, self.midlayer
+        f = self._fused(cache.max_len)
+        h = self.fuse(hidden) if hidden.shape[-1] == 3 * c.hidden_size else hidden.to(self.dtype)
+        B, T, H = h.shape
+        Hq, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        emb = F.embedding(token_ids, self.embed_weight).to(h.dtype)  # (B, T, H)
+        eh = torch.stack([emb, h], dim=2)  # (B, T, 2, H): both input norms in one (row-wise: the same values)
+        # = cat[input_layernorm(emb), hidden_norm(h)] up to the weights (folded into wqkv), no copy
+        x = F.rms_norm(eh, (H,), eps=c.rms_norm_eps).view(B, T, 2 * H)
+        qkv = F.linear(x, f.wqkv).view(B, T, Hq + 2 * Hkv, D)
+        cs = f.rope[positions][:, :, :, None]  # (B, T, 2, 1, D): cos, signed sin
+        qk = qkv[:, :, : Hq + Hkv]
+        # RoPE on q and k at once; the half swap as one cat (roll would first copy the strided view)
+        qk = qk * cs[:, :, 0] + torch.cat((qk[..., D // 2:], qk[..., : D // 2]), -1) * cs[:, :, 1]
+        if B == 1:  # the decoding case: no row index to build
+            cache.k[0][:, write_slots[0]] = qk[0, :, Hq:].transpose(0, 1)  # (Hkv, T, D)
+            cache.v[0][:, write_slots[0]] = qkv[0, :, Hq + Hkv:].transpose(0, 1)
+        else:
+            rows = torch.arange(B, device=h.device)[:, None]  # (B, 1)
+            cache.k[rows, :, write_slots] = qk[:, :, Hq:]  # indexed view is (B, T, Hkv, D)
+            cache.v[rows, :, write_slots] = qkv[:, :, Hq + Hkv:]
+        G = Hq // Hkv
+        qg = qk[:, :, :Hq].transpose(1, 2).reshape(B, Hkv, G * T, D)  # heads sharing a kv head: extra queries
+        # (B, 1, G*T, S); a caller may pass it folded already (rows g*T + t)
+        mg = mask if G == 1 or mask.shape[2] in (1, G * T) else mask.repeat(1, 1, G, 1)
+        attn = F.scaled_dot_product_attention(qg, cache.k[:B], cache.v[:B], attn_mask=mg)
+        attn = attn.reshape(B, Hq, T, D).transpose(1, 2).reshape(B, T, Hq * D)
+        x = h + m.self_attn.o_proj(attn)
+        g, u = F.linear(F.rms_norm(x, (H,), eps=c.rms_norm_eps), f.w13).chunk(2, dim=-1)
+        h_out = x + m.mlp.down_proj(F.silu(g) * u)
         return self.logits(h_out), h_out
 
     def init_weights(self, seed: int = 0, std: float = 0.02) -> "EagleDraft":
@@ -307,6 +379,12 @@ class EagleDraft(nn.Module):
         self.fc.weight.data.copy_(torch.cat([eye, eye, eye], dim=1) + torch.randn(H, 3 * H, generator=g) * std / 4)
         self.midlayer.self_attn.o_proj.weight.data.mul_(1 / math.sqrt(2))
         return self
+
+
+def _norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """``_RMSNorm`` without its two casts: F.rms_norm computes its statistics in fp32 for bf16/fp16 input
+    (one fused kernel on CUDA; runtime/model.py's ``_rms`` relies on the same) and returns x's dtype."""
+    return w * F.rms_norm(x, (x.shape[-1],), eps=eps)
 
 
 def _as(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

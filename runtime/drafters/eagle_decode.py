@@ -40,7 +40,7 @@ from ..attention_meta import AttentionMeta
 from ..plain import GenerationResult
 from ..sampling import check_sampling_args, logits_to_probs, make_generator, sample_from_probs
 from ..steps import backend_for, resolve_mode, sync
-from .dynamic_tree import DynamicTree, grow_tree
+from .dynamic_tree import DynamicTree, _const, grow_tree
 from .eagle import DraftCache, EagleDraft
 
 __all__ = ["generate_eagle", "eagle_prefill", "eagle_step", "verify_tree", "accept_greedy", "accept_speculative",
@@ -129,7 +129,7 @@ def _draft_catch_up(drafter: EagleDraft, cache: DraftCache, feats, tokens):
     mask = (slots[None, :] <= pos[0, :, None])[None, None]  # (1, 1, T, S): committed prefix + causal
     logits, h = drafter(feats[None], tokens[None], pos, cache, pos, mask)
     cache.length = P + T
-    return torch.log_softmax(logits[0, -1].float(), -1), h[0, -1]
+    return torch.log_softmax(logits[0, -1], -1, dtype=torch.float32), h[0, -1]
 
 
 def _draft_catch_up_static(drafter: EagleDraft, cache: DraftCache, length: torch.Tensor, feats, tokens,
@@ -144,19 +144,19 @@ def _draft_catch_up_static(drafter: EagleDraft, cache: DraftCache, length: torch
     No host sync. -> (log-probs after the last real query (V,), its h_out (H,))."""
     T = tokens.shape[0]
     dev = tokens.device
-    pos = length + torch.arange(T, device=dev)  # (T,)
-    slots = torch.arange(cache.max_len, device=dev)
+    pos = length + _const("arange", T, dev)  # (T,)
+    slots = _const("arange", cache.max_len, dev)
     mask = (slots[None, :] <= pos[:, None])[None, None]  # (1, 1, T, S): committed prefix + causal
     logits, h = drafter(feats[None], tokens[None], pos[None], cache, pos[None], mask)
     length.add_(a + 1)
-    return torch.log_softmax(logits[0, a][0].float(), -1), h[0, a][0]
+    return torch.log_softmax(logits[0, a][0], -1, dtype=torch.float32), h[0, a][0]
 
 
 def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h, top_k, depth, num_nodes,
-                length: torch.Tensor | None = None):
+                length: torch.Tensor | None = None, out: DynamicTree | None = None):
     """Grow the dynamic tree from the root; draft KV goes to slots past the committed length (dead after).
     ``length`` (1,): the committed draft length as a device tensor (no host sync: the captured step);
-    default ``cache.length``."""
+    default ``cache.length``. ``out``: static tree buffers written in place (``select_tree``)."""
     dev = root_logp.device
     k = min(top_k, root_logp.shape[-1])
     if length is None:
@@ -164,20 +164,28 @@ def _draft_tree(drafter: EagleDraft, cache: DraftCache, root, root_logp, root_h,
             raise ValueError(f"draft cache of {cache.max_len} slots cannot hold a depth-{depth} tree; build it larger")
         length = torch.full((1,), cache.length, dtype=torch.long, device=dev)
     P = length  # (1,)
-    slots = torch.arange(cache.max_len, device=dev)
-    st = {"mask": (slots < P)[None].expand(k, -1), "h": root_h[None].expand(k, -1)}  # per parent row
+    slots = _const("arange", cache.max_len, dev)
+    G = drafter.config.num_attention_heads // drafter.config.num_key_value_heads
+    # masks kept GQA-folded (G, k, S): the draft's attention takes them as (1, 1, G*k, S) without a copy
+    st = {"mask": (slots < P)[None, None].expand(G, k, -1), "h": root_h[None].expand(k, -1)}  # per parent row
+    if depth > 1:
+        # every depth's slots, positions and own-slot mask rows at once (one launch each, not per depth):
+        # the k frontier nodes at depth d write slots P + (d-1)*k + j, query position P - 1 + d
+        own = (P + _const("arange", (depth - 1) * k, dev)).view(depth - 1, k)  # (depth-1, k)
+        own_mask = slots == own[:, :, None]  # (depth-1, k, S)
+        pos_all = P + _const("arange", depth - 1, dev)  # (depth-1,)
 
     def step(d, tokens, parent_rows):
-        # the k frontier nodes at depth d are k queries of one row (a tree, as in verify): token position
-        # P + d, query position P - 1 + d, each with its own mask row (prefix + ancestors + itself)
-        own = P + (d - 1) * k + torch.arange(k, device=dev)  # (k,) their slots
-        mask = st["mask"][parent_rows] | (slots[None, :] == own[:, None])  # (k, S)
-        pos = (P + (d - 1)).expand(k)[None]  # (1, k)
-        logits, h = drafter(st["h"][parent_rows][None], tokens[None], pos, cache, own[None], mask[None, None])
+        # the k frontier nodes at depth d are k queries of one row (a tree, as in verify), each with
+        # its own mask row (prefix + ancestors + itself)
+        mask = st["mask"][:, parent_rows] | own_mask[d - 1]  # (G, k, S)
+        pos = pos_all[d - 1: d].expand(k)[None]  # (1, k)
+        logits, h = drafter(st["h"][parent_rows][None], tokens[None], pos, cache, own[d - 1][None],
+                            mask.view(1, 1, G * k, -1))
         st["mask"], st["h"] = mask, h[0]
-        return torch.log_softmax(logits[0].float(), -1)
+        return torch.log_softmax(logits[0], -1, dtype=torch.float32)  # upcast inside the kernel
 
-    return grow_tree(root, root_logp, step, k, depth, num_nodes)
+    return grow_tree(root, root_logp, step, k, depth, num_nodes, out=out)
 
 
 def eagle_prefill(model, drafter: EagleDraft, prompt_ids, cache: DraftCache, sampling=None, backend: str = "sdpa"):

@@ -16,7 +16,9 @@ Medusa's (``fixed_tree = True`` means "static tree buffers", not "the same tree"
   by construction and no host sync is needed for the path length.
 - ``feature_layers``: EAGLE-3 takes the *input* of base layer i (transformers' ``hidden_states[i]``)
   = the output of layer i-1, which is what ``CompactLM.forward(features=)`` returns.
-The prompt's own catch-up (variable length) runs eagerly in the first ``propose`` of a request.
+The prompt's own catch-up (variable length) runs eagerly in the first ``propose`` of a request; the tree
+grown after it runs through a second step captured once per drafter (``capture_propose``), so a request
+does not pay ~200 eager launches for its first tree.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ class EagleDrafter(Drafter):
         self._prompt_ids = None
         self._pending = None  # ("prompt", feats (L, 3H), tokens (L-1,)) or ("path", feats, nodes, a)
         self.tree = self._empty_tree(dev)
+        self._first = None  # the first tree of a request, captured (``capture_propose``)
+        c = draft.config
+        self._first_in = (torch.zeros(1, dtype=torch.long, device=dev),  # root, draft log-probs, draft h
+                          torch.zeros(c.vocab_size, dtype=torch.float32, device=dev),
+                          torch.zeros(c.hidden_size, dtype=draft.dtype, device=dev))
 
     def _empty_tree(self, dev) -> DynamicTree:
         n, D1 = self.num_nodes + 1, self.depth + 1
@@ -65,11 +72,6 @@ class EagleDrafter(Drafter):
                            retrieve_valid=torch.zeros(n, D1, dtype=torch.bool, device=dev),
                            scores=torch.zeros(n, dtype=torch.float32, device=dev), cand_index=torch.zeros(n, **z))
 
-    def _store(self, new: DynamicTree) -> None:
-        t = self.tree
-        for name in ("tokens", "parents", "depth", "mask", "ancestors", "retrieve_valid", "scores", "cand_index"):
-            getattr(t, name).copy_(getattr(new, name))  # retrieve is ancestors (one tensor)
-
     @staticmethod
     def _flat(feats: torch.Tensor) -> torch.Tensor:
         return feats.permute(1, 0, 2).reshape(feats.shape[1], -1)  # (F, T, H) -> (T, F*H), layer-major like cat
@@ -79,11 +81,14 @@ class EagleDrafter(Drafter):
         c = self.cache
         if c is not None and need <= c.max_len:
             return False
-        new = self.draft.new_cache(1, max(need, 2 * (c.max_len if c else 0)))
+        # 64-aligned like the base cache: the draft's SDPA masks span every slot, and aligned mask rows
+        # keep SDPA on its fused kernels
+        new = self.draft.new_cache(1, -(-max(need, 2 * (c.max_len if c else 0)) // 64) * 64)
         if c is not None:
             new.k[:, :, : c.max_len], new.v[:, :, : c.max_len] = c.k, c.v
             new.length = c.length
         self.cache = new
+        self._first = None  # it aliased the old cache
         return True
 
     # -- decoding --------------------------------------------------------------------------------
@@ -94,6 +99,23 @@ class EagleDrafter(Drafter):
     def cache_key(self) -> tuple:
         # the capture aliases this drafter's cache and tree buffers: only this object
         return (self.kind, id(self), self.top_k, self.depth, self.num_nodes)
+
+    def capture_propose(self, mode: str) -> None:
+        """Capture the first tree of a request (the growth after the prompt's eager catch-up) once, like
+        the step: it is ~200 launches, each paying the host's dispatch cost when run eagerly (part of
+        the per-request overhead). 'eager' mode (CPU): the same function, uncaptured. Called by the
+        speculative loop right after it captures the step; dropped when ``reserve`` reallocates."""
+        from ..steps import StepGraph
+
+        if self._first is not None and self._first.mode == mode:
+            return
+        root, logp, h = self._first_in
+
+        def first():
+            _draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth, self.num_nodes,
+                        length=self.length, out=self.tree)
+            return ()
+        self._first = StepGraph(first, [], mode)  # its warm-up runs write dead draft slots and the tree
 
     def reset(self) -> None:
         if self.cache is not None:
@@ -118,14 +140,21 @@ class EagleDrafter(Drafter):
         if kind == "prompt":  # once per request, eager: the prompt's length varies
             logp, h = _draft_catch_up(self.draft, self.cache, pf, torch.cat([rest[0], root]))
             self.length.fill_(self.cache.length)
+            if self._first is not None:
+                for dst, src in zip(self._first_in, (root, logp, h)):
+                    dst.copy_(src)
+                self._first()
+                self._pending = None
+                return self.tree.tokens
         else:  # the captured step: fixed depth+1 slots, the path length a stays on the device
             nodes, a = rest
             D1 = nodes.shape[0]
             nxt = torch.cat([self.tree.tokens[nodes[1:]], root])  # (D+1,) token after each path node
             nxt = torch.where(torch.arange(D1, device=root.device) == a, root, nxt)  # after node a: the new root
             logp, h = _draft_catch_up_static(self.draft, self.cache, self.length, pf, nxt, a)
-        self._store(_draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth,
-                                self.num_nodes, length=self.length))
+        # selected straight into the static tree buffers (``out``): no copy per field
+        _draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth, self.num_nodes,
+                    length=self.length, out=self.tree)
         self._pending = None
         return self.tree.tokens
 
