@@ -64,7 +64,8 @@ def normalize_patterns(patterns, num_heads: int) -> list[HeadPattern]:
 
 def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | None = None,
                      return_index: bool = False, block_m: int | None = None, block_n: int | None = None,
-                     last_q: int = 64, dense_above: float | None = None, **kernel_kwargs):
+                     last_q: int = 64, dense_above: float | None = None, fused: bool | None = None,
+                     **kernel_kwargs):
     """Causal prefill attention with per-head sparse patterns.
 
     ``dense_above``: if the index built for this input keeps more than this share of the dense causal
@@ -74,6 +75,8 @@ def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | No
 
     q (B,Hq,N,D); k, v (B,Hkv,N,D) with Hq % Hkv == 0; `patterns`: one HeadPattern (or
     [name, size_1, size_2, score]) per query head, or a single one for all heads.
+    ``fused``: the fused Triton vertical-slash estimation (None: on CUDA; True on the CPU needs
+    TRITON_INTERPRET=1, for tests of the GPU path).
     Returns out (B,Hq,N,D) [, SparseIndex].
     """
     B, Hq, N, D = q.shape
@@ -85,9 +88,9 @@ def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | No
     if all(p.is_dense for p in pats):
         out = dense_causal_sdpa(q, k, v, scale)
         if return_index:
-            return out, build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale)
+            return out, build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale, fused=fused)
         return out
-    index = build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale)
+    index = build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale, fused=fused)
     if dense_above is not None and index.density() > dense_above:
         out = dense_causal_sdpa(q, k, v, scale)
         return (out, index) if return_index else out

@@ -73,6 +73,9 @@ def _as_size(kind: str, field: str, val) -> int:
     return num
 
 
+_STATIC_PARTS: dict = {}   # index parts of static patterns (A-shape), per (shape, sizes, blocks, device)
+
+
 # --------------------------------------------------------------------------------------------
 # the registry
 # --------------------------------------------------------------------------------------------
@@ -271,6 +274,20 @@ class StreamLLM(Pattern):
 
     def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
         B, N, dev = q.shape[0], q.shape[2], q.device
+        sizes = tuple((h, patterns[h].size_1, patterns[h].size_2) for h in heads)
+        # static: the parts depend only on (batch, length, sizes, blocks), so they are built once and
+        # reused by every layer and prompt of that shape (~30 small launches per distinct size saved;
+        # consumers copy them into the layer's index, never write them)
+        key = ("stream_llm", B, N, sizes, block_m, block_n, str(dev))
+        parts = _STATIC_PARTS.get(key)
+        if parts is None:
+            if len(_STATIC_PARTS) > 1024:   # bounded: distinct (shape, layer layout) pairs of a process
+                _STATIC_PARTS.clear()
+            parts = _STATIC_PARTS[key] = self._build(B, N, dev, heads, patterns, block_m, block_n)
+        return list(parts)
+
+    @staticmethod
+    def _build(B, N, dev, heads, patterns, block_m, block_n):
         M = triton_cdiv(N, block_m)
         by_size: dict[tuple, list[int]] = {}   # identical for every head of one size: build once
         for h in heads:
@@ -282,7 +299,7 @@ class StreamLLM(Pattern):
             parts.append((hs, c.expand(B, nh, M), o.expand(B, nh, *o.shape),
                           torch.zeros(B, nh, M, dtype=torch.int32, device=dev),
                           torch.zeros(B, nh, M, 1, dtype=torch.int32, device=dev)))
-        return parts
+        return tuple(parts)
 
     def block_tiles(self, p, r0, r1, n, block, mode):
         lo = max(r0 - p.size_2 + 1, 0) // block
