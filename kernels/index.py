@@ -208,10 +208,21 @@ def _force_keeps(col, diag, lq: int):
     the main diagonal)."""
     N = col.shape[-1]
     nk = min(VERTICAL_KEEP, N)
-    col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=col.device, dtype=col.dtype)
+    col[..., :nk] = _forced_scores(nk, lq, col.dtype, col.device)
     nk = min(SLASH_KEEP, N)
-    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=diag.device, dtype=diag.dtype)
+    diag[..., :nk] = _forced_scores(nk, lq, diag.dtype, diag.device)
     return col, diag
+
+
+def _forced_scores(nk: int, lq: int, dtype, device) -> torch.Tensor:
+    """(nk,) the forced keys' scores 2·lq+nk-i, made once per (nk, lq, dtype, device)."""
+    key = ("forced", nk, lq, dtype, str(device))
+    t = _CONST_CACHE.get(key)
+    if t is None:
+        if len(_CONST_CACHE) > 4096:
+            _CONST_CACHE.clear()
+        t = _CONST_CACHE[key] = (2 * lq + nk) - torch.arange(nk, device=device, dtype=dtype)
+    return t
 
 
 def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = None):
@@ -550,29 +561,60 @@ def top_vertical_slash(col: torch.Tensor, diag: torch.Tensor, sizes: list[tuple[
 
 
 def assemble_index(parts, B: int, Hq: int, n: int, block_m: int, block_n: int, dense_heads,
-                   device) -> SparseIndex:
+                   device, *, static_parts=(), static_key=None) -> SparseIndex:
     """One `SparseIndex` from per-head-group parts: each part is (heads, count (B,h,M), offset (B,h,M,*),
-    column_count (B,h,M), column_index (B,h,M,*)).  Heads in no part (dense heads) keep zero counts;
-    `dense_heads` is a (Hq,) bool or list of bools."""
+    column_count (B,h,M), column_index (B,h,M,*)); both column entries may be None: no gathered
+    columns (nothing to write).  Heads in no part (dense heads) keep zero counts;
+    `dense_heads` is a (Hq,) bool or list of bools.
+
+    ``static_parts`` (with a hashable ``static_key`` naming them, e.g. the A-shape heads and sizes):
+    parts that depend only on the shape.  The zero buffers with those parts written in are made once
+    per (key, shape) and cloned per call, so a mixed layer pays 4 copies + the data-dependent parts'
+    writes instead of 4 fills + 4 writes per part (~40 launches per layer on the Qwen pack)."""
     M = triton_cdiv(n, block_m)
-    if len(parts) == 1 and list(parts[0][0]) == list(range(Hq)):  # one pattern family: no re-assembly copy
-        _, c, o, cc, ci = parts[0]
+    allp = list(parts) + list(static_parts)
+    if len(allp) == 1 and list(allp[0][0]) == list(range(Hq)):  # one pattern family: no re-assembly copy
+        _, c, o, cc, ci = allp[0]
+        if cc is None:
+            cc, ci = torch.zeros_like(c, dtype=torch.int32), torch.zeros(*c.shape, 1, dtype=torch.int32, device=c.device)
         return SparseIndex(c.to(torch.int32).contiguous(), o.to(torch.int32).contiguous(),
                            cc.to(torch.int32).contiguous(), ci.to(torch.int32).contiguous(),
                            n, block_m, block_n, [bool(f) for f in dense_heads])
-    MB = max([p[2].shape[-1] for p in parts] + [1])
-    MC = max([p[4].shape[-1] for p in parts] + [1])
-    count = torch.zeros(B, Hq, M, dtype=torch.int32, device=device)
-    offset = torch.zeros(B, Hq, M, MB, dtype=torch.int32, device=device)
-    ccount = torch.zeros(B, Hq, M, dtype=torch.int32, device=device)
-    cindex = torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=device)
+    MB = max([p[2].shape[-1] for p in allp] + [1])
+    MC = max([p[4].shape[-1] for p in allp if p[4] is not None] + [1])
+    if static_key is None:
+        bufs = _write_parts(_zero_bufs(B, Hq, M, MB, MC, device), allp, device)
+    else:
+        key = ("assembled", static_key, B, Hq, M, MB, MC, str(device))
+        base = _CONST_CACHE.get(key)
+        if base is None:
+            if len(_CONST_CACHE) > 4096:
+                _CONST_CACHE.clear()
+            base = _CONST_CACHE[key] = _write_parts(_zero_bufs(B, Hq, M, MB, MC, device), static_parts, device)
+        bufs = _write_parts(tuple(t.clone() for t in base), parts, device)
+    return SparseIndex(*bufs, n, block_m, block_n, [bool(f) for f in dense_heads])
+
+
+def _zero_bufs(B, Hq, M, MB, MC, device):
+    return (torch.zeros(B, Hq, M, dtype=torch.int32, device=device),
+            torch.zeros(B, Hq, M, MB, dtype=torch.int32, device=device),
+            torch.zeros(B, Hq, M, dtype=torch.int32, device=device),
+            torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=device))
+
+
+def _write_parts(bufs, parts, device):
+    count, offset, ccount, cindex = bufs
     for hs, c, o, cc, ci in parts:
-        hsel = _dev_index(hs, device)
-        count[:, hsel] = c.to(torch.int32)
-        offset[:, hsel, :, :o.shape[-1]] = o.to(torch.int32)
-        ccount[:, hsel] = cc.to(torch.int32)
-        cindex[:, hsel, :, :ci.shape[-1]] = ci.to(torch.int32)
-    return SparseIndex(count, offset, ccount, cindex, n, block_m, block_n, [bool(f) for f in dense_heads])
+        hs = list(hs)
+        # a run of consecutive heads is a slice (a plain copy); otherwise an index tensor, cached
+        hsel = slice(hs[0], hs[-1] + 1) if hs == list(range(hs[0], hs[0] + len(hs))) else _dev_index(hs, device)
+        i32 = lambda t: t if t.dtype == torch.int32 else t.to(torch.int32)  # noqa: E731 (index_put: same dtype)
+        count[:, hsel] = i32(c)
+        offset[:, hsel, :, :o.shape[-1]] = i32(o)
+        if cc is not None:   # None: no gathered columns, the buffers' zeros stand
+            ccount[:, hsel] = i32(cc)
+            cindex[:, hsel, :, :ci.shape[-1]] = i32(ci)
+    return bufs
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class Pattern:
     exact_cost: bool = True               # `cost` is what the kernel runs on any data (else a prediction)
     tie_rank: int = 0                     # search: near-equal recall goes to the lowest rank
     max_block_n: int | None = None        # widest key block the kernels should use for it
+    static: bool = False                  # its index parts depend only on (shape, sizes, blocks), not on q/k
 
     # ---- sizes ---------------------------------------------------------------------------------
     def validate(self, size_1, size_2) -> tuple[int, int]:
@@ -106,7 +107,7 @@ class Pattern:
     def build(self, q, k, heads: list[int], patterns: list["HeadPattern"], block_m: int, block_n: int,
               last_q: int, scale: float | None, fused: bool | None = None) -> list[tuple]:
         """Index parts for `heads` (all of this kind): [(heads, count (B,h,M), offset (B,h,M,*),
-        column_count (B,h,M), column_index (B,h,M,*))], see `index.assemble_index`. ``fused``: use the
+        column_count (B,h,M) or None, column_index (B,h,M,*) or None)], see `index.assemble_index`. ``fused``: use the
         fused Triton estimation where the kind has one (None = on CUDA)."""
         raise NotImplementedError
 
@@ -264,6 +265,7 @@ class StreamLLM(Pattern):
     """A-shape: the first `sink` keys + a local window; static (no estimation)."""
 
     name, aliases, label = "stream_llm", ("a_shape", "ashape", "streaming"), "A-shape"
+    static = True
     fields = ("sink", "window")
     tie_rank = 0
     search_sink_blocks = (1, 2, 4)   # candidates: sink of this many key blocks, window takes the rest
@@ -349,10 +351,11 @@ class BlockSparse(Pattern):
         mine = set(heads)
         tk = [max(patterns[h].size_1, 1) if h in mine else 1 for h in range(Hq)]
         cnt, sel = estimate_block_sparse(q, k, tk, block_m, block_n)
-        hsel = _dev_index(heads, dev)
-        return [(heads, cnt[:, hsel].to(torch.int32), (sel[:, hsel] * block_n).to(torch.int32),
-                 torch.zeros(B, len(heads), M, dtype=torch.int32, device=dev),
-                 torch.zeros(B, len(heads), M, 1, dtype=torch.int32, device=dev))]
+        if len(heads) < Hq:
+            hsel = _dev_index(heads, dev)
+            cnt, sel = cnt[:, hsel], sel[:, hsel]
+        # no gathered columns (None): the assembled index's zeros stand, nothing to write
+        return [(heads, cnt, (sel * block_n).to(torch.int32), None, None)]
 
     def block_tiles(self, p, r0, r1, n, block, mode):
         return max(min(p.size_1, triton_cdiv(r1, block)), 1)
@@ -377,6 +380,7 @@ class Dense(Pattern):
     name, aliases, label = "dense", ("full",), "dense"
     fields = ("unused", "unused")
     dense = True
+    static = True
     tie_rank = 3
 
     def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
@@ -499,10 +503,17 @@ def build_index(q, k, patterns: list, block_m: int = 64, block_n: int = 64,
     groups: dict[str, list[int]] = {}
     for h, p in enumerate(patterns):
         groups.setdefault(p.name, []).append(h)
-    parts = []
+    parts, static_parts, static_key = [], [], []
     for name, heads in groups.items():
-        parts += PATTERNS[name].build(q, k, heads, patterns, block_m, block_n, last_q, scale, fused)
-    return assemble_index(parts, B, Hq, N, block_m, block_n, [p.is_dense for p in patterns], q.device)
+        kind = PATTERNS[name]
+        built = kind.build(q, k, heads, patterns, block_m, block_n, last_q, scale, fused)
+        if kind.static:   # shape-only parts: assembled once per layout and shape, then reused
+            static_parts += built
+            static_key.append((name, tuple((h, patterns[h].size_1, patterns[h].size_2) for h in heads)))
+        else:
+            parts += built
+    return assemble_index(parts, B, Hq, N, block_m, block_n, [p.is_dense for p in patterns], q.device,
+                          static_parts=static_parts, static_key=tuple(static_key))
 
 
 def pattern_cost(pattern, n: int, d: int = 128, block: int = 64, mode: str = "expected") -> int:
