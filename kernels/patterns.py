@@ -500,20 +500,34 @@ def build_index(q, k, patterns: list, block_m: int = 64, block_n: int = 64,
     patterns = [HeadPattern.from_list(p) for p in patterns]
     if len(patterns) != Hq:
         raise PatternError(f"need one pattern per query head: {Hq} heads, {len(patterns)} patterns")
-    groups: dict[str, list[int]] = {}
-    for h, p in enumerate(patterns):
-        groups.setdefault(p.name, []).append(h)
-    parts, static_parts, static_key = [], [], []
-    for name, heads in groups.items():
-        kind = PATTERNS[name]
+    groups, static_key, dense = _layout(patterns)
+    parts, static_parts = [], []
+    for kind, heads in groups:
         built = kind.build(q, k, heads, patterns, block_m, block_n, last_q, scale, fused)
-        if kind.static:   # shape-only parts: assembled once per layout and shape, then reused
-            static_parts += built
-            static_key.append((name, tuple((h, patterns[h].size_1, patterns[h].size_2) for h in heads)))
-        else:
-            parts += built
-    return assemble_index(parts, B, Hq, N, block_m, block_n, [p.is_dense for p in patterns], q.device,
-                          static_parts=static_parts, static_key=tuple(static_key))
+        # shape-only parts (A-shape, dense) are assembled once per layout and shape, then reused
+        (static_parts if kind.static else parts).extend(built)
+    return assemble_index(parts, B, Hq, N, block_m, block_n, dense, q.device,
+                          static_parts=static_parts, static_key=static_key)
+
+
+_LAYOUTS: dict = {}
+
+
+def _layout(patterns: list[HeadPattern]):
+    """What a layer's patterns alone decide, made once per distinct pattern list (every prefill of a
+    pack reuses it): [(kind, heads)] in first-head order, the static parts' cache key, dense flags."""
+    key = tuple((p.name, p.size_1, p.size_2) for p in patterns)
+    lay = _LAYOUTS.get(key)
+    if lay is None:
+        if len(_LAYOUTS) > 4096:   # bounded: distinct layers x prompt lengths of a process
+            _LAYOUTS.clear()
+        groups: dict[str, list[int]] = {}
+        for h, p in enumerate(patterns):
+            groups.setdefault(p.name, []).append(h)
+        kinds = [(PATTERNS[name], heads) for name, heads in groups.items()]
+        static_key = tuple((kind.name, tuple((h, *key[h]) for h in heads)) for kind, heads in kinds if kind.static)
+        lay = _LAYOUTS[key] = (kinds, static_key, [p.is_dense for p in patterns])
+    return lay
 
 
 def pattern_cost(pattern, n: int, d: int = 128, block: int = 64, mode: str = "expected") -> int:

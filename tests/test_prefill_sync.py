@@ -77,3 +77,19 @@ def test_static_parts_are_reused_not_rebuilt():
     b.block_count.zero_()          # an index owns its tensors: editing one leaves the cache intact
     c = build_index(q, k, pats, 32, 16)
     assert torch.equal(a.block_count, c.block_count)
+
+
+def test_cached_static_parts_follow_head_positions():
+    """Two layers with the same A-shape sizes on different heads get their own indexes (the caches
+    key on head positions), each equal to the reference path's."""
+    from accel.kernels import build_index
+    q, k, _ = _qkv(160)
+    a_pats = [HeadPattern("stream_llm", 16, 32)] * 2 + [HeadPattern("vertical_and_slash", 8, 20)] * 6
+    b_pats = a_pats[2:] + a_pats[:2]
+    for pats in (a_pats, b_pats, a_pats):
+        idx = build_index(q, k, pats, 32, 16)
+        for h, p in enumerate(pats):
+            if p.name == "stream_llm":
+                assert idx.column_count[:, h].eq(0).all() and idx.block_count[:, h, -1].item() > 0
+            else:
+                assert idx.column_count[:, h].sum().item() > 0
