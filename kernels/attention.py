@@ -3,6 +3,12 @@
 Builds ONE `SparseIndex` for all sparse heads of the layer (mixed patterns allowed), runs ONE kernel
 launch (Triton on CUDA, the chunked PyTorch reference elsewhere), and computes `dense` heads with SDPA
 (cuDNN preferred on GPU: it is the fastest dense kernel there).  GQA is native throughout.
+
+On the GPU path (fused vertical-slash estimation + Triton) a layer makes no host sync, whatever mix of
+patterns its heads have (tests/test_prefill_sync.py): every output size comes from (N, budgets, block
+sizes), and which heads are dense is a host tuple from the patterns.  The host cost per layer is the
+launches, so what depends only on the patterns and the shape (head grouping, A-shape parts, block-sparse
+masks, dense-head index tensors) is built once and cached (see `patterns._layout`, `index._CONST_CACHE`).
 """
 from __future__ import annotations
 
