@@ -3,6 +3,12 @@
 Builds ONE `SparseIndex` for all sparse heads of the layer (mixed patterns allowed), runs ONE kernel
 launch (Triton on CUDA, the chunked PyTorch reference elsewhere), and computes `dense` heads with SDPA
 (cuDNN preferred on GPU: it is the fastest dense kernel there).  GQA is native throughout.
+
+On the GPU path (fused vertical-slash estimation + Triton) a layer makes no host sync, whatever mix of
+patterns its heads have (tests/test_prefill_sync.py): every output size comes from (N, budgets, block
+sizes), and which heads are dense is a host tuple from the patterns.  The host cost per layer is the
+launches, so what depends only on the patterns and the shape (head grouping, A-shape parts, block-sparse
+masks, dense-head index tensors) is built once and cached (see `patterns._layout`, `index._CONST_CACHE`).
 """
 from __future__ import annotations
 
@@ -64,7 +70,8 @@ def normalize_patterns(patterns, num_heads: int) -> list[HeadPattern]:
 
 def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | None = None,
                      return_index: bool = False, block_m: int | None = None, block_n: int | None = None,
-                     last_q: int = 64, dense_above: float | None = None, **kernel_kwargs):
+                     last_q: int = 64, dense_above: float | None = None, fused: bool | None = None,
+                     **kernel_kwargs):
     """Causal prefill attention with per-head sparse patterns.
 
     ``dense_above``: if the index built for this input keeps more than this share of the dense causal
@@ -74,6 +81,8 @@ def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | No
 
     q (B,Hq,N,D); k, v (B,Hkv,N,D) with Hq % Hkv == 0; `patterns`: one HeadPattern (or
     [name, size_1, size_2, score]) per query head, or a single one for all heads.
+    ``fused``: the fused Triton vertical-slash estimation (None: on CUDA; True on the CPU needs
+    TRITON_INTERPRET=1, for tests of the GPU path).
     Returns out (B,Hq,N,D) [, SparseIndex].
     """
     B, Hq, N, D = q.shape
@@ -85,9 +94,9 @@ def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | No
     if all(p.is_dense for p in pats):
         out = dense_causal_sdpa(q, k, v, scale)
         if return_index:
-            return out, build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale)
+            return out, build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale, fused=fused)
         return out
-    index = build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale)
+    index = build_index(q, k, pats, block_m, block_n, last_q=last_q, scale=scale, fused=fused)
     if dense_above is not None and index.density() > dense_above:
         out = dense_causal_sdpa(q, k, v, scale)
         return (out, index) if return_index else out

@@ -42,20 +42,42 @@ def dense_causal_sdpa(q, k, v, scale=None):
                                               enable_gqa=q.shape[1] != k.shape[1])
 
 
-def dense_heads_sdpa(q, k, v, out, dense_heads: torch.Tensor, scale=None):
+def dense_heads_sdpa(q, k, v, out, dense_heads, scale=None):
     """Overwrite out[:, h] for the dense heads with causal SDPA.  A partial set of heads gathers its
     kv heads (an O(N·D) copy per head, negligible next to the O(N²·D) attention) and runs
     FlashAttention first (no per-length plan build, see the module docstring).
-    `dense_heads` is the index's CPU bool mask, so picking the heads needs no device sync."""
+    `dense_heads`: the head numbers (a sequence of ints, `SparseIndex.dense_head_ids`: known on the
+    host, so picking the heads reads nothing back and copies nothing to the device per call) or a
+    (Hq,) bool mask (read on the host once: a tensor on the GPU would be a sync)."""
     Hq, Hkv = q.shape[1], k.shape[1]
-    hs = torch.nonzero(dense_heads.cpu()).flatten()
-    if hs.numel() == Hq:
+    if isinstance(dense_heads, torch.Tensor):
+        dense_heads = [h for h, f in enumerate(dense_heads.tolist()) if f]
+    hs = tuple(int(h) for h in dense_heads)
+    if not hs:
+        return out
+    if len(hs) == Hq:
         out.copy_(dense_causal_sdpa(q, k, v, scale))
         return out
-    hs_d = hs.to(q.device, non_blocking=True)
-    kv = hs_d // (Hq // Hkv)
+    G = Hq // Hkv
+    hs_d, kv = _head_index(hs, G, q.device)
     first = os.environ.get("ACCEL_DENSE_HEADS_BACKEND", "flash")
     with sdpa_ctx(q.device.type, first):
         o = F.scaled_dot_product_attention(q[:, hs_d], k[:, kv], v[:, kv], is_causal=True, scale=scale)
     out[:, hs_d] = o
     return out
+
+
+_HEADS: dict = {}
+
+
+def _head_index(hs: tuple, G: int, device):
+    """(query heads, their kv heads) as int64 tensors on `device`, made once per (heads, G, device):
+    a host->device copy per call would be a sync point and could not be captured in a CUDA graph."""
+    key = (hs, G, str(device))
+    t = _HEADS.get(key)
+    if t is None:
+        if len(_HEADS) > 1024:   # bounded: distinct dense-head sets of one process
+            _HEADS.clear()
+        t = _HEADS[key] = (torch.tensor(hs, dtype=torch.int64, device=device),
+                           torch.tensor([h // G for h in hs], dtype=torch.int64, device=device))
+    return t

@@ -46,12 +46,21 @@ class SparseIndex:
     n: int                      # sequence length the index was built for
     block_m: int = 64
     block_n: int = 64
-    dense_heads: torch.Tensor | None = None  # (Hq,) bool; None = no dense heads
+    dense_heads: torch.Tensor | None = None  # (Hq,) bool on the CPU; None = no dense heads
+    # the dense heads' numbers as a Python tuple, known on the host when the index is built from
+    # patterns: the kernels pick those heads without reading a tensor back (a host sync per layer)
+    dense_head_ids: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.dense_heads is None:
-            self.dense_heads = torch.zeros(self.block_count.shape[1], dtype=torch.bool)
-        self.dense_heads = self.dense_heads.to("cpu", torch.bool)
+        dh = self.dense_heads
+        if dh is None:
+            flags = [False] * self.block_count.shape[1]
+        elif isinstance(dh, torch.Tensor):   # a caller's mask: read once here (a CPU tensor: no sync)
+            flags = [bool(f) for f in dh.to("cpu", torch.bool).tolist()]
+        else:                                # a list of bools from the patterns: no tensor read at all
+            flags = [bool(f) for f in dh]
+        self.dense_heads = _cpu_flags(tuple(flags))
+        self.dense_head_ids = tuple(h for h, f in enumerate(flags) if f)
 
     @property
     def shape(self):
@@ -63,8 +72,9 @@ class SparseIndex:
 
     def to(self, device) -> "SparseIndex":
         f = lambda t: t.to(device)
+        flags = [h in self.dense_head_ids for h in range(self.block_count.shape[1])]
         return SparseIndex(f(self.block_count), f(self.block_offset), f(self.column_count),
-                           f(self.column_index), self.n, self.block_m, self.block_n, self.dense_heads)
+                           f(self.column_index), self.n, self.block_m, self.block_n, flags)
 
     def density(self) -> float:
         """Computed key work / causal dense work (block padding included)."""
@@ -87,21 +97,15 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _cpu_flags(flags: tuple) -> torch.Tensor:
+    """(Hq,) CPU bool tensor of `flags`, a fresh copy (callers may edit an index's mask)."""
+    return torch.tensor(flags, dtype=torch.bool) if flags else torch.zeros(0, dtype=torch.bool)
+
+
 def _empty_index_parts(B, H, M, device):
     z = torch.zeros(B, H, M, dtype=torch.int32, device=device)
     return z, torch.zeros(B, H, M, 1, dtype=torch.int32, device=device), z.clone(), \
         torch.zeros(B, H, M, 1, dtype=torch.int32, device=device)
-
-
-def _compact(keep: torch.Tensor, values: torch.Tensor, max_out: int | None = None):
-    """Stable compaction along the last dim: (…, K) bool/values -> count (…), packed (…, MAX)."""
-    count = keep.sum(-1)
-    mx = max(int(count.max().item()) if count.numel() else 0, 1) if max_out is None else max_out
-    pos = torch.cumsum(keep.to(torch.int64), -1) - 1
-    pos = torch.where(keep, pos, torch.full_like(pos, mx))  # dropped entries go to a spill slot
-    out = torch.zeros(*keep.shape[:-1], mx + 1, dtype=values.dtype, device=values.device)
-    out.scatter_(-1, pos, values.expand_as(keep).contiguous() if values.shape != keep.shape else values)
-    return count, out[..., :mx]
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,10 +208,21 @@ def _force_keeps(col, diag, lq: int):
     the main diagonal)."""
     N = col.shape[-1]
     nk = min(VERTICAL_KEEP, N)
-    col[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=col.device, dtype=col.dtype)
+    col[..., :nk] = _forced_scores(nk, lq, col.dtype, col.device)
     nk = min(SLASH_KEEP, N)
-    diag[..., :nk] = (2 * lq + nk) - torch.arange(nk, device=diag.device, dtype=diag.dtype)
+    diag[..., :nk] = _forced_scores(nk, lq, diag.dtype, diag.device)
     return col, diag
+
+
+def _forced_scores(nk: int, lq: int, dtype, device) -> torch.Tensor:
+    """(nk,) the forced keys' scores 2·lq+nk-i, made once per (nk, lq, dtype, device)."""
+    key = ("forced", nk, lq, dtype, str(device))
+    t = _CONST_CACHE.get(key)
+    if t is None:
+        if len(_CONST_CACHE) > 4096:
+            _CONST_CACHE.clear()
+        t = _CONST_CACHE[key] = (2 * lq + nk) - torch.arange(nk, device=device, dtype=dtype)
+    return t
 
 
 def vertical_slash_scores_fused(q, k, last_q: int = 64, scale: float | None = None):
@@ -225,6 +240,26 @@ def _top_sorted(scores: torch.Tensor, k: int, sort: bool = True) -> torch.Tensor
         return torch.zeros(*scores.shape[:-1], 0, dtype=torch.int64, device=scores.device)
     top = torch.topk(scores, k, dim=-1, sorted=False).indices
     return top.sort(-1).values if sort else top
+
+
+def _top_budgeted(scores: torch.Tensor, budgets: list[int], kmax: int) -> torch.Tensor:
+    """(B, H, kmax) int64: head h's top budgets[h] indices (descending score), then -1 padding."""
+    if kmax <= 0:
+        return torch.zeros(*scores.shape[:-1], 0, dtype=torch.int64, device=scores.device)
+    top = torch.topk(scores, kmax, dim=-1, sorted=True).indices
+    return top.masked_fill(_budget_mask(tuple(budgets), kmax, scores.device), -1)
+
+
+def _budget_mask(budgets: tuple, kmax: int, device) -> torch.Tensor:
+    """(H, kmax) bool, True past each head's budget; made once per (budgets, device)."""
+    key = ("budget_mask", budgets, kmax, str(device))
+    t = _CONST_CACHE.get(key)
+    if t is None:
+        if len(_CONST_CACHE) > 4096:
+            _CONST_CACHE.clear()
+        b = torch.as_tensor(budgets, dtype=torch.int64)
+        t = _CONST_CACHE[key] = (torch.arange(kmax)[None, :] >= b[:, None]).to(device)
+    return t
 
 
 def estimate_vertical_slash(q, k, v: int, s: int, last_q: int = 64, scale: float | None = None):
@@ -398,33 +433,53 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
-    tk = _dev_index([topk] * Hq if isinstance(topk, int) else [int(t) for t in topk], q.device)  # (Hq,)
+    tks = tuple([int(topk)] * Hq if isinstance(topk, int) else [int(t) for t in topk])
     qp = _pool(q, block_m)                                                # (B, Hq, M, D)
     kp = _pool(k, block_n)                                                # (B, Hkv, Nb, D)
     M, Nb = qp.shape[2], kp.shape[2]
-    r0, r1 = _q_block_bounds(N, block_m, q.device)
-    kb = torch.arange(Nb, device=q.device)
-    allowed = (kb[None, :] * block_n) <= (r1 - 1)[:, None]                # (M, Nb)
-    forced = allowed & ((kb[None, :] * block_n + block_n - 1) >= r0[:, None])
-    nforced = forced.sum(-1)
     # forced (diagonal) blocks per query block: at most (block_m-1)//block_n + 2; both from Python ints,
     # so no device sync sizes the selection
-    tk_max = max(topk) if not isinstance(topk, int) else topk
-    K = min(Nb, max(int(tk_max), (block_m - 1) // block_n + 2))
-    count = torch.minimum(tk[None, :, None], allowed.sum(-1)[None, None, :])
-    count = torch.maximum(count, nforced[None, None, :]).expand(B, Hq, M).contiguous()
-    sel = torch.empty(B, Hq, M, K, dtype=torch.int64, device=q.device)
+    K = min(Nb, max(max(tks), (block_m - 1) // block_n + 2))
+    allowed, forced, count, past = _block_sparse_consts(B, N, tks, K, block_m, block_n, q.device)
     per = max(1, (1 << 26) // max(1, G * M * Nb))
-    for h0 in range(0, Hkv, per):  # chunk over kv heads: the (M, Nb) score slab is N²/4096 floats
-        h1 = min(Hkv, h0 + per)
-        sc = torch.matmul(qp[:, h0 * G:h1 * G].reshape(B, h1 - h0, G * M, D),
-                          kp[:, h0:h1].transpose(-1, -2)).view(B, (h1 - h0) * G, M, Nb)
-        sc = sc.masked_fill(~allowed, float("-inf")).masked_fill(forced, float("inf"))
-        sel[:, h0 * G:h1 * G] = torch.topk(sc, K, dim=-1, sorted=True).indices
-    j = torch.arange(K, device=q.device)
-    sel = torch.where(j < count[..., None], sel, torch.full_like(sel, _BIG)).sort(-1).values
-    sel = torch.where(j < count[..., None], sel, torch.zeros_like(sel))
-    return count, sel
+    if per >= Hkv:   # one slab (the usual case): no chunk copies
+        sc = torch.matmul(qp.reshape(B, Hkv, G * M, D), kp.transpose(-1, -2)).view(B, Hq, M, Nb)
+        sel = torch.topk(sc.masked_fill_(~allowed, float("-inf")).masked_fill_(forced, float("inf")),
+                         K, dim=-1, sorted=True).indices
+    else:
+        sel = torch.empty(B, Hq, M, K, dtype=torch.int64, device=q.device)
+        for h0 in range(0, Hkv, per):  # chunk over kv heads: the (M, Nb) score slab is N²/4096 floats
+            h1 = min(Hkv, h0 + per)
+            sc = torch.matmul(qp[:, h0 * G:h1 * G].reshape(B, h1 - h0, G * M, D),
+                              kp[:, h0:h1].transpose(-1, -2)).view(B, (h1 - h0) * G, M, Nb)
+            sc = sc.masked_fill(~allowed, float("-inf")).masked_fill(forced, float("inf"))
+            sel[:, h0 * G:h1 * G] = torch.topk(sc, K, dim=-1, sorted=True).indices
+    sel = sel.masked_fill(past, _BIG).sort(-1).values
+    sel = sel.masked_fill(past, 0)
+    return count.clone(), sel   # a copy: the cached count must not be edited by callers
+
+
+def _block_sparse_consts(B, N, tks: tuple, K: int, block_m: int, block_n: int, device):
+    """What `estimate_block_sparse` needs besides the scores, from (N, top-k budgets, blocks) alone:
+    allowed (M, Nb) causal key blocks, forced (M, Nb) diagonal ones, count (B, Hq, M) kept blocks,
+    past (B, Hq, M, K) slots beyond the count.  Made once per shape and reused by every layer (about
+    15 small launches each)."""
+    key = ("block_sparse", B, N, tks, K, block_m, block_n, str(device))
+    t = _CONST_CACHE.get(key)
+    if t is None:
+        if len(_CONST_CACHE) > 4096:
+            _CONST_CACHE.clear()
+        r0, r1 = _q_block_bounds(N, block_m, device)
+        Nb = triton_cdiv(N, block_n)
+        kb = torch.arange(Nb, device=device)
+        allowed = (kb[None, :] * block_n) <= (r1 - 1)[:, None]                # (M, Nb)
+        forced = allowed & ((kb[None, :] * block_n + block_n - 1) >= r0[:, None])
+        tk = torch.as_tensor(tks, dtype=torch.int64).to(device)
+        count = torch.minimum(tk[None, :, None], allowed.sum(-1)[None, None, :])
+        count = torch.maximum(count, forced.sum(-1)[None, None, :]).expand(B, len(tks), r0.numel()).contiguous()
+        past = torch.arange(K, device=device) >= count[..., None]
+        t = _CONST_CACHE[key] = (allowed, forced, count, past)
+    return t
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,6 +543,14 @@ def top_vertical_slash(col: torch.Tensor, diag: torch.Tensor, sizes: list[tuple[
     vmax, smax = max(v for v, _ in sizes), max(s for _, s in sizes)
     if all(sz == (vmax, smax) for sz in sizes):
         return _top_sorted(col, vmax, sort), _top_sorted(diag, smax, sort)
+    if not sort:
+        # Unsorted output (the fused conversion sorts): ONE descending top-k at the largest budget for
+        # all heads, then each head's entries past its own budget become -1 padding.  The first v of a
+        # descending top-vmax are the top v, so the kept keys equal a per-budget top-k (up to which of
+        # exactly tied scores is taken, which top-k leaves open anyway).  Real packs give nearly every
+        # head its own (v, s): grouping cost ~6 launches per distinct budget (~90 per layer on Qwen).
+        return (_top_budgeted(col, [v for v, _ in sizes], vmax),
+                _top_budgeted(diag, [s for _, s in sizes], smax))
     vert = torch.full((B, H, vmax), -1, dtype=torch.int64, device=dev)
     sl = torch.full((B, H, smax), -1, dtype=torch.int64, device=dev)
     for (vv, ss) in set(sizes):  # group equal sizes
@@ -498,30 +561,60 @@ def top_vertical_slash(col: torch.Tensor, diag: torch.Tensor, sizes: list[tuple[
 
 
 def assemble_index(parts, B: int, Hq: int, n: int, block_m: int, block_n: int, dense_heads,
-                   device) -> SparseIndex:
+                   device, *, static_parts=(), static_key=None) -> SparseIndex:
     """One `SparseIndex` from per-head-group parts: each part is (heads, count (B,h,M), offset (B,h,M,*),
-    column_count (B,h,M), column_index (B,h,M,*)).  Heads in no part (dense heads) keep zero counts;
-    `dense_heads` is a (Hq,) bool or list of bools."""
+    column_count (B,h,M), column_index (B,h,M,*)); both column entries may be None: no gathered
+    columns (nothing to write).  Heads in no part (dense heads) keep zero counts;
+    `dense_heads` is a (Hq,) bool or list of bools.
+
+    ``static_parts`` (with a hashable ``static_key`` naming them, e.g. the A-shape heads and sizes):
+    parts that depend only on the shape.  The zero buffers with those parts written in are made once
+    per (key, shape) and cloned per call, so a mixed layer pays 4 copies + the data-dependent parts'
+    writes instead of 4 fills + 4 writes per part (~40 launches per layer on the Qwen pack)."""
     M = triton_cdiv(n, block_m)
-    if len(parts) == 1 and list(parts[0][0]) == list(range(Hq)):  # one pattern family: no re-assembly copy
-        _, c, o, cc, ci = parts[0]
+    allp = list(parts) + list(static_parts)
+    if len(allp) == 1 and list(allp[0][0]) == list(range(Hq)):  # one pattern family: no re-assembly copy
+        _, c, o, cc, ci = allp[0]
+        if cc is None:
+            cc, ci = torch.zeros_like(c, dtype=torch.int32), torch.zeros(*c.shape, 1, dtype=torch.int32, device=c.device)
         return SparseIndex(c.to(torch.int32).contiguous(), o.to(torch.int32).contiguous(),
                            cc.to(torch.int32).contiguous(), ci.to(torch.int32).contiguous(),
-                           n, block_m, block_n, torch.as_tensor(dense_heads, dtype=torch.bool))
-    MB = max([p[2].shape[-1] for p in parts] + [1])
-    MC = max([p[4].shape[-1] for p in parts] + [1])
-    count = torch.zeros(B, Hq, M, dtype=torch.int32, device=device)
-    offset = torch.zeros(B, Hq, M, MB, dtype=torch.int32, device=device)
-    ccount = torch.zeros(B, Hq, M, dtype=torch.int32, device=device)
-    cindex = torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=device)
+                           n, block_m, block_n, [bool(f) for f in dense_heads])
+    MB = max([p[2].shape[-1] for p in allp] + [1])
+    MC = max([p[4].shape[-1] for p in allp if p[4] is not None] + [1])
+    if static_key is None:
+        bufs = _write_parts(_zero_bufs(B, Hq, M, MB, MC, device), allp, device)
+    else:
+        key = ("assembled", static_key, B, Hq, M, MB, MC, str(device))
+        base = _CONST_CACHE.get(key)
+        if base is None:
+            if len(_CONST_CACHE) > 4096:
+                _CONST_CACHE.clear()
+            base = _CONST_CACHE[key] = _write_parts(_zero_bufs(B, Hq, M, MB, MC, device), static_parts, device)
+        bufs = _write_parts(tuple(t.clone() for t in base), parts, device)
+    return SparseIndex(*bufs, n, block_m, block_n, [bool(f) for f in dense_heads])
+
+
+def _zero_bufs(B, Hq, M, MB, MC, device):
+    return (torch.zeros(B, Hq, M, dtype=torch.int32, device=device),
+            torch.zeros(B, Hq, M, MB, dtype=torch.int32, device=device),
+            torch.zeros(B, Hq, M, dtype=torch.int32, device=device),
+            torch.zeros(B, Hq, M, MC, dtype=torch.int32, device=device))
+
+
+def _write_parts(bufs, parts, device):
+    count, offset, ccount, cindex = bufs
     for hs, c, o, cc, ci in parts:
-        hsel = _dev_index(hs, device)
-        count[:, hsel] = c.to(torch.int32)
-        offset[:, hsel, :, :o.shape[-1]] = o.to(torch.int32)
-        ccount[:, hsel] = cc.to(torch.int32)
-        cindex[:, hsel, :, :ci.shape[-1]] = ci.to(torch.int32)
-    dense = torch.as_tensor(dense_heads, dtype=torch.bool)
-    return SparseIndex(count, offset, ccount, cindex, n, block_m, block_n, dense)
+        hs = list(hs)
+        # a run of consecutive heads is a slice (a plain copy); otherwise an index tensor, cached
+        hsel = slice(hs[0], hs[-1] + 1) if hs == list(range(hs[0], hs[0] + len(hs))) else _dev_index(hs, device)
+        i32 = lambda t: t if t.dtype == torch.int32 else t.to(torch.int32)  # noqa: E731 (index_put: same dtype)
+        count[:, hsel] = i32(c)
+        offset[:, hsel, :, :o.shape[-1]] = i32(o)
+        if cc is not None:   # None: no gathered columns, the buffers' zeros stand
+            ccount[:, hsel] = i32(cc)
+            cindex[:, hsel, :, :ci.shape[-1]] = i32(ci)
+    return bufs
 
 
 # --------------------------------------------------------------------------------------------

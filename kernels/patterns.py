@@ -73,6 +73,9 @@ def _as_size(kind: str, field: str, val) -> int:
     return num
 
 
+_STATIC_PARTS: dict = {}   # index parts of static patterns (A-shape), per (shape, sizes, blocks, device)
+
+
 # --------------------------------------------------------------------------------------------
 # the registry
 # --------------------------------------------------------------------------------------------
@@ -87,6 +90,7 @@ class Pattern:
     exact_cost: bool = True               # `cost` is what the kernel runs on any data (else a prediction)
     tie_rank: int = 0                     # search: near-equal recall goes to the lowest rank
     max_block_n: int | None = None        # widest key block the kernels should use for it
+    static: bool = False                  # its index parts depend only on (shape, sizes, blocks), not on q/k
 
     # ---- sizes ---------------------------------------------------------------------------------
     def validate(self, size_1, size_2) -> tuple[int, int]:
@@ -103,7 +107,7 @@ class Pattern:
     def build(self, q, k, heads: list[int], patterns: list["HeadPattern"], block_m: int, block_n: int,
               last_q: int, scale: float | None, fused: bool | None = None) -> list[tuple]:
         """Index parts for `heads` (all of this kind): [(heads, count (B,h,M), offset (B,h,M,*),
-        column_count (B,h,M), column_index (B,h,M,*))], see `index.assemble_index`. ``fused``: use the
+        column_count (B,h,M) or None, column_index (B,h,M,*) or None)], see `index.assemble_index`. ``fused``: use the
         fused Triton estimation where the kind has one (None = on CUDA)."""
         raise NotImplementedError
 
@@ -261,6 +265,7 @@ class StreamLLM(Pattern):
     """A-shape: the first `sink` keys + a local window; static (no estimation)."""
 
     name, aliases, label = "stream_llm", ("a_shape", "ashape", "streaming"), "A-shape"
+    static = True
     fields = ("sink", "window")
     tie_rank = 0
     search_sink_blocks = (1, 2, 4)   # candidates: sink of this many key blocks, window takes the rest
@@ -271,6 +276,20 @@ class StreamLLM(Pattern):
 
     def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
         B, N, dev = q.shape[0], q.shape[2], q.device
+        sizes = tuple((h, patterns[h].size_1, patterns[h].size_2) for h in heads)
+        # static: the parts depend only on (batch, length, sizes, blocks), so they are built once and
+        # reused by every layer and prompt of that shape (~30 small launches per distinct size saved;
+        # consumers copy them into the layer's index, never write them)
+        key = ("stream_llm", B, N, sizes, block_m, block_n, str(dev))
+        parts = _STATIC_PARTS.get(key)
+        if parts is None:
+            if len(_STATIC_PARTS) > 1024:   # bounded: distinct (shape, layer layout) pairs of a process
+                _STATIC_PARTS.clear()
+            parts = _STATIC_PARTS[key] = self._build(B, N, dev, heads, patterns, block_m, block_n)
+        return list(parts)
+
+    @staticmethod
+    def _build(B, N, dev, heads, patterns, block_m, block_n):
         M = triton_cdiv(N, block_m)
         by_size: dict[tuple, list[int]] = {}   # identical for every head of one size: build once
         for h in heads:
@@ -282,7 +301,7 @@ class StreamLLM(Pattern):
             parts.append((hs, c.expand(B, nh, M), o.expand(B, nh, *o.shape),
                           torch.zeros(B, nh, M, dtype=torch.int32, device=dev),
                           torch.zeros(B, nh, M, 1, dtype=torch.int32, device=dev)))
-        return parts
+        return tuple(parts)
 
     def block_tiles(self, p, r0, r1, n, block, mode):
         lo = max(r0 - p.size_2 + 1, 0) // block
@@ -332,10 +351,11 @@ class BlockSparse(Pattern):
         mine = set(heads)
         tk = [max(patterns[h].size_1, 1) if h in mine else 1 for h in range(Hq)]
         cnt, sel = estimate_block_sparse(q, k, tk, block_m, block_n)
-        hsel = _dev_index(heads, dev)
-        return [(heads, cnt[:, hsel].to(torch.int32), (sel[:, hsel] * block_n).to(torch.int32),
-                 torch.zeros(B, len(heads), M, dtype=torch.int32, device=dev),
-                 torch.zeros(B, len(heads), M, 1, dtype=torch.int32, device=dev))]
+        if len(heads) < Hq:
+            hsel = _dev_index(heads, dev)
+            cnt, sel = cnt[:, hsel], sel[:, hsel]
+        # no gathered columns (None): the assembled index's zeros stand, nothing to write
+        return [(heads, cnt, (sel * block_n).to(torch.int32), None, None)]
 
     def block_tiles(self, p, r0, r1, n, block, mode):
         return max(min(p.size_1, triton_cdiv(r1, block)), 1)
@@ -360,6 +380,7 @@ class Dense(Pattern):
     name, aliases, label = "dense", ("full",), "dense"
     fields = ("unused", "unused")
     dense = True
+    static = True
     tie_rank = 3
 
     def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
@@ -479,13 +500,34 @@ def build_index(q, k, patterns: list, block_m: int = 64, block_n: int = 64,
     patterns = [HeadPattern.from_list(p) for p in patterns]
     if len(patterns) != Hq:
         raise PatternError(f"need one pattern per query head: {Hq} heads, {len(patterns)} patterns")
-    groups: dict[str, list[int]] = {}
-    for h, p in enumerate(patterns):
-        groups.setdefault(p.name, []).append(h)
-    parts = []
-    for name, heads in groups.items():
-        parts += PATTERNS[name].build(q, k, heads, patterns, block_m, block_n, last_q, scale, fused)
-    return assemble_index(parts, B, Hq, N, block_m, block_n, [p.is_dense for p in patterns], q.device)
+    groups, static_key, dense = _layout(patterns)
+    parts, static_parts = [], []
+    for kind, heads in groups:
+        built = kind.build(q, k, heads, patterns, block_m, block_n, last_q, scale, fused)
+        # shape-only parts (A-shape, dense) are assembled once per layout and shape, then reused
+        (static_parts if kind.static else parts).extend(built)
+    return assemble_index(parts, B, Hq, N, block_m, block_n, dense, q.device,
+                          static_parts=static_parts, static_key=static_key)
+
+
+_LAYOUTS: dict = {}
+
+
+def _layout(patterns: list[HeadPattern]):
+    """What a layer's patterns alone decide, made once per distinct pattern list (every prefill of a
+    pack reuses it): [(kind, heads)] in first-head order, the static parts' cache key, dense flags."""
+    key = tuple((p.name, p.size_1, p.size_2) for p in patterns)
+    lay = _LAYOUTS.get(key)
+    if lay is None:
+        if len(_LAYOUTS) > 4096:   # bounded: distinct layers x prompt lengths of a process
+            _LAYOUTS.clear()
+        groups: dict[str, list[int]] = {}
+        for h, p in enumerate(patterns):
+            groups.setdefault(p.name, []).append(h)
+        kinds = [(PATTERNS[name], heads) for name, heads in groups.items()]
+        static_key = tuple((kind.name, tuple((h, *key[h]) for h in heads)) for kind, heads in kinds if kind.static)
+        lay = _LAYOUTS[key] = (kinds, static_key, [p.is_dense for p in patterns])
+    return lay
 
 
 def pattern_cost(pattern, n: int, d: int = 128, block: int = 64, mode: str = "expected") -> int:

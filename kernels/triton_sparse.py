@@ -226,7 +226,7 @@ def sparse_attention_triton(q, k, v, index: SparseIndex, scale: float | None = N
                                       heavy_first=heavy_first, always_mask=always_mask, k_rows=k_rows,
                                       loop_stages=loop_stages, warp_specialize=warp_specialize)
     _sparse_attn_fwd[grid](*args, **kwargs)
-    if dense_sdpa and bool(index.dense_heads.any()):
+    if dense_sdpa and index.dense_head_ids:   # a host tuple: no read-back of the mask
         from .dense import dense_heads_sdpa
-        dense_heads_sdpa(q, k, v, o, index.dense_heads, scale)
+        dense_heads_sdpa(q, k, v, o, index.dense_head_ids, scale)
     return o

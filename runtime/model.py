@@ -84,7 +84,7 @@ def layer_forward(x, cos, sin, rows, slots, mask, kc, vc, attn_norm, wqkv, bqkv,
             y, index = y
             ran_dense = dense_above is not None and index.density() > dense_above
             stats.append({"density": 1.0 if ran_dense else index.density(), "heads": n_head,
-                          "sparse_heads": 0 if ran_dense else int((~index.dense_heads).sum())})
+                          "sparse_heads": 0 if ran_dense else n_head - len(index.dense_head_ids)})
     elif causal_self:  # a fresh prompt chunk sees only itself: causal SDPA (cuDNN), no (T, S) mask
         from ..kernels.dense import dense_causal_sdpa
         y = dense_causal_sdpa(q, k.transpose(1, 2), v.transpose(1, 2))

@@ -9,7 +9,6 @@
 - sampling modes (verify captured, acceptance eager) run through the engine and are seeded."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import accel.runtime.speculative as spec
@@ -20,6 +19,8 @@ from accel.runtime.drafters.eagle import EagleConfig, EagleDraft
 from accel.runtime.drafters.eagle_decode import generate_eagle
 from accel.runtime.engine import Engine, Sampling
 from accel.runtime.model import CompactLM
+
+from .host_sync import NoHostSync, no_host_sync
 
 V = 97
 PROMPTS = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3], [7] * 19]
@@ -55,54 +56,19 @@ def make_draft(model, std=0.3, cls=EagleDraft):
 
 # ----------------------------------------------------------------------------- the no-sync guard
 
-_SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique",
-             "aten::_unique2", "aten::unique_consecutive", "aten::repeat_interleave", "aten::item"}
-
-
-class NoHostSync(TorchDispatchMode):
-    """Records every op that would make the host wait for the device (or change shape with the data)."""
-
-    def __init__(self):
-        super().__init__()
-        self.bad: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        if name in _SYNC_OPS:
-            self.bad.append(name)
-        if name in ("aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"):
-            idx = args[1] if len(args) > 1 else []
-            if any(t is not None and t.dtype == torch.bool for t in idx):
-                self.bad.append(name + " with a boolean mask")
-        if name in ("aten::_to_copy", "aten::to", "aten::copy_"):
-            dev = (kwargs or {}).get("device")
-            if dev is not None and torch.device(dev).type == "cpu" and any(
-                    isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args):
-                self.bad.append(name + " to the host")
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.fixture
 def guard(monkeypatch):
     """Wrap the loop's step function: each call runs under NoHostSync, with the host readers patched."""
     calls, bad = [0], []
     orig = spec._step_fn
 
-    def forbid(name):
-        def f(*a, **k):
-            raise AssertionError(f"host sync in the step: Tensor.{name}")
-        return f
-
     def step_fn(*a, **k):
         fn = orig(*a, **k)
 
         def guarded(*args):
             calls[0] += 1
-            with pytest.MonkeyPatch.context() as mp:
-                for name in ("item", "tolist", "cpu", "numpy"):
-                    mp.setattr(torch.Tensor, name, forbid(name))
-                with NoHostSync() as g:
-                    out = fn(*args)
+            with no_host_sync() as g:
+                out = fn(*args)
             bad.extend(g.bad)
             return out
         return guarded
