@@ -27,6 +27,8 @@ stage2)
   cp .stage2/* /root/stage/ && cat /root/stage/smollm2.gguf.part-* > /root/smollm2.gguf && rm /root/stage/smollm2.gguf.part-*
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
+  [[ -f .carry/eagle-pack.safetensors ]] && cp .carry/eagle-pack.safetensors $W/
+  [[ -n ${SKIP_SPARSE:-} ]] && { echo "stage2 ok"; exit 0; }
   setsid nohup bash -c "timeout 420 python3 scripts/gpu_sparse_speed.py --budget-s ${SPARSE_BUDGET:-200} \
       --out $W/sparse-speed.json > $W/sparse.log 2>&1; echo done > $W/sparse.done" > /dev/null 2>&1 < /dev/null &
   nvidia-smi --query-gpu=name,memory.used --format=csv,noheader; echo "stage2 ok; sparse speed started" ;;
