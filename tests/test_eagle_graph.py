@@ -20,6 +20,8 @@ from accel.runtime.drafters.eagle_decode import generate_eagle
 from accel.runtime.engine import Engine, Sampling
 from accel.runtime.model import CompactLM
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from .host_sync import NoHostSync, no_host_sync
 
 V = 97
