@@ -69,14 +69,9 @@ def train_heads(
         from ..heads.train import TrainConfig
         from ..heads.train import train_heads as run_training
         from ..runtime.files import check_output
-        from ..runtime.models import load_model
-        from ..runtime.pack import Pack, load_pack, save_pack, validate_for_model
+        from ..runtime.pack import Pack, load_pack, save_pack
 
-        if prompts is not None and data is not None:
-            raise AccelError("pass either --prompts (self-distillation) or --data (given text), not both")
-        for f in (prompts, data):
-            if f is not None and not f.is_file():
-                raise AccelError(f"file not found: {f}")
+        _check_data_args(prompts, data)
         # before the slow part: --output must be writable and not one of the data files (it may be --pack: merge)
         check_output(output, inputs=[prompts, data], what="--output", create_parents=True)
         base_path = pack or (output if output.exists() else None)
@@ -87,11 +82,9 @@ def train_heads(
                           checkpoint_dir=str(checkpoint_dir or output.with_name(output.name + ".ckpt")),
                           checkpoint_every=checkpoint_every, resume=resume, seed=seed)
         cfg.validate()
-        lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        if base is not None:
-            validate_for_model(base, lm.model, lm.fingerprint, force=force, where=f"pack {base_path}")
-        examples, data_info = _examples(lm, prompts, data, distill_tokens, distill_batch_size, distill_samples,
-                                        distill_temperature, seed)
+        lm, examples, data_info = _model_and_examples(model, device, dtype, trust_remote_code, base, base_path, force,
+                                                      prompts, data, distill_tokens, distill_batch_size,
+                                                      distill_samples, distill_temperature, seed)
         result = run_training(lm.model, lm.tokenizer, examples, cfg, fingerprint=lm.fingerprint, progress=True)
         medusa = {**result.heads.config.to_dict(), "rank_acceptance": result.rank_acceptance}
         medusa["tree"] = _tree_from(result.rank_acceptance, tree_nodes)
@@ -157,6 +150,31 @@ def _examples(lm, prompts, data, distill_tokens, distill_batch_size, distill_sam
                       "sample_temperature": distill_temperature, "examples": len(examples)}
 
 
+def _check_data_args(prompts, data) -> None:
+    """Both trainers: at most one data source, and it exists (before anything slow)."""
+    from ..runtime.errors import AccelError
+
+    if prompts is not None and data is not None:
+        raise AccelError("pass either --prompts (self-distillation) or --data (given text), not both")
+    for f in (prompts, data):
+        if f is not None and not f.is_file():
+            raise AccelError(f"file not found: {f}")
+
+
+def _model_and_examples(model, device, dtype, trust_remote_code, base, base_path, force, prompts, data,
+                        distill_tokens, distill_batch_size, distill_samples, distill_temperature, seed):
+    """Both trainers: load the base model, check a given pack was made for it, build the training examples."""
+    from ..runtime.models import load_model
+    from ..runtime.pack import validate_for_model
+
+    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if base is not None:
+        validate_for_model(base, lm.model, lm.fingerprint, force=force, where=f"pack {base_path}")
+    examples, data_info = _examples(lm, prompts, data, distill_tokens, distill_batch_size, distill_samples,
+                                    distill_temperature, seed)
+    return lm, examples, data_info
+
+
 def _train_eagle(output, model, pack, steps, batch_size, seq_len, lr, warmup, grad_accum, prompts, data,
                  distill_tokens, distill_batch_size, distill_samples, distill_temperature, checkpoint_dir,
                  checkpoint_every, resume, seed, force, device, dtype, ttt_steps, eagle_loss, export_dir,
@@ -164,14 +182,9 @@ def _train_eagle(output, model, pack, steps, batch_size, seq_len, lr, warmup, gr
     from ..heads.eagle_train import EagleTrainConfig, train_eagle
     from ..runtime.drafters.eagle_io import export_eagle3, save_eagle
     from ..runtime.errors import AccelError
-    from ..runtime.models import load_model
-    from ..runtime.pack import load_pack, validate_for_model
+    from ..runtime.pack import load_pack
 
-    if prompts is not None and data is not None:
-        raise AccelError("pass either --prompts (self-distillation) or --data (given text), not both")
-    for f in (prompts, data):
-        if f is not None and not f.is_file():
-            raise AccelError(f"file not found: {f}")
+    _check_data_args(prompts, data)
     if output.is_dir():
         raise AccelError(f"--output {output} is a folder; give a file name like eagle.safetensors")
     into_pack = pack is not None  # --pack P: the draft goes INTO a pack (P's patterns kept) at --output
@@ -189,11 +202,9 @@ def _train_eagle(output, model, pack, steps, batch_size, seq_len, lr, warmup, gr
                            checkpoint_every=checkpoint_every, resume=resume, seed=seed,
                            max_train_s=None if max_minutes is None else 60.0 * max_minutes)
     cfg.validate()
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    if base is not None:
-        validate_for_model(base, lm.model, lm.fingerprint, force=force, where=f"pack {pack}")
-    examples, data_info = _examples(lm, prompts, data, distill_tokens, distill_batch_size, distill_samples,
-                                    distill_temperature, seed)
+    lm, examples, data_info = _model_and_examples(model, device, dtype, trust_remote_code, base, pack, force,
+                                                  prompts, data, distill_tokens, distill_batch_size, distill_samples,
+                                                  distill_temperature, seed)
     result = train_eagle(lm.model, lm.tokenizer, examples, cfg, fingerprint=lm.fingerprint, progress=True)
     provenance = {"accel_version": _version(),
                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

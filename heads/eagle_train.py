@@ -33,7 +33,8 @@ from torch.utils.checkpoint import checkpoint
 from ..runtime.drafters.eagle import EagleConfig, EagleConfigError, EagleDraft
 from .data import HeadsDataError, to_examples
 from .train import (HeadsCheckpointError, HeadsConfigError, _autocast, _bf16, _chunks, _collate, _data_hash,
-                    _lr_lambda, _Order, _Progress, _save, _split, _warmup, checkpoint_state, resume_checkpoint)
+                    _lr_lambda, _Order, _Progress, _save, _split, _warmup, check_schedule, checkpoint_state,
+                    resume_checkpoint)
 
 __all__ = ["EagleTrainConfig", "EagleTrainResult", "train_eagle", "evaluate_eagle", "ttt_loss", "unroll", "base_features"]
 
@@ -76,12 +77,7 @@ class EagleTrainConfig:
         need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
         need(self.seq_len >= self.ttt_steps + 2,
              f"seq_len {self.seq_len} is too short for {self.ttt_steps} unrolled steps; use at least {self.ttt_steps + 2}")
-        need(self.lr > 0, "lr must be > 0")
-        need(self.warmup >= 0, "warmup must be >= 0")
-        need(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
-        need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
-        need(not self.resume or bool(self.checkpoint_dir), "resume needs a checkpoint_dir to resume from")
-        need(self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'")
+        check_schedule(self, need)
         need(self.init_std > 0, "init_std must be > 0")
 
 

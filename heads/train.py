@@ -90,13 +90,19 @@ class TrainConfig:
         need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
         need(self.seq_len >= self.num_heads + 2,
              f"seq_len {self.seq_len} is too short for {self.num_heads} heads; use at least {self.num_heads + 2}")
-        need(self.lr > 0, "lr must be > 0")
-        need(self.warmup >= 0, "warmup must be >= 0")
-        need(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
-        need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
-        need(not self.resume or bool(self.checkpoint_dir), "resume needs a checkpoint_dir to resume from")
-        need(self.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'")
+        check_schedule(self, need)
         need(self.topk >= 1, "topk must be >= 1")
+
+
+def check_schedule(cfg, need) -> None:
+    """The checks every trainer's config shares (Medusa's here, EAGLE's in eagle_train): optimiser
+    schedule, held-out share, checkpointing, precision. ``need(ok, msg)`` raises the trainer's error."""
+    need(cfg.lr > 0, "lr must be > 0")
+    need(cfg.warmup >= 0, "warmup must be >= 0")
+    need(0.0 <= cfg.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
+    need(cfg.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+    need(not cfg.resume or bool(cfg.checkpoint_dir), "resume needs a checkpoint_dir to resume from")
+    need(cfg.precision in ("auto", "bf16", "fp32"), "precision must be 'auto', 'bf16' or 'fp32'")
 
 
 @dataclass

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from accel.runtime.decode import generate_plain
 from accel.runtime.drafters.dynamic_tree import grow_tree, num_candidates, select_tree
@@ -11,27 +10,16 @@ from accel.runtime.drafters.eagle_decode import _draft_catch_up, eagle_prefill, 
 from accel.runtime.errors import AccelError
 from accel.runtime.model import CompactLM
 
-V = 97
-
+from .eagle_tiny import V, make_draft, tiny_hf
 
 @pytest.fixture(scope="module")
 def hf():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      initializer_range=0.3, tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_hf()
 
 
 @pytest.fixture(scope="module")
 def model(hf):
     return CompactLM.from_hf(hf)
-
-
-def make_draft(model, seed=1, std=0.3, cls=EagleDraft):
-    d = cls(EagleConfig.for_base(model, intermediate_size=96), model.tok_embeddings, model.output.weight)
-    d.init_weights(seed, std)
-    return d.eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- config

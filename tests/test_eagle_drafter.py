@@ -2,7 +2,6 @@
 round trip (config + tensors validated by the drafter, loaded back as the same drafter), bounded config."""
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from accel.runtime.decode import generate_plain
 from accel.runtime.drafters import DRAFTERS, EagleDrafter
@@ -11,21 +10,15 @@ from accel.runtime.engine import Engine, Sampling
 from accel.runtime.model import CompactLM
 from accel.runtime.pack import Pack, load_pack, save_pack
 
-V = 97
-
+from .eagle_tiny import make_draft, tiny_hf
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      initializer_range=0.3, tie_word_embeddings=True)
-    return CompactLM.from_hf(LlamaForCausalLM(cfg).eval())
+    return CompactLM.from_hf(tiny_hf())
 
 
 def drafter(model, seed=1, std=0.3, **tree):
-    d = EagleDraft(EagleConfig.for_base(model, intermediate_size=96), model.tok_embeddings, model.output.weight)
-    return EagleDrafter(d.init_weights(seed, std).eval().requires_grad_(False), **tree)
+    return EagleDrafter(make_draft(model, seed, std), **tree)
 
 
 PROMPTS = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3]]

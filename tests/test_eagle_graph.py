@@ -22,19 +22,15 @@ from accel.runtime.model import CompactLM
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .eagle_tiny import V, make_draft, tiny_hf
 from .host_sync import NoHostSync, no_host_sync
 
-V = 97
 PROMPTS = [[1, 5, 7, 9, 11, 13, 2, 4], [42, 3], [7] * 19]
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      initializer_range=0.3, tie_word_embeddings=True)
-    return CompactLM.from_hf(LlamaForCausalLM(cfg).eval())
+    return CompactLM.from_hf(tiny_hf())
 
 
 class NoisyOracle(EagleDraft):
@@ -49,11 +45,6 @@ class NoisyOracle(EagleDraft):
         tgt = torch.tensor(self.seq + [0] * 400)[p.clamp(max=len(self.seq) + 399)]
         tgt = torch.where(p % 3 == 0, (tgt + 1) % logits.shape[-1], tgt)
         return logits + torch.zeros_like(logits).scatter_(-1, tgt[..., None], 10.0), h  # one_hot would sync
-
-
-def make_draft(model, std=0.3, cls=EagleDraft):
-    d = cls(EagleConfig.for_base(model, intermediate_size=96), model.tok_embeddings, model.output.weight)
-    return d.init_weights(1, std).eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- the no-sync guard
