@@ -290,3 +290,19 @@ def test_predicted_work_is_the_mean_cost_share():
     want = sum(pattern_cost(p, n, d) / dense_cost(n, d) for layer in layers for p in layer) / 8
     assert predicted_work(layers, n, d) == pytest.approx(want, rel=1e-12)
     assert predicted_work([[HeadPattern("dense")] * 2], n, d) == 1.0
+
+
+def test_vertical_slash_cost_sums_block_tiles_over_every_query_block():
+    """VerticalSlash.cost is vectorised over the query blocks (the runtime prices every head when it plans a
+    prompt); it equals the generic per-block sum of `block_tiles` in every mode."""
+    import random
+
+    from accel.kernels.patterns import PATTERNS, HeadPattern, Pattern
+
+    vs = PATTERNS["vertical_and_slash"]
+    rng = random.Random(0)
+    for _ in range(200):
+        n, block = rng.randint(1, 9000), rng.choice([16, 64, 128])
+        p = HeadPattern("vertical_and_slash", rng.randint(0, 12000), rng.randint(0, 12000))
+        for mode in ("expected", "upper", "plain"):
+            assert vs.cost(p, n, 64, block, mode) == Pattern.cost(vs, p, n, 64, block, mode)
