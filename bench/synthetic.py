@@ -24,6 +24,10 @@ SYNTHETIC = {
     "qwen2.5-7b": dict(arch="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                        num_attention_heads=28, num_key_value_heads=4, head_dim=128, vocab_size=152064,
                        rope_theta=1000000.0, tie_word_embeddings=False),
+    # the real 32K model's shapes (Qwen2.5-Coder-0.5B-Instruct; its GGUF has an untied output head)
+    "qwen2.5-coder-0.5b": dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                               num_attention_heads=14, num_key_value_heads=2, head_dim=64, vocab_size=151936,
+                               rope_theta=1000000.0, tie_word_embeddings=False),
     # for tests of the benchmarks' structure on a CPU (fast); never a speed figure
     "tiny-llama": dict(arch="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512,
