@@ -52,9 +52,11 @@ class PrefillPlan:
         """Mean share of the dense causal work the patterns keep (None when dense; a dense layer 1.0)."""
         if self.patterns is None:
             return None
-        from ..kernels.patterns import predicted_work
+        from ..kernels.patterns import layer_work_shares
 
-        shares = [1.0 if layer is None else predicted_work([layer], length, head_dim) for layer in self.patterns]
+        sparse = [layer for layer in self.patterns if layer is not None]
+        shares = iter(layer_work_shares(sparse, length, head_dim)) if sparse else iter(())
+        shares = [1.0 if layer is None else next(shares) for layer in self.patterns]
         return float(sum(shares) / len(shares))
 
 
@@ -91,10 +93,11 @@ def plan_prefill(pack, length: int, device, override: int | None = None, *, dens
     threshold = sparse_threshold(pack, device, override)
     if threshold is None or length < threshold:
         return DENSE
-    from ..kernels.patterns import predicted_work
+    from ..kernels.patterns import layer_work_shares
 
-    layers = [None if predicted_work([layer], length) > DEFAULT_DENSE_ABOVE else layer
-              for layer in layer_patterns(pack, length)]
+    scaled = layer_patterns(pack, length)
+    layers = [None if share > DEFAULT_DENSE_ABOVE else layer   # priced at once: on every request's path
+              for layer, share in zip(scaled, layer_work_shares(scaled, length))]
     if all(layer is None for layer in layers):
         return DENSE
     return PrefillPlan(layers, dense_above=None)  # decided here, per layer: no sync while it runs

@@ -292,17 +292,31 @@ def test_predicted_work_is_the_mean_cost_share():
     assert predicted_work([[HeadPattern("dense")] * 2], n, d) == 1.0
 
 
-def test_vertical_slash_cost_sums_block_tiles_over_every_query_block():
-    """VerticalSlash.cost is vectorised over the query blocks (the runtime prices every head when it plans a
-    prompt); it equals the generic per-block sum of `block_tiles` in every mode."""
+def test_every_kind_prices_patterns_as_the_sum_of_block_tiles_over_query_blocks():
+    """`Pattern.costs` prices many patterns at once with each kind's tensor form of `block_tiles` (the
+    runtime prices every head of every layer when it plans a prompt); it equals the per-block Python sum of
+    `block_tiles` for every kind and mode, and `layer_work_shares` equals the per-layer mean cost share."""
     import random
 
-    from accel.kernels.patterns import PATTERNS, HeadPattern, Pattern
+    from accel.kernels.patterns import PATTERNS, HeadPattern, dense_cost, layer_work_shares, pattern_cost
 
-    vs = PATTERNS["vertical_and_slash"]
+    def loop_cost(p, n, d, block, mode):
+        m_blocks = -(-n // block)
+        t = sum(p.kind.block_tiles(p, m * block, min((m + 1) * block, n), n, block, mode) for m in range(m_blocks))
+        return 4 * block * block * d * t
+
     rng = random.Random(0)
-    for _ in range(200):
+    sizes = {"vertical_and_slash": lambda: (rng.randint(0, 12000), rng.randint(0, 12000)),
+             "stream_llm": lambda: (rng.randint(0, 3000), rng.randint(1, 12000)),
+             "block_sparse": lambda: (rng.randint(1, 300), 0), "dense": lambda: (0, 0)}
+    for _ in range(60):
         n, block = rng.randint(1, 9000), rng.choice([16, 64, 128])
-        p = HeadPattern("vertical_and_slash", rng.randint(0, 12000), rng.randint(0, 12000))
-        for mode in ("expected", "upper", "plain"):
-            assert vs.cost(p, n, 64, block, mode) == Pattern.cost(vs, p, n, 64, block, mode)
+        for name, draw in sizes.items():
+            pats = [HeadPattern(name, *draw()) for _ in range(4)]
+            for mode in ("expected", "upper", "plain"):
+                got = PATTERNS[name].costs([(p.size_1, p.size_2) for p in pats], n, 64, block, mode).tolist()
+                assert got == [loop_cost(p, n, 64, block, mode) for p in pats], (name, n, block, mode)
+    layers = [[HeadPattern(name, *draw()) for name, draw in sizes.items()] for _ in range(3)]
+    n = 5000
+    want = [sum(pattern_cost(p, n, 64) for p in layer) / dense_cost(n, 64) / len(layer) for layer in layers]
+    assert layer_work_shares(layers, n, 64) == pytest.approx(want, rel=1e-12)
