@@ -12,6 +12,9 @@ one) is prefilled with dense attention (SDPA, cuDNN where available) and with th
   A-shape and block-sparse cost what their sizes say on any data;
 - ``exact_ms``: the same prefill through the batch-invariant kernels (what ``--compile exact``
   runs, so batched and single-prompt runs agree bit for bit), CUDA only;
+- ``sparse_ms`` times the plan the runtime makes for the prompt (planning inside the timed region) and
+  ``planned_dense_layers`` counts the layers that plan runs dense (predicted work above
+  ``runtime.prefill.DEFAULT_DENSE_ABOVE``);
 - ``index_ms``: online index estimation alone (all layers), timed on inputs of the layer shape, and
   its share of the sparse prefill time.
 """
@@ -34,9 +37,14 @@ def uniform_patterns(num_layers: int, num_heads: int, name: str = "vertical_and_
 
 
 @torch.no_grad()
-def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, warmup: int = 1, rep: int = 3,
-                  progress=None) -> list[dict]:
-    """``patterns_for(n)`` -> per-layer head patterns at length n; ``ids_for(n)`` -> (1, n) token ids."""
+def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, plan_for=None, warmup: int = 1,
+                  rep: int = 3, progress=None) -> list[dict]:
+    """``patterns_for(n)`` -> per-layer head patterns at length n; ``ids_for(n)`` -> (1, n) token ids;
+    ``plan_for(n)`` -> the ``PrefillPlan`` the runtime would run (a pack: ``runtime.prefill.plan_prefill``,
+    whose per-layer dense fallback is decided at plan time, with no host sync while it runs). It is called
+    inside the timed region, so ``sparse_ms`` is what a user's first token waits for: planning included.
+    Default (fixed patterns for every head): ``PrefillPlan(patterns_for(n))``, whose density check runs a
+    layer dense when its built index keeps > 60 % of the work (random weights make vertical-slash diffuse)."""
     from ..kernels import build_index
     from ..kernels.patterns import predicted_work
 
@@ -57,7 +65,10 @@ def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, wa
         if dev.type == "cuda" and compact.exact_supported is None:  # the batch-invariant kernels' prefill
             exact_ms = time_ms(lambda: prefill(ids, pos, "exact"), warmup=warmup, rep=rep, device=dev)
         pats = patterns_for(n)
-        sparse_ms = time_ms(lambda: prefill(ids, pos, plan=PrefillPlan(pats)), warmup=warmup, rep=rep, device=dev)
+        make_plan = plan_for or (lambda n_: PrefillPlan(pats))
+        sparse_ms = time_ms(lambda: prefill(ids, pos, plan=make_plan(n)), warmup=warmup, rep=rep, device=dev)
+        plan = make_plan(n)
+        dense_layers = sum(layer is None for layer in plan.patterns) if plan.sparse else len(pats)
         # index estimation alone, on inputs of one layer's shape (values do not change its cost)
         H, Hkv, D = compact.n_head, compact.n_kv, compact.head_dim
         q = torch.randn(1, H, n, D, device=dev, dtype=compact.dtype)
@@ -67,6 +78,7 @@ def bench_prefill(compact, lengths: list[int], patterns_for, *, ids_for=None, wa
         density = build_index(q, k, pats[0]).density()  # on random q/k: what random weights produce
         del q, k
         row = dict(length=n, dense_ms=dense_ms, exact_ms=exact_ms, sparse_ms=sparse_ms, speedup=dense_ms / sparse_ms,
+                   planned_dense_layers=dense_layers,
                    predicted_work=predicted_work(pats, n, D), index_density_random_qk=density,
                    index_ms=index_ms, index_share=index_ms / sparse_ms)
         rows.append(row)

@@ -132,7 +132,7 @@ def prefill(
         from ..runtime.model import CompactLM, supports
 
         lens = _lengths(lengths)
-        hf, tok, name, patterns_for, _ = _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers)
+        hf, tok, name, patterns_for, pk = _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers)
         if not supports(hf):
             raise AccelError(f"bench prefill needs a Llama-family model (the compact engine); {name} is not one")
         ctx = hf.config.max_position_embeddings
@@ -144,10 +144,15 @@ def prefill(
             from ..search.calibration import calibration_ids
 
             ids_for = lambda n: calibration_ids(tok, n).reshape(1, -1)[:, :n].to(compact.device)  # noqa: E731
-        rows = bench_prefill(compact, lens, patterns_for, ids_for=ids_for, rep=rep,
+        plan_for = None
+        if pattern is None and pk is not None and pk.has_patterns:   # what the runtime runs for this pack
+            from ..runtime.prefill import plan_prefill
+
+            plan_for = lambda n: plan_prefill(pk, n, compact.device, override=1)  # noqa: E731
+        rows = bench_prefill(compact, lens, patterns_for, ids_for=ids_for, plan_for=plan_for, rep=rep,
                              progress=lambda r: err.print(f"  {r['length']}: dense {r['dense_ms']:.1f} ms, sparse {r['sparse_ms']:.1f} ms"))
         out.print(_table(f"prefill: {name} ({compact.dtype}, {compact.device})", rows,
-                         ["length", "dense_ms", "exact_ms", "sparse_ms", "speedup", "predicted_work", "index_density_random_qk", "index_ms", "index_share"]))
+                         ["length", "dense_ms", "exact_ms", "sparse_ms", "speedup", "planned_dense_layers", "predicted_work", "index_density_random_qk", "index_ms", "index_share"]))
         _save(json_path, {"bench": "prefill", "model": name, "dtype": str(compact.dtype), "rows": rows})
         if plot is not None:
             from ..bench.plots import line_plot
