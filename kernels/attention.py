@@ -71,7 +71,7 @@ def normalize_patterns(patterns, num_heads: int) -> list[HeadPattern]:
 def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | None = None,
                      return_index: bool = False, block_m: int | None = None, block_n: int | None = None,
                      last_q: int = 64, dense_above: float | None = None, fused: bool | None = None,
-                     **kernel_kwargs):
+                     dense_tail: int = 0, **kernel_kwargs):
     """Causal prefill attention with per-head sparse patterns.
 
     ``dense_above``: if the index built for this input keeps more than this share of the dense causal
@@ -83,6 +83,9 @@ def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | No
     [name, size_1, size_2, score]) per query head, or a single one for all heads.
     ``fused``: the fused Triton vertical-slash estimation (None: on CUDA; True on the CPU needs
     TRITON_INTERPRET=1, for tests of the GPU path).
+    ``dense_tail``: the last this many query rows attend to all their keys (exact causal attention,
+    `dense.dense_tail_sdpa`): a prompt's question rows, at a cost of rows/N of a dense row set. The
+    returned index describes the sparse part only.
     Returns out (B,Hq,N,D) [, SparseIndex].
     """
     B, Hq, N, D = q.shape
@@ -105,4 +108,7 @@ def sparse_attention(q, k, v, patterns, *, impl: str = "auto", scale: float | No
         out = sparse_attention_triton(q, k, v, index, scale, **kernel_kwargs)
     else:
         out = sparse_attention_reference(q, k, v, index, scale)
+    if dense_tail:
+        from .dense import dense_tail_sdpa
+        dense_tail_sdpa(q, k, v, out, dense_tail, scale)
     return (out, index) if return_index else out

@@ -59,8 +59,8 @@ def layer_forward(x, cos, sin, rows, slots, mask, kc, vc, attn_norm, wqkv, bqkv,
 
     x (B, T, H); cos/sin (B, T, 1, D); rows (B, 1); slots (B, T); mask (B, 1, G*T, S) when
     T <= _SHORT_T (GQA-folded, see CompactLM.forward) else (B, 1, T, S); kc/vc (B, Hkv, S, D).
-    ``sparse``: (this layer's patterns, dense_above, stats) for a fresh prompt chunk; ``stats`` (a list or
-    None) collects {"density", "heads", "sparse_heads"} of what really ran (accel bench quality).
+    ``sparse``: (this layer's patterns, dense_above, stats, dense_tail) for a fresh prompt chunk (dense_tail:
+    the last rows computed exactly, see kernels.dense.dense_tail_sdpa); ``stats`` (a list or None) collects {"density", "heads", "sparse_heads"} of what really ran (accel bench quality).
     """
     B, T, _ = x.shape
     D = cos.shape[-1]
@@ -77,9 +77,9 @@ def layer_forward(x, cos, sin, rows, slots, mask, kc, vc, attn_norm, wqkv, bqkv,
     vc[rows, :, slots] = v
     if sparse is not None:
         from ..kernels import sparse_attention  # lazy: optional Triton dependency
-        patterns, dense_above, stats = sparse
+        patterns, dense_above, stats, dense_tail = sparse
         y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns, dense_above=dense_above,
-                             return_index=stats is not None)
+                             return_index=stats is not None, dense_tail=dense_tail)
         if stats is not None:
             y, index = y
             ran_dense = dense_above is not None and index.density() > dense_above
@@ -305,7 +305,8 @@ class CompactLM(nn.Module):
         feats = {}
         for i, layer in enumerate(self.layers):
             pats = meta.prefill.patterns[i] if sparse else None
-            plan = (pats, meta.prefill.dense_above, meta.prefill.stats) if pats is not None else None
+            plan = ((pats, meta.prefill.dense_above, meta.prefill.stats, meta.prefill.dense_tail)
+                    if pats is not None else None)
             if sparse and pats is None and meta.prefill.stats is not None:  # a layer planned dense
                 meta.prefill.stats.append({"density": 1.0, "heads": self.n_head, "sparse_heads": 0})
             # a sparse plan's dense layer (planned so: see runtime.prefill) sees only its fresh chunk

@@ -341,6 +341,8 @@ def check_pack_fields(pack: Pack, where: str) -> None:
     info = pack.patterns_info
     if "seq_len" in info:
         _bounded_int(info["seq_len"], 1, MAX_PATTERN_SIZE, f"{where}: accel.patterns_info.seq_len")
+    if info.get("dense_tail") is not None:
+        _bounded_int(info["dense_tail"], 0, MAX_PATTERN_SIZE, f"{where}: accel.patterns_info.dense_tail")
     if "scaling" in info:
         from ..kernels.scaling import SCALING_RULES
 

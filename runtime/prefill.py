@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = ["PrefillPlan", "DENSE", "DEFAULT_SPARSE_MIN_LEN", "DEFAULT_DENSE_ABOVE", "plan_prefill",
-           "sparse_threshold", "layer_patterns"]
+           "sparse_threshold", "layer_patterns", "dense_tail_rows"]
 
 # Prompt length from which sparse prefill is used on CUDA. Measured (docs/results.md): on the default
 # model sparse prefill loses at every length up to its 8K context (index building's fixed per-layer
@@ -43,6 +43,7 @@ class PrefillPlan:
     patterns: list | None = None  # a layer's entry None: that layer runs dense (causal, fresh chunk)
     dense_above: float | None = DEFAULT_DENSE_ABOVE  # runtime density check (a host sync); None: off
     stats: list | None = field(default=None, compare=False)  # sparse layers append what they ran here
+    dense_tail: int = 0   # the prompt's last this many rows attend exactly (kernels.dense.dense_tail_sdpa)
 
     @property
     def sparse(self) -> bool:
@@ -100,4 +101,11 @@ def plan_prefill(pack, length: int, device, override: int | None = None, *, dens
               for layer, share in zip(scaled, layer_work_shares(scaled, length))]
     if all(layer is None for layer in layers):
         return DENSE
-    return PrefillPlan(layers, dense_above=None)  # decided here, per layer: no sync while it runs
+    # decided here, per layer: no sync while it runs; the pack may ask for its prompts' last rows exact
+    return PrefillPlan(layers, dense_above=None, dense_tail=dense_tail_rows(pack))
+
+
+def dense_tail_rows(pack) -> int:
+    """How many final prompt rows run exact attention under this pack's patterns (0: none), recorded in
+    the pack by ``search-patterns --dense-tail`` (``patterns_info["dense_tail"]``)."""
+    return int((getattr(pack, "patterns_info", None) or {}).get("dense_tail", 0) or 0)

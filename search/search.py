@@ -62,6 +62,7 @@ class SearchConfig:
     scaling: str = "proportional"       # rule the runtime uses to adapt sizes to the prompt length
     retrieval_weight: float = 0.5       # weight of the question rows' far-key recall in a head's score
     far_min: float = 0.02               # ... for heads whose question rows put at least this share far
+    dense_tail: int = 0                 # the runtime computes a prompt's last this many rows exactly
 
     def check(self) -> None:
         if self.target_recall is None and not 0.0 < self.budget <= 1.0:
@@ -77,6 +78,8 @@ class SearchConfig:
             raise SearchError(f"--retrieval-weight {self.retrieval_weight} must be in [0, 1] (0: attention-mass recall only)")
         if self.scaling not in SCALING_RULES:
             raise SearchError(f"scaling rule {self.scaling!r} unknown: use one of {SCALING_RULES}")
+        if not 0 <= self.dense_tail <= self.seq_len:
+            raise SearchError(f"--dense-tail {self.dense_tail} must be in [0, --seq-len] (rows, e.g. 64)")
 
     @property
     def budgets(self) -> tuple:
@@ -116,7 +119,7 @@ class SearchResult:
                          f"{c.last_q} rows for heads putting >= {c.far_min:g} of their mass far"
                          if c.retrieval_weight > 0 else "")),
             "retrieval_weight": c.retrieval_weight, "far_min": c.far_min,
-            "dense_below": c.dense_below,
+            "dense_below": c.dense_below, "dense_tail": c.dense_tail,
             "density": [[round(d, 4) for d in layer] for layer in self.density],
             **{k: v for k, v in self.summary().items()},
         }

@@ -328,3 +328,24 @@ def test_dense_heads_sdpa_partial_equals_dense_float64():
     assert bool((out[:, [0, 2]] == 7.0).all())
     with sdpa_ctx("cpu", "flash"):   # CPU: no backend selection, just a no-op context
         pass
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("tail", [1, 37, 150, 500])
+def test_dense_tail_rows_attend_to_every_key(impl, tail):
+    """``dense_tail``: the last rows equal exact causal attention (float64) over all their keys; every
+    other row is exactly the sparse result on the index's kept keys (GQA folded, mixed patterns)."""
+    B, Hq, Hkv, N, D = 2, 6, 2, 150, 16
+    q, k, v = rand_qkv(B, Hq, Hkv, N, D, seed=tail)
+    pats = [HeadPattern("vertical_and_slash", 4, 8), HeadPattern("stream_llm", 4, 16),
+            HeadPattern("block_sparse", 1), HeadPattern("dense"),
+            HeadPattern("vertical_and_slash", 10, 20), HeadPattern("stream_llm", 0, 8)]
+    out, idx = sparse_attention(q, k, v, pats, impl=impl, return_index=True, block_m=32, block_n=16,
+                                dense_tail=tail)
+    t = min(tail, N)
+    sparse_ref = dense_causal_reference(q, k, v, mask=kept_mask(idx))
+    dense_ref = dense_causal_reference(q, k, v)
+    assert rel_err(out[:, :, N - t:], dense_ref[:, :, N - t:]) < 1e-5
+    if t < N:
+        assert rel_err(out[:, :, :N - t], sparse_ref[:, :, :N - t]) < 1e-5
+        assert rel_err(sparse_ref[:, :, N - t:], dense_ref[:, :, N - t:]) > 1e-3, "the patterns must drop keys there"

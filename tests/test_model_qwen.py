@@ -202,6 +202,39 @@ def test_tiny_qwen2_sparse_prefill_keeping_everything_is_dense():
     torch.testing.assert_close(sparse, dense, atol=1e-4, rtol=1e-4)
 
 
+def test_tiny_qwen2_dense_tail_makes_the_last_rows_exact():
+    """A pack's ``dense_tail`` reaches the layers through the plan: with a pattern that drops keys, the
+    last prompt row's logits (what the first answer token comes from) match dense prefill only when the
+    tail covers it, and a tail over the whole prompt makes the prefill dense."""
+    from accel.kernels import HeadPattern
+    from accel.runtime.attention_meta import AttentionMeta
+    from accel.runtime.model import CompactLM
+    from accel.runtime.pack import Pack
+    from accel.runtime.prefill import PrefillPlan, plan_prefill
+
+    c = CompactLM.from_hf(make_tiny_qwen2())
+    T = 512   # 8 key blocks: the window's predicted work (0.42) stays under the plan's dense fallback
+    ids = torch.randint(3, 300, (1, T), generator=torch.Generator().manual_seed(3))
+    pos = torch.arange(T)[None]
+    layers = [[HeadPattern("stream_llm", 0, 16, 0.0)] * 14 for _ in c.layers]   # a 16-key window: drops keys
+    pack = Pack("tiny-qwen2", "test", patterns=[{str(h): p.to_list() for h, p in enumerate(l)} for l in layers],
+                patterns_info={"seq_len": T, "scaling": "absolute", "dense_tail": 8})
+    plan = plan_prefill(pack, T, "cpu", override=1)
+    assert plan.dense_tail == 8 and plan.sparse
+    with torch.no_grad():
+        c.setup_cache(1, T)
+        dense, _ = c(ids, pos)
+        run = lambda p: c(ids, AttentionMeta.prompt(pos, p))[0]  # noqa: E731
+        no_tail = run(PrefillPlan(plan.patterns, dense_above=None))
+        tail = run(plan)
+        whole = run(PrefillPlan(plan.patterns, dense_above=None, dense_tail=T))
+    assert (no_tail[0, -1] - dense[0, -1]).abs().max() > 1e-3          # the pattern changes the last row
+    torch.testing.assert_close(whole, dense, atol=1e-4, rtol=1e-4)
+    # the tail rows see every key in every layer, but their inputs above layer 0 come from sparse rows:
+    # closer to dense than without the tail, not equal
+    assert (tail[0, -1] - dense[0, -1]).abs().max() < (no_tail[0, -1] - dense[0, -1]).abs().max()
+
+
 # ---------------------------------------------------------------------------------------------
 # the real model (six packages installed)
 # ---------------------------------------------------------------------------------------------
