@@ -70,7 +70,7 @@ def needle_prompt(tokenizer, n_tokens: int, depth: float, seed: int) -> tuple[li
 
 
 @torch.no_grad()
-def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: int = 2, eos_ids=(),
+def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: int = 2, eos_ids=(), dense_tail: int = 0,
                 progress=None) -> dict:
     """{"dense": grid, "sparse": grid} with grid[depth_i][length_j] = share of correct answers."""
     from ..runtime.decode import generate_plain
@@ -81,7 +81,7 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
             for t in range(trials):
                 ids, number = needle_prompt(tokenizer, n, depth, seed=1000 * j + 10 * i + t)
                 for mode in ("dense", "sparse"):
-                    plan = forced_plan(patterns_for(len(ids)) if mode == "sparse" else None)
+                    plan = forced_plan(patterns_for(len(ids)) if mode == "sparse" else None, dense_tail=dense_tail)
                     [r] = generate_plain(compact, [ids], 32, eos_ids=eos_ids, plans=[plan])  # digits are single tokens
                     answer = tokenizer.decode(r.tokens, skip_special_tokens=True)
                     out[mode][i][j] += (number in answer.replace(",", "")) / trials
@@ -91,13 +91,13 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
 
 
 @torch.no_grad()
-def perplexity(compact, ids: torch.Tensor, patterns=None, stats: list | None = None) -> float:
+def perplexity(compact, ids: torch.Tensor, patterns=None, stats: list | None = None, dense_tail: int = 0) -> float:
     """Perplexity of the last half of ``ids`` (1, N) with one prefill (dense, or forced sparse patterns)."""
     from ..runtime.attention_meta import AttentionMeta
 
     compact.setup_cache(1, ids.shape[1])
     pos = torch.arange(ids.shape[1], device=ids.device)[None]
-    _, hidden = compact(ids, AttentionMeta.prompt(pos, forced_plan(patterns, stats)), last_only=True)
+    _, hidden = compact(ids, AttentionMeta.prompt(pos, forced_plan(patterns, stats, dense_tail)), last_only=True)
     half = ids.shape[1] // 2
     nll, count = 0.0, 0
     for s in range(half, ids.shape[1] - 1, 1024):  # project to the vocab in chunks: (N, V) is large
@@ -123,12 +123,13 @@ def medusa_exactness(compact, heads, tree, prompts: list[list[int]], max_new_tok
             "mean_accepted": sum(accept) / max(len(accept), 1), "accept_lengths": accept}
 
 
-def forced_plan(patterns, stats: list | None = None):
+def forced_plan(patterns, stats: list | None = None, dense_tail: int = 0):
     """A prefill plan that runs ``patterns`` (None: dense) at any length and never falls back to dense
-    attention; each sparse layer appends what it ran to ``stats`` ({"density", "heads", "sparse_heads"})."""
+    attention; each sparse layer appends what it ran to ``stats`` ({"density", "heads", "sparse_heads"}).
+    ``dense_tail``: the pack's exact last rows (runtime.prefill.dense_tail_rows), as the runtime runs it."""
     from ..runtime.prefill import DENSE, PrefillPlan
 
-    return DENSE if patterns is None else PrefillPlan(patterns, dense_above=None, stats=stats)
+    return DENSE if patterns is None else PrefillPlan(patterns, dense_above=None, stats=stats, dense_tail=dense_tail)
 
 
 def sparse_summary(stats: list[dict]) -> dict:
@@ -146,7 +147,7 @@ def _percent(xs) -> float:
 @torch.no_grad()
 def ruler_suite(compact, tokenizer, tasks, lengths, patterns_for, *, samples: int = 50, batch: int = 8,
                 seed: int = 0, eos_ids=(), examples: int = 2, progress=None, seconds: float | None = None,
-                on_row=None) -> dict:
+                on_row=None, dense_tail: int = 0) -> dict:
     """Dense vs forced-sparse prefill on the same RULER cases -> {"rows": per task x length, "averages"}.
 
     A row: RULER score (0-100) dense and sparse, sparse - dense, the share of cases whose two answers
@@ -178,7 +179,7 @@ def ruler_suite(compact, tokenizer, tasks, lengths, patterns_for, *, samples: in
                 done += len(chunk)
                 texts = {}
                 for m in ("dense", "sparse"):
-                    plan = forced_plan(pats if m == "sparse" else None, stats)
+                    plan = forced_plan(pats if m == "sparse" else None, stats, dense_tail)
                     res = generate_plain(compact, [c.ids for c in chunk], chunk[0].max_new_tokens,
                                          eos_ids=eos_ids, compile=mode, plans=[plan] * len(chunk))
                     texts[m] = [tokenizer.decode(r.tokens, skip_special_tokens=True) for r in res]
@@ -213,7 +214,7 @@ def ruler_averages(rows: list[dict]) -> list[dict]:
 
 
 @torch.no_grad()
-def perplexity_curve(compact, tokenizer, lengths, patterns_for, *, seed: int = 0) -> list[dict]:
+def perplexity_curve(compact, tokenizer, lengths, patterns_for, *, seed: int = 0, dense_tail: int = 0) -> list[dict]:
     """Perplexity (last half) of natural long text (bench.ruler.natural_text), dense vs forced sparse."""
     from .ruler import RulerError, natural_text
 
@@ -225,6 +226,6 @@ def perplexity_curve(compact, tokenizer, lengths, patterns_for, *, seed: int = 0
         x = torch.tensor([ids[:n]], device=compact.device)
         stats: list = []
         dense = perplexity(compact, x)
-        sparse = perplexity(compact, x, patterns_for(n), stats)
+        sparse = perplexity(compact, x, patterns_for(n), stats, dense_tail=dense_tail)
         rows.append({"length": n, "dense": dense, "sparse": sparse, "ratio": sparse / dense, **sparse_summary(stats)})
     return rows

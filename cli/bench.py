@@ -108,6 +108,13 @@ def _model_and_patterns(model, synthetic, pack, pattern, device, dtype, layers):
     return hf, tok, name, patterns_for, pk
 
 
+def _tail(pk, pattern) -> int:
+    """The pack's exact last rows (what the runtime runs); none for a --pattern given on the command line."""
+    from ..runtime.prefill import dense_tail_rows
+
+    return 0 if pattern is not None or pk is None else dense_tail_rows(pk)
+
+
 @app.command("prefill")
 def prefill(
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
@@ -221,12 +228,13 @@ def quality(
         with Progress(console=err, transient=True) as prog:
             task = prog.add_task("needle grid", total=len(lens) * len(dps) * trials)
             grid = needle_grid(compact, tok, lens, dps, patterns_for, trials=trials, eos_ids=eos,
-                               progress=lambda: prog.advance(task))
+                               progress=lambda: prog.advance(task), dense_tail=_tail(pk, pattern))
         from ..search.calibration import held_out_ids
 
         n_ppl = parse_length((ppl_length or "4k").split(",")[0])
         ids = held_out_ids(tok, n_ppl)[0].reshape(1, -1)[:, :n_ppl].to(compact.device)
-        ppl = {"length": n_ppl, "dense": perplexity(compact, ids), "sparse": perplexity(compact, ids, patterns_for(n_ppl))}
+        ppl = {"length": n_ppl, "dense": perplexity(compact, ids),
+               "sparse": perplexity(compact, ids, patterns_for(n_ppl), dense_tail=_tail(pk, pattern))}
         result = {"bench": "quality", "model": name, "lengths": lens, "depths": dps, "trials": trials,
                   "needle": grid, "perplexity": ppl}
         if medusa_prompts and pk is not None and pk.has_heads:
@@ -278,9 +286,10 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
     bad = [t for t in task_list if t not in TASKS]
     if bad:
         raise AccelError(f"--tasks: unknown {bad}; choose from {', '.join(TASKS)}")
-    hf, tok, name, patterns_for, _ = _model_and_patterns(model, None, pack, pattern, device, dtype, None)
+    hf, tok, name, patterns_for, pk = _model_and_patterns(model, None, pack, pattern, device, dtype, None)
     if not supports(hf):
         raise AccelError(f"bench quality needs a Llama-family model (the compact engine); {name} is not one")
+    tail = _tail(pk, pattern)
     ctx = hf.config.max_position_embeddings
     room = max(TASKS[t].max_new_tokens for t in task_list)
     if lengths is None:  # the default lengths that fit, leaving room for the answer
@@ -308,8 +317,9 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
                                   "rows": done_rows}, quiet=True)
 
         res = ruler_suite(compact, tok, task_list, lens, patterns_for, samples=samples, batch=batch, seed=seed,
-                          eos_ids=eos, progress=lambda k: prog.advance(bar, k), seconds=seconds, on_row=on_row)
-    ppl = perplexity_curve(compact, tok, ppl_lens, patterns_for, seed=seed) if ppl_lens else []
+                          eos_ids=eos, progress=lambda k: prog.advance(bar, k), seconds=seconds, on_row=on_row,
+                          dense_tail=tail)
+    ppl = perplexity_curve(compact, tok, ppl_lens, patterns_for, seed=seed, dense_tail=tail) if ppl_lens else []
     from ..bench.ruler import shared_ngrams, suite_text_sample
     from ..search.calibration import haystack_paragraphs
 
@@ -317,6 +327,7 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
     disjoint = not shared_ngrams(suite_text_sample(), "\n".join(haystack_paragraphs()))
     result = {"bench": "quality", "suite": "ruler", "model": name, "dtype": str(compact.dtype),
               "lengths": lens, "tasks": task_list, "samples": samples, "seed": seed, "forced_sparse": True,
+              "dense_tail": tail,
               "disjoint_from_calibration": disjoint, **res, "perplexity": ppl}
     rows = res["rows"]
     t = Table(title=f"RULER-style suite: {name}, dense vs forced sparse prefill (score 0-100, {samples} cases each)")
