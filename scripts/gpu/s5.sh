@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Session 5's device calls, made back to back (a machine stays warm ~30 s between calls; staged files and
+# background jobs live only while it does).
+#   bash scripts/gpu/s5.sh q N [last]   carry .stage/pNN (+ .whl for N=1): the Qwen GGUF part N; 1 installs the
+#                                       gguf wheel and accel; the last joins the parts and checks the sha256
+#   bash scripts/gpu/s5.sh probe        the fidelity A/B (scripts/gpu/qwen_fidelity_probe.py) with a 16K absolute
+#                                       search running beside the first variants
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+export ACCEL_QWEN_GGUF=/root/stage/qwen.gguf
+QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+W=/root/work
+mkdir -p $W /root/stage
+case ${1:?phase} in
+q)
+  n=$(printf "%02d" "$2"); cp .stage/p$n/* /root/stage/ && echo "part $n ok"
+  if [[ $2 == 1 ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
+  fi
+  if [[ ${3:-} == last ]]; then
+    cat /root/stage/qwen.gguf.part-* > $ACCEL_QWEN_GGUF && rm /root/stage/qwen.gguf.part-*
+    echo "$QWEN_SHA  $ACCEL_QWEN_GGUF" | sha256sum -c || exit 1
+  fi ;;
+probe)
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+  P=results/qwen2.5-coder-0.5b-patterns-h200.safetensors
+  setsid nohup bash -c "timeout 300 accel search-patterns --model qwen2.5-coder-0.5b --seq-len 16k --budget ${BUDGET:-0.35} \
+      --scaling absolute --dense-tail 64 --no-validate --output $W/packA.safetensors > $W/search.log 2>&1; \
+      touch $W/packA.safetensors.done" > /dev/null 2>&1 < /dev/null &
+  timeout 560 python3 scripts/gpu/qwen_fidelity_probe.py --variant base=$P --variant base+tail=$P:tail=64 \
+      --variant wideabs+tail=$W/packA.safetensors --tasks ${TASKS:-niah_multikey_1,vt,cwe,fwe} \
+      --lengths ${LENGTHS:-8192,16384} --samples ${SAMPLES:-16} --json $OUT/probe.json 2>&1 | grep -v "Warn\|warn\|━"
+  grep -v "━" $W/search.log | tail -4; cp $W/packA.safetensors $OUT/ 2>/dev/null ;;
+*) echo "unknown phase"; exit 2 ;;
+esac
