@@ -16,12 +16,16 @@ Design points:
   are folded into the query-length axis, (B, Hkv, G*T, D), so SDPA reads each kv head once; long
   prefills use SDPA's ``enable_gqa``.
 - A fresh prompt chunk (``meta.fresh``) attends only to itself: the sparse kernels when the plan has
-  patterns, causal cuDNN when it is long, never a (T, S) mask.
+  patterns, causal cuDNN when it is long, never a (T, S) mask. On CUDA its RoPE + KV-cache write,
+  RMSNorm weight and SiLU*up run as Triton kernels (``kernels.prefill_elementwise``; see
+  ``layer_forward``); every other step (and the CPU) runs the eager ops.
 - Everything in ``forward`` is free of host syncs and fixed-shape, so a step can be captured in a
   CUDA graph.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,7 @@ __all__ = ["CompactLM", "supports", "BACKENDS"]
 BACKENDS = ("sdpa", "exact")
 _SHORT_T = 64  # up to this many queries, fold GQA groups into the query axis
 EXACT_PREFILL_MAX = 8192  # longer single prompts prefill through cuDNN even on the exact backend (see forward)
+FUSED_PREFILL: str | None = None  # "0" / "1" / "auto" overrides $ACCEL_FUSED_PREFILL (see _fused_fresh)
 
 
 def supports(hf_model) -> bool:
@@ -48,9 +53,29 @@ def _rms(x, weight, eps):
     return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
 
 
+def _rms_fresh(x, weight, eps):
+    # _rms with the weight multiply as one vectorised Triton pass (the eager broadcast takes PyTorch's
+    # slow elementwise path); the same rounding, so the same bits
+    if weight.dtype != x.dtype:
+        return _rms(x, weight, eps)
+    from ..kernels.prefill_elementwise import scale_rows
+    return scale_rows(F.rms_norm(x, (x.shape[-1],), eps=eps), weight)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
+
+
+def _fused_fresh(x: torch.Tensor, head_dim: int) -> bool:
+    """Whether a fresh prompt chunk's layer takes the Triton elementwise kernels
+    (``kernels.prefill_elementwise``): on CUDA by default; ``ACCEL_FUSED_PREFILL=0`` turns them off
+    (an A/B switch), ``=1`` turns them on anywhere (the CPU tests run them under TRITON_INTERPRET)."""
+    mode = FUSED_PREFILL if FUSED_PREFILL is not None else os.environ.get("ACCEL_FUSED_PREFILL", "auto")
+    if mode == "0" or not (mode == "1" or x.is_cuda):
+        return False
+    from ..kernels.prefill_elementwise import supports as fused_supports
+    return fused_supports(x.dtype, head_dim)
 
 
 def layer_forward(x, cos, sin, rows, slots, mask, kc, vc, attn_norm, wqkv, bqkv, wo, bo, mlp_norm, w13, w2,
@@ -60,26 +85,41 @@ def layer_forward(x, cos, sin, rows, slots, mask, kc, vc, attn_norm, wqkv, bqkv,
     x (B, T, H); cos/sin (B, T, 1, D); rows (B, 1); slots (B, T); mask (B, 1, G*T, S) when
     T <= _SHORT_T (GQA-folded, see CompactLM.forward) else (B, 1, T, S); kc/vc (B, Hkv, S, D).
     ``sparse``: (this layer's patterns, dense_above, stats, dense_tail) for a fresh prompt chunk (dense_tail:
-    the last rows computed exactly, see kernels.dense.dense_tail_sdpa); ``stats`` (a list or None) collects {"density", "heads", "sparse_heads"} of what really ran (accel bench quality).
+    the last rows computed exactly, see kernels.dense.dense_tail_sdpa); ``stats`` (a list or None) collects
+    {"density", "heads", "sparse_heads"} of what really ran (accel bench quality).
+
+    A fresh prompt chunk (``sparse`` or ``causal_self``: attention reads only the chunk's own k/v) on
+    CUDA runs RoPE + the cache write, RMSNorm's weight and SiLU*up through Triton
+    (``kernels.prefill_elementwise``: at 31K tokens these eager ops cost 32 of 167 ms on the H200);
+    the same arithmetic except SiLU's last bit. Decode / verify steps (masked, CUDA-graph captured)
+    and the CPU keep the eager ops.
     """
     B, T, _ = x.shape
     D = cos.shape[-1]
-    qkv = F.linear(_rms(x, attn_norm, eps), wqkv, bqkv)
+    fused = (sparse is not None or causal_self) and _fused_fresh(x, D)
+    if fused:
+        from ..kernels.prefill_elementwise import rope_qkv, silu_mul
+    norm = _rms_fresh if fused else _rms
+    qkv = F.linear(norm(x, attn_norm, eps), wqkv, bqkv)
     qk = qkv[..., : (n_head + n_kv) * D].view(B, T, n_head + n_kv, D)
+    v = qkv[..., (n_head + n_kv) * D:].view(B, T, n_kv, D)
     if q_norm is not None:  # Qwen3: RMSNorm over head_dim per head, before RoPE
         qk = torch.cat([_rms(qk[:, :, :n_head], q_norm, eps), _rms(qk[:, :, n_head:], k_norm, eps)], dim=2)
-    qk = qk * cos + _rotate_half(qk) * sin  # RoPE on q and k at once
-    q = qk[:, :, :n_head].transpose(1, 2)  # (B, Hq, T, D)
-    k = qk[:, :, n_head:]  # (B, T, Hkv, D)
-    v = qkv[..., (n_head + n_kv) * D:].view(B, T, n_kv, D)
-    # advanced indices around a slice: the indexed view is (B, T, Hkv, D)
-    kc[rows, :, slots] = k
-    vc[rows, :, slots] = v
+    if fused:  # one launch: q (B, Hq, T, D), k/v (B, Hkv, T, D) views, k/v also written to the cache
+        q, k, v = rope_qkv(qk, v, cos, sin, rows, slots, kc, vc, n_head)
+    else:
+        qk = qk * cos + _rotate_half(qk) * sin  # RoPE on q and k at once
+        q = qk[:, :, :n_head].transpose(1, 2)  # (B, Hq, T, D)
+        k = qk[:, :, n_head:]  # (B, T, Hkv, D)
+        # advanced indices around a slice: the indexed view is (B, T, Hkv, D)
+        kc[rows, :, slots] = k
+        vc[rows, :, slots] = v
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, Hkv, T, D)
     if sparse is not None:
         from ..kernels import sparse_attention  # lazy: optional Triton dependency
         patterns, dense_above, stats, dense_tail = sparse
-        y = sparse_attention(q, k.transpose(1, 2), v.transpose(1, 2), patterns, dense_above=dense_above,
-                             return_index=stats is not None, dense_tail=dense_tail)
+        y = sparse_attention(q, k, v, patterns, dense_above=dense_above, return_index=stats is not None,
+                             dense_tail=dense_tail)
         if stats is not None:
             y, index = y
             ran_dense = dense_above is not None and index.density() > dense_above
@@ -87,15 +127,19 @@ def layer_forward(x, cos, sin, rows, slots, mask, kc, vc, attn_norm, wqkv, bqkv,
                           "sparse_heads": 0 if ran_dense else n_head - len(index.dense_head_ids)})
     elif causal_self:  # a fresh prompt chunk sees only itself: causal SDPA (cuDNN), no (T, S) mask
         from ..kernels.dense import dense_causal_sdpa
-        y = dense_causal_sdpa(q, k.transpose(1, 2), v.transpose(1, 2))
+        y = dense_causal_sdpa(q, k, v)
     elif T <= _SHORT_T:
         G = n_head // n_kv
         qg = q.reshape(B, n_kv, G * T, D)  # heads sharing a kv head become extra queries
         y = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask).reshape(B, n_head, T, D)
     else:
         y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
+    # fused: y is (B, T, Hq, D) in memory (attention outputs follow q's layout), so this is a view
     x = x + F.linear(y.transpose(1, 2).reshape(B, T, n_head * D), wo, bo)
-    g, u = F.linear(_rms(x, mlp_norm, eps), w13).chunk(2, dim=-1)
+    gu = F.linear(norm(x, mlp_norm, eps), w13)  # (B, T, 2I): gate | up
+    if fused:
+        return x + F.linear(silu_mul(gu), w2)
+    g, u = gu.chunk(2, dim=-1)
     return x + F.linear(F.silu(g) * u, w2)
 
 
