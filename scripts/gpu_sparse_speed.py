@@ -433,6 +433,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "results"), "sparse-speed.json"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sweep-only", action="store_true", help="only the kernel config sweep (and its summary)")
     ap.add_argument("--budget-s", type=float, default=300.0,
                     help="wall-clock seconds after which the config sweep skips the configs left (the run "
                          "then ends within about a minute)")
@@ -452,51 +453,54 @@ def main():
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
 
-    if not args.quick:
-        log("== selftest")
-        res["selftest_worst_rel_err"] = bk.selftest()
-        save()
-    log("== new prompt lengths in one process")
-    res["new_lengths"] = []
-    for shape, lens in (((1, 14, 2, 64), (5000, 5731, 6007, 7413, 31001)),
-                        ((1, 32, 8, 128), (8192, 8777, 9001, 12345))):
-        for name in ("vertical_and_slash", "mixed"):
-            res["new_lengths"] += new_lengths(shape, name, lens, log)
-            save()
-        if not args.quick:   # the cause, measured: the same mixed layer with cuDNN first for its dense heads
-            res["new_lengths"] += new_lengths(shape, "mixed", tuple(x + 1 for x in lens), log, dense_backend="cudnn")
-            save()
-    res["binaries_total"] = binaries()
-    log("== CUDA graph capture of the index path")
-    try:
-        res["graph"] = graph_check(log)
-    except Exception as e:
-        res["graph"] = {"captured": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
-        log(f"  CUDA graph capture failed: {res['graph']['error']}")
-    save()
-    log("== index profile: new vs old, per step (CUDA events), eager and CUDA-graph replay")
-    res["index_profile"] = []
-    for shape, n, (bm, bn) in (((1, 32, 8, 128), 32768, (128, 128)), ((1, 32, 8, 128), 131072, (128, 128)),
-                               ((1, 14, 2, 64), 16384, (128, 64)), ((1, 14, 2, 64), 31744, (128, 64))):
-        try:
-            res["index_profile"].append(index_profile(shape, n, log, bm=bm, bn=bn))
-        except Exception as e:
-            res["index_profile"].append({"shape": list(shape), "n": n, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-            log(f"  index profile {shape} N={n} failed: {res['index_profile'][-1]['error']}")
-        save()
-    log("== kernels (x cuDNN, eff, pad, idx%, Flex)")
     tables = []
-    runs = [((1, 32, 8, 128), [32768, 131072], "128x128w8s3,128x64w8s3", True),
-            ((1, 14, 2, 64), [16384, 31744],
-             "128x64w4s3,128x128w4s3" if args.quick else "128x128w8s3,128x128w4s3,128x64w4s3,128x64w4s2,128x64w8s3,64x64w4s3",
-             False)]
-    res["kernels"] = []
-    for shape, sizes, configs, flex in runs:
-        meta, results, table = bk.run_kernel_bench(sizes, ["vertical_and_slash"], configs, reps=5, use_flex=flex,
-                                                   profile_index=False, shape=shape, log=log)
-        res["kernels"] += results
-        tables.append((shape, table))
+    res.update(new_lengths=[], graph={}, index_profile=[], kernels=[])
+    if not args.sweep_only:
+        if not args.quick:
+            log("== selftest")
+            res["selftest_worst_rel_err"] = bk.selftest()
+            save()
+        log("== new prompt lengths in one process")
+        res["new_lengths"] = []
+        for shape, lens in (((1, 14, 2, 64), (5000, 5731, 6007, 7413, 31001)),
+                            ((1, 32, 8, 128), (8192, 8777, 9001, 12345))):
+            for name in ("vertical_and_slash", "mixed"):
+                res["new_lengths"] += new_lengths(shape, name, lens, log)
+                save()
+            if not args.quick:   # the cause, measured: the same mixed layer with cuDNN first for its dense heads
+                res["new_lengths"] += new_lengths(shape, "mixed", tuple(x + 1 for x in lens), log, dense_backend="cudnn")
+                save()
+        res["binaries_total"] = binaries()
+        log("== CUDA graph capture of the index path")
+        try:
+            res["graph"] = graph_check(log)
+        except Exception as e:
+            res["graph"] = {"captured": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            log(f"  CUDA graph capture failed: {res['graph']['error']}")
         save()
+        log("== index profile: new vs old, per step (CUDA events), eager and CUDA-graph replay")
+        res["index_profile"] = []
+        for shape, n, (bm, bn) in (((1, 32, 8, 128), 32768, (128, 128)), ((1, 32, 8, 128), 131072, (128, 128)),
+                                   ((1, 14, 2, 64), 16384, (128, 64)), ((1, 14, 2, 64), 31744, (128, 64))):
+            try:
+                res["index_profile"].append(index_profile(shape, n, log, bm=bm, bn=bn))
+            except Exception as e:
+                res["index_profile"].append({"shape": list(shape), "n": n, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                log(f"  index profile {shape} N={n} failed: {res['index_profile'][-1]['error']}")
+            save()
+        log("== kernels (x cuDNN, eff, pad, idx%, Flex)")
+        tables = []
+        runs = [((1, 32, 8, 128), [32768, 131072], "128x128w8s3,128x64w8s3", True),
+                ((1, 14, 2, 64), [16384, 31744],
+                 "128x64w4s3,128x128w4s3" if args.quick else "128x128w8s3,128x128w4s3,128x64w4s3,128x64w4s2,128x64w8s3,64x64w4s3",
+                 False)]
+        res["kernels"] = []
+        for shape, sizes, configs, flex in runs:
+            meta, results, table = bk.run_kernel_bench(sizes, ["vertical_and_slash"], configs, reps=5, use_flex=flex,
+                                                       profile_index=False, shape=shape, log=log)
+            res["kernels"] += results
+            tables.append((shape, table))
+            save()
     log(f"== kernel config sweep (stops adding configs {args.budget_s:.0f} s into the run)")
     res["sweep"] = []
     sweep_sizes = (((1, 32, 8, 128), 131072), ((1, 14, 2, 64), 31744), ((1, 32, 8, 128), 32768),

@@ -31,7 +31,7 @@ step() { local name=$1 t=$2; shift 2; local s=$SECONDS; echo "== [$name, ${SECON
 # PHASES (default search,speed,suite) splits the work over calls (scripts/gpu/session.sh: qwen1 = search,speed;
 # qwen2 = suite, reading the pack the earlier call left at $P); PACK reuses a pack from an earlier call instead.
 PHASES=",${PHASES:-search,speed,suite},"
-[[ -n ${PACK:-} ]] && { cp "$PACK" "$P"; PHASES=",suite,"; }
+[[ -n ${PACK:-} ]] && { cp "$PACK" "$P"; PHASES=",${PHASES_WITH_PACK:-suite},"; }   # e.g. speed,suite
 if [[ $PHASES == *,search,* ]]; then
   step search 240 accel search-patterns "${M[@]}" --seq-len 16k --budget "${BUDGET:-0.2}" --output "$P"
   if [[ ! -f $P ]]; then echo "no pack: the search failed, nothing else to measure"; exit 1; fi

@@ -35,5 +35,15 @@ probe)
       --variant wideabs+tail=$W/packA.safetensors --tasks ${TASKS:-niah_multikey_1,vt,cwe,fwe} \
       --lengths ${LENGTHS:-8192,16384} --samples ${SAMPLES:-16} --json $OUT/probe.json 2>&1 | grep -v "Warn\|warn\|━"
   grep -v "━" $W/search.log | tail -4; cp $W/packA.safetensors $OUT/ 2>/dev/null ;;
+final)   # the chosen pack (PACK=...) end to end: prefill speed + threshold, RULER suite, perplexity
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+  PACK=${PACK:?PACK} PHASES_WITH_PACK=speed,suite TOTAL=${TOTAL:-560} bash scripts/gpu/qwen_longctx.sh ;;
+eightb)   # 8B shape (8 of 32 layers; ratios hold): time to first token vs its ceiling, A-shape and vertical-slash
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+  for pat in stream_llm:1024:4096 vertical_and_slash:1000:6096; do
+    timeout 170 python3 scripts/gpu/profile_prefill.py --synthetic llama-3-8b --layers 8 --lengths 32768,131072 --rep 3 \
+      --pattern $pat --json $OUT/ttft-8b-${pat%%:*}.json 2>&1 | grep -v Warn | grep "^N=\|GPU busy"
+  done
+  [[ -n ${SWEEP:-} ]] && timeout 300 python3 scripts/gpu_sparse_speed.py --sweep-only --budget-s ${SWEEP} --out $OUT/sweep.json 2>&1 | tail -20 ;;
 *) echo "unknown phase"; exit 2 ;;
 esac
