@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--speed-length", type=int, default=31744)
     ap.add_argument("--wait", type=float, default=400.0, help="seconds to wait for a pack file still being written")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--pick", default=None, help="write the best variant's pack (overrides applied) here: the "
+                    "best mean sparse-dense delta on the probed rows; within 2 points, the faster at --speed-length")
     a = ap.parse_args()
 
     from accel.bench.common import environment
@@ -104,6 +106,19 @@ def main() -> None:
                              plan_for=lambda m, pk=pk: plan_prefill(pk, m, compact.device, override=1), rep=5)
         out["variants"][name]["speed"] = rows[0]
         save()
+    if a.pick and out["variants"]:
+        from accel.runtime.pack import save_pack
+
+        def key(name):
+            v = out["variants"][name]
+            return sum(r["delta"] for r in v["rows"]) / max(len(v["rows"]), 1)
+        best = max(out["variants"], key=key)
+        near = [n_ for n_ in out["variants"] if key(n_) >= key(best) - 2.0]
+        best = max(near, key=lambda n_: out["variants"][n_].get("speed", {}).get("speedup", 0.0))
+        out["picked"] = best
+        save_pack(packs[best], a.pick)
+        save()
+        print(f"picked {best} -> {a.pick}")
     print("\nvariant          " + " ".join(f"{t[:10]:>10}@{n // 1024}K" for n in lengths for t in tasks)
           + "   avg d-s   31K dense/sparse ms  x")
     for name, v in out["variants"].items():

@@ -33,7 +33,7 @@ probe)
       touch $W/packA.safetensors.done" > /dev/null 2>&1 < /dev/null &
   timeout 560 python3 scripts/gpu/qwen_fidelity_probe.py --variant base=$P --variant base+tail=$P:tail=64 \
       --variant wideabs+tail=$W/packA.safetensors --tasks ${TASKS:-niah_multikey_1,vt,cwe,fwe} \
-      --lengths ${LENGTHS:-8192,16384} --samples ${SAMPLES:-16} --json $OUT/probe.json 2>&1 | grep -v "Warn\|warn\|━"
+      --lengths ${LENGTHS:-8192,16384} --samples ${SAMPLES:-16} --json $OUT/probe.json --pick $W/chosen.safetensors 2>&1 | grep -v "Warn\|warn\|━"
   grep -v "━" $W/search.log | tail -4; cp $W/packA.safetensors $OUT/ 2>/dev/null ;;
 final)   # the chosen pack (PACK=...) end to end: prefill speed + threshold, RULER suite, perplexity
   python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
