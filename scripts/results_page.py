@@ -406,6 +406,8 @@ def long_prefill_section():
                 ("sparse × dense", lambda r: f"{r['speedup']:.2f}×")]
         if any(r.get("exact_ms") is not None for r in rows):
             cols.insert(2, ("invariant (exact) ms", "exact_ms"))
+        if any(r.get("planned_dense_layers") is not None for r in rows):   # sparse_ms is then the runtime's plan
+            cols.append(("layers planned dense", "planned_dense_layers"))
         cols += [("predicted work", "predicted_work"), ("index ms (all layers)", "index_ms"), ("index share", "index_share")]
         n = break_even(rows)
         # the break-even rule of `scripts/gpu/qwen_longctx.py threshold`, which writes it into the pack
@@ -430,6 +432,8 @@ def ruler_section():
     (runs split by length are merged), the sparse work kept, and natural-text perplexity."""
     runs: dict[str, list] = {}
     for f in sorted(R.glob("ruler-*.json")):
+        if "-run" in f.name:   # an earlier run kept for the record (the run its successor replaced)
+            continue
         d = json.loads(f.read_text())
         runs.setdefault(d["model"], []).append((f.name, d))
     if not runs:

@@ -27,7 +27,7 @@ probe)
   # the fused prefill elementwise kernels: bit-identity on this GPU and their speed; off if they fail
   if ! timeout 100 python3 scripts/gpu/bench_prefill_fat.py --T 31744 --layers 24 --json $OUT/prefill-fat.json 2>&1 \
        | grep -v Warn | tail -14; then echo "fused prefill kernels failed: ACCEL_FUSED_PREFILL=0"; export ACCEL_FUSED_PREFILL=0; fi
-  P=results/qwen2.5-coder-0.5b-patterns-h200.safetensors
+  P=results/qwen2.5-coder-0.5b-patterns-h200-run1.safetensors   # the pack the probe of 2026-12-03 called base
   setsid nohup bash -c "timeout 300 accel search-patterns --model qwen2.5-coder-0.5b --seq-len 16k --budget ${BUDGET:-0.35} \
       --scaling absolute --dense-tail 64 --no-validate --output $W/packA.safetensors > $W/search.log 2>&1; \
       touch $W/packA.safetensors.done" > /dev/null 2>&1 < /dev/null &
