@@ -30,7 +30,7 @@ def search_patterns(
     dense_below: float = typer.Option(0.0, "--dense-below", help="With --budget: heads whose best recall is below this stay dense (default 0: never, like MInference)."),
     retrieval_weight: float = typer.Option(0.5, "--retrieval-weight", help="Weight of the question rows' far-key recall in a head's score (0: attention-mass recall only; 0.5 keeps needles on Qwen2.5-Coder-0.5B, results/experiments/)."),
     scaling: str = typer.Option("proportional", "--scaling", help="How the runtime adapts sizes to other prompt lengths: proportional or absolute (MInference)."),
-    dense_tail: int = typer.Option(0, "--dense-tail", help="Rows at the end of every prompt (its question) that the runtime computes with exact attention over all keys (e.g. 64; 0: none). Recorded in the pack."),
+    dense_tail: int = typer.Option(0, "--dense-tail", help="Rows at the end of every prompt (its question) that the runtime computes with exact attention over all keys (e.g. 64; 0: none). Recorded in the pack. On Qwen2.5-Coder-0.5B 64 rows gained nothing on RULER's weak tasks and cost 30 ms at 31K (results/experiments/qwen-fidelity-probe-h200.json)."),
     block: int = typer.Option(64, "--block", help="Kernel block size (keep 64 unless testing)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG heat-map of each head's pattern, recall and density."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Dense vs sparse next-token agreement and KL on held-out text."),
