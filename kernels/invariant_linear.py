@@ -48,6 +48,15 @@ def _epilogue(acc, acc_u, B, R, Y, rm, rn, M, N, srm, sym,
     tl.store(Y + rm[:, None].to(tl.int64) * sym + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _interpret_dot(a, b):
+    """tl.dot under TRITON_INTERPRET only: numpy's matmul there (i) mishandles bf16 and (ii) rounds a row
+    differently depending on its position in the tile on some CPUs (OpenBLAS micro-kernels; seen on AMD
+    EPYC), which would break the row invariance the tests check.  Products of fp32 values are exact in
+    fp64 and an fp64 sum rounds to the same fp32 whatever its order (but for ~1e-8-rare near-ties)."""
+    return tl.dot(a.to(tl.float64), b.to(tl.float64)).to(tl.float32)
+
+
 # M is never specialised (Triton would compile M == 1 separately): one binary serves every row count
 @triton.jit(do_not_specialize=["M"])
 def _linear_kernel(X, W, B, R, Y, P, M, N, K, K_SPLIT, sxm, swn, srm, sym,
@@ -71,16 +80,17 @@ def _linear_kernel(X, W, B, R, Y, P, M, N, K, K_SPLIT, sxm, swn, srm, sym,
         k_ok = kk < k_end
         x = tl.load(X + rm[:, None].to(tl.int64) * sxm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(W + rn[None, :].to(tl.int64) * swn + kk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-        if UPCAST:  # TRITON_INTERPRET's tl.dot mishandles bf16; the upcast is exact
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-        acc += tl.dot(x, w, input_precision=PREC)  # (BM, BK) @ (BK, BN)
+        if UPCAST:  # TRITON_INTERPRET: see _interpret_dot
+            acc += _interpret_dot(x, w)
+        else:
+            acc += tl.dot(x, w, input_precision=PREC)  # (BM, BK) @ (BK, BN)
         if SILU_MUL:  # up-projection rows sit N rows below the gate rows in the fused weight
             wu = tl.load(W + (rn[None, :] + N).to(tl.int64) * swn + kk[:, None],
                          mask=n_ok[None, :] & k_ok[:, None], other=0.0)
             if UPCAST:
-                wu = wu.to(tl.float32)
-            acc_u += tl.dot(x, wu, input_precision=PREC)
+                acc_u += _interpret_dot(x, wu)
+            else:
+                acc_u += tl.dot(x, wu, input_precision=PREC)
     if SPLIT == 1:
         _epilogue(acc, acc_u, B, R, Y, rm, rn, M, N, srm, sym, HAS_BIAS, HAS_RES, SILU_MUL)
     else:  # fp32 partials (SPLIT, 2, M, N); _splitk_reduce adds them in chunk order

@@ -96,9 +96,11 @@ def rope_write(qkv, cos_table, sin_table, pos, rows, slots, k_cache, v_cache, n_
 
 @triton.jit
 def _mma(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # UPCAST only under TRITON_INTERPRET, whose tl.dot mishandles bf16 (values are exact in fp32)
+    # UPCAST only under TRITON_INTERPRET, whose tl.dot (numpy matmul) mishandles bf16 and, on some CPUs,
+    # rounds a row differently by its position in the tile: fp64 products are exact and their fp64 sum
+    # rounds to one fp32 value whatever the order (kernels.invariant_linear._interpret_dot)
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a.to(tl.float64), b.to(tl.float64)).to(tl.float32)
     return tl.dot(a, b, input_precision=PREC)
 
 
