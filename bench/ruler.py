@@ -28,6 +28,7 @@ Design points:
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import uuid
@@ -288,26 +289,24 @@ def _frame(enc: _Encoder, template: str, answer_prefix: str, **fields) -> tuple[
     return list(pre), enc.ids(tail + answer_prefix), (user.replace(_SLOT, "[...]"), answer_prefix)
 
 
-def _fill(enc: _Encoder, units, needles: list[str], budget: int, rng: random.Random, sep: str = " ",
-          memo: bool = True) -> list[int]:
-    """Haystack units (an iterator of strings) with ``needles`` inserted in order at random depths,
-    cut to exactly ``budget`` tokens (needles are never cut). ``memo``: the units recur (noise
-    sentence, documentation paragraphs), so their ids are memoised; distractor needles do not."""
+def _fill(enc: _Encoder, units, needles: list[str], budget: int, rng: random.Random, sep: str = " ") -> list[int]:
+    """Haystack units (an iterator of token-id lists) with ``needles`` inserted in order at random
+    depths, cut to exactly ``budget`` tokens (needles are never cut)."""
     needle_ids = [enc.ids(sep + n) for n in needles]
     room = budget - sum(map(len, needle_ids))
     if room < 0:
         raise RulerError(f"{budget} tokens of context cannot hold the needles: use a longer length")
-    encode = enc.piece if memo else enc.ids
     hay: list[list[int]] = []
     used = 0
-    for u in units:
+    for ids in units:  # (a unit is drawn before the check: the rng moves as it always did)
         if used >= room:
             break
-        ids = encode(sep + u)
         if len(ids) > room - used:
             ids = ids[: room - used]
         hay.append(ids)
         used += len(ids)
+    if isinstance(units, _Drawn):
+        units.settle()
     depths = sorted(rng.randint(0, len(hay)) for _ in needles)
     out: list[int] = []
     for i, ids in enumerate(hay + [[]]):
@@ -317,6 +316,39 @@ def _fill(enc: _Encoder, units, needles: list[str], budget: int, rng: random.Ran
         out += ids
     assert len(out) == budget, (len(out), budget)
     return out
+
+
+class _Drawn:
+    """Ids of the units ``draw()`` makes one at a time from ``rng`` (distractor needles: each new),
+    encoded in batches — one ``encode_batch`` call instead of a call per unit. Drawing ahead moves
+    the rng (and ``taken``, the keys ``draw`` has used) past what was handed out; ``settle()`` rewinds
+    both to just after the last unit handed out, so the case is what drawing one by one makes."""
+
+    def __init__(self, enc: _Encoder, draw, sep: str, rng: random.Random, taken: set, budget: int):
+        self.enc, self.draw, self.sep, self.rng, self.taken, self.budget = enc, draw, sep, rng, taken, budget
+        self.state, self.taken0, self.given = None, set(), 0
+
+    def __iter__(self):
+        want, tokens, units = 32, 0, 0
+        while True:
+            self.state, self.taken0, self.given = self.rng.getstate(), set(self.taken), 0
+            texts = [self.sep + self.draw() for _ in range(want)]
+            for ids in self.enc.many(texts):
+                self.given += 1
+                tokens, units = tokens + len(ids), units + 1
+                yield ids
+            # about as many as the rest of the budget needs (one batch call each round)
+            want = min(1024, max(8, int((self.budget - tokens) * units / max(tokens, 1)) + 2))
+
+    def settle(self) -> None:
+        if self.state is None:
+            return
+        self.rng.setstate(self.state)
+        self.taken.clear()
+        self.taken.update(self.taken0)
+        for _ in range(self.given):
+            self.draw()
+        self.state = None
 
 
 def _cycle(items, rng: random.Random):
@@ -369,24 +401,25 @@ def _niah(enc, budget_for, rng, a, length):
     answers = [v for i in asked for v in values[i]]
     pre, post, question = _frame(enc, *_TEMPLATES["niah"], type_v=kind_v, query=query)
     budget = budget_for(pre, post)
-    memo = True
+    sep = "\n" if a["type_haystack"] == "essay" else " "
     if a["type_haystack"] == "repeat":
-        units = iter(lambda: _NOISE, None)
+        units = itertools.repeat(enc.piece(sep + _NOISE))
     elif a["type_haystack"] == "essay":
-        units = _cycle(_docs(), rng)
+        units = (enc.piece(sep + p) for p in _cycle(_docs(), rng))
     else:  # other needles: distinct keys, random values (RULER's line / KV retrieval)
         taken = set(keys)
-        memo = False
 
-        def distractors():
+        def distractor():
             while True:
                 k = _key(rng, a["key"])
                 if k not in taken:
                     taken.add(k)
-                    yield _needle(k, _value(rng, kind_v), kind_v)
-        units = distractors()
-    sep = "\n" if a["type_haystack"] == "essay" else " "
-    return pre + _fill(enc, units, needles, budget, rng, sep, memo) + post, question, answers
+                    return _needle(k, _value(rng, kind_v), kind_v)
+        if enc.reference:
+            units = (enc.ids(sep + distractor()) for _ in itertools.count())
+        else:
+            units = _Drawn(enc, distractor, sep, rng, taken, budget)
+    return pre + _fill(enc, units, needles, budget, rng, sep) + post, question, answers
 
 
 def _vt(enc, budget_for, rng, a, length):
@@ -412,7 +445,8 @@ def _vt(enc, budget_for, rng, a, length):
         pos[c] += 1
     chain, value = chains[0]
     pre, post, question = _frame(enc, *_TEMPLATES["vt"], query=value, num_v=hops)
-    return pre + _fill(enc, iter(lambda: _NOISE, None), needles, budget_for(pre, post), rng) + post, question, list(chain)
+    noise = itertools.repeat(enc.piece(" " + _NOISE))
+    return pre + _fill(enc, noise, needles, budget_for(pre, post), rng) + post, question, list(chain)
 
 
 def _bisect(count, budget: int, lo: int, hi: int) -> int | None:

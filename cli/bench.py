@@ -348,6 +348,12 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
         if at:
             out.print(f"{n} tokens: density {sum(r['density'] for r in at) / len(at):.3f}, "
                       f"heads run sparse {sum(r['sparse_head_share'] for r in at) / len(at):.2f}")
+        at = [r for r in rows if r["length"] == n]
+        pairs = sum(r["samples"] for r in at)
+        if pairs:  # where the time went (host wall-clock phases; see bench.ruler_run)
+            phases = {p: sum(r["timing"][p] for r in at) for p in at[0]["timing"]}
+            err.print(f"{n} tokens: {pairs} case pairs in {sum(r['wall_s'] for r in at):.1f} s; ms per pair: "
+                      + ", ".join(f"{p} {1000 * v / pairs:.1f}" for p, v in phases.items()))
     for r in ppl:
         out.print(f"perplexity at {r['length']} tokens: dense {r['dense']:.3f}, sparse {r['sparse']:.3f} "
                   f"({100 * (r['ratio'] - 1):+.2f} %)")

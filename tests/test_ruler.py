@@ -202,6 +202,14 @@ def test_fast_cases_equal_the_reference_generator(tok, task):
             assert fast.ids == ref.ids and fast.answers == ref.answers and fast.question == ref.question
 
 
+def test_distractors_drawn_ahead_leave_the_rng_as_drawn_one_by_one(tok):
+    """The needle haystack's distractors are drawn and encoded in batches (several at 8K), then the rng
+    is rewound to the last one used: the needles' depths, hence the ids, are the reference's."""
+    for task in ("niah_multikey_2", "niah_multikey_3"):
+        for i in (1, 2):
+            assert make_case(tok, task, 8192, i).ids == make_case(tok, task, 8192, i, reference=True).ids
+
+
 def test_piecewise_lists_fall_back_when_a_tokenizer_merges_entries(tok):
     """A tokenizer whose whole-list ids differ from the entries' ids (here: faked) is caught on the
     first case of a (family, length), and the family then bisects on whole encodings."""
