@@ -36,7 +36,6 @@ import weakref
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import accumulate
 
 from ..runtime.errors import AccelError
 
@@ -403,9 +402,9 @@ def _niah(enc, budget_for, rng, a, length):
     budget = budget_for(pre, post)
     sep = "\n" if a["type_haystack"] == "essay" else " "
     if a["type_haystack"] == "repeat":
-        units = itertools.repeat(enc.piece(sep + _NOISE))
+        units = (enc.piece(sep + u) for u in iter(lambda: _NOISE, None))
     elif a["type_haystack"] == "essay":
-        units = (enc.piece(sep + p) for p in _cycle(_docs(), rng))
+        units = (enc.piece(sep + u) for u in _cycle(_docs(), rng))
     else:  # other needles: distinct keys, random values (RULER's line / KV retrieval)
         taken = set(keys)
 
@@ -445,7 +444,7 @@ def _vt(enc, budget_for, rng, a, length):
         pos[c] += 1
     chain, value = chains[0]
     pre, post, question = _frame(enc, *_TEMPLATES["vt"], query=value, num_v=hops)
-    noise = itertools.repeat(enc.piece(" " + _NOISE))
+    noise = (enc.piece(" " + u) for u in iter(lambda: _NOISE, None))
     return pre + _fill(enc, noise, needles, budget_for(pre, post), rng) + post, question, list(chain)
 
 
@@ -535,8 +534,8 @@ def _cwe(enc, budget_for, rng, a, length):
         word_ids = dict(zip(vocab, enc.pieces(" " + w for w in vocab)))
         n_entries = lambda n: num_cw * freq_cw + n * freq_ucw  # noqa: E731
         numbers = enc.number_pieces(n_entries(hi) + 1)
-        num_sum = [0, *accumulate(len(numbers[i]) for i in range(n_entries(hi) + 1))]
-        rest_sum = [0, *accumulate(len(word_ids[w]) for w in rest[: hi + 1])]
+        num_sum = [0, *itertools.accumulate(len(numbers[i]) for i in range(n_entries(hi) + 1))]
+        rest_sum = [0, *itertools.accumulate(len(word_ids[w]) for w in rest[: hi + 1])]
         common_len = freq_cw * sum(len(word_ids[w]) for w in common)
 
         def count(n):
