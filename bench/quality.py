@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -129,8 +128,10 @@ def forced_plan(patterns, stats: list | None = None, dense_tail: int = 0):
 
 
 def sparse_summary(stats: list[dict]) -> dict:
-    """Mean kept share of the attention work and share of (layer, head) pairs that ran sparse."""
+    """Mean kept share of the attention work and share of (layer, head) pairs that ran sparse. An entry
+    with ``rows`` (a batched prefill: its density is the batch's mean) weighs as that many prompts."""
     if not stats:
         return {"density": None, "sparse_head_share": None}
-    return {"density": statistics.mean(s["density"] for s in stats),
-            "sparse_head_share": sum(s["sparse_heads"] for s in stats) / sum(s["heads"] for s in stats)}
+    w = [s.get("rows", 1) for s in stats]
+    return {"density": sum(x * s["density"] for x, s in zip(w, stats)) / sum(w),
+            "sparse_head_share": sum(x * s["sparse_heads"] for x, s in zip(w, stats)) / sum(x * s["heads"] for x, s in zip(w, stats))}

@@ -72,7 +72,10 @@ def _prefill(compact, ids: torch.Tensor, plan, row0: int, backend: str, rows_per
     for s in range(0, B, rows_per_call):
         x = ids[s:s + rows_per_call]  # (b, N)
         meta = AttentionMeta.prompt(pos.expand(x.shape[0], N), plan, row0=row0 + s)
+        seen = len(plan.stats) if plan.stats is not None else 0
         logits, _ = compact(x, meta, backend=backend, last_only=True)
+        for entry in plan.stats[seen:] if plan.stats is not None else ():
+            entry["rows"] = x.shape[0]  # a batch's density is its mean: weigh it by its prompts
         first.append(logits[:, -1].argmax(-1))  # greedy, as runtime.sampling.sample at temperature 0
     return torch.cat(first)
 

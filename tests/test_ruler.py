@@ -247,7 +247,7 @@ def test_batched_suite_gives_each_case_its_answers_alone(tok):
     alone with its mode's plan (dense, or the forced sparse plan), and so the same scores. An EOS
     id that the model does emit exercises the cut and the early stop."""
     from accel.bench.prefill import uniform_patterns
-    from accel.bench.quality import forced_plan
+    from accel.bench.quality import forced_plan, sparse_summary
     from accel.bench.ruler_run import ruler_suite
     from accel.runtime.decode import generate_plain
     from accel.runtime.model import CompactLM
@@ -258,8 +258,9 @@ def test_batched_suite_gives_each_case_its_answers_alone(tok):
     tasks, n, samples = ["niah_single_1", "vt"], 1024, 3
     cases = {t: [make_case(tok, t, n, i) for i in range(samples)] for t in tasks}
 
-    def old(c, p, eos):
-        [r] = generate_plain(compact, [c.ids], c.max_new_tokens, eos_ids=eos, compile="eager", plans=[forced_plan(p)])
+    def old(c, p, eos, stats=None):
+        [r] = generate_plain(compact, [c.ids], c.max_new_tokens, eos_ids=eos, compile="eager",
+                             plans=[forced_plan(p, stats)])
         return tok.decode(r.tokens, skip_special_tokens=True), r.tokens
 
     eos = [old(cases["vt"][0], None, ())[1][5]]  # a token the model emits: rows stop at different steps
@@ -271,14 +272,27 @@ def test_batched_suite_gives_each_case_its_answers_alone(tok):
         assert row["density"] < 0.5 and row["sparse_head_share"] == 1.0
         assert set(row["timing"]) == {"cases", "dense", "sparse", "decode", "score"}
         assert sum(row["timing"].values()) <= row["wall_s"] + 1e-6
-        scores = {"dense": [], "sparse": []}
+        scores, stats = {"dense": [], "sparse": []}, []
         for ex, c in zip(row["examples"], cases[row["task"]]):
             for mode, p in (("dense", None), ("sparse", pats)):
-                text, _ = old(c, p, eos)
+                text, _ = old(c, p, eos, stats)
                 assert ex[mode] == text, (row["task"], c.index, mode)
                 scores[mode].append(c.score(text))
         assert row["dense"] == pytest.approx(100 * sum(scores["dense"]) / samples)
         assert row["sparse"] == pytest.approx(100 * sum(scores["sparse"]) / samples)
+        # batches of 1 and 2 cases: the row's density is still the mean over cases
+        assert row["density"] == pytest.approx(sparse_summary(stats)["density"], rel=1e-9)
     shown = [ex for r in rows for ex in r["examples"]]
     assert any(ex["dense"] != ex["sparse"] for ex in shown)  # sparse really differed
     assert len({ex["dense"] for ex in shown}) > 3  # and the answers depend on the case
+
+
+def test_sparse_summary_weighs_batched_entries_by_their_prompts():
+    from accel.bench.quality import sparse_summary
+
+    one = [{"density": 0.2, "heads": 4, "sparse_heads": 4}, {"density": 0.5, "heads": 4, "sparse_heads": 2}]
+    assert sparse_summary(one) == {"density": pytest.approx(0.35), "sparse_head_share": 0.75}
+    # a call of 3 prompts (mean density 0.2) and one of 1 prompt (0.6): 0.3 per prompt, not 0.4 per call
+    batched = [{"density": 0.2, "heads": 4, "sparse_heads": 4, "rows": 3},
+               {"density": 0.6, "heads": 4, "sparse_heads": 0, "rows": 1}]
+    assert sparse_summary(batched) == {"density": pytest.approx(0.3), "sparse_head_share": 0.75}
