@@ -69,8 +69,8 @@ def _prefill(compact, ids: torch.Tensor, plan, row0: int, backend: str, rows_per
     B, N = ids.shape
     pos = torch.arange(N, device=ids.device)[None]  # (1, N)
     first = []
-    for s in range(0, B, rows_per_call):
-        x = ids[s:s + rows_per_call]  # (b, N)
+    for s, e in batches(B, rows_per_call):  # near-equal calls (16 + 9 -> 13 + 12: fewer kernel variants)
+        x = ids[s:e]  # (b, N)
         meta = AttentionMeta.prompt(pos.expand(x.shape[0], N), plan, row0=row0 + s)
         seen = len(plan.stats) if plan.stats is not None else 0
         logits, _ = compact(x, meta, backend=backend, last_only=True)

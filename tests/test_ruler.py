@@ -282,6 +282,11 @@ def test_batched_suite_gives_each_case_its_answers_alone(tok):
         assert row["sparse"] == pytest.approx(100 * sum(scores["sparse"]) / samples)
         # batches of 1 and 2 cases: the row's density is still the mean over cases
         assert row["density"] == pytest.approx(sparse_summary(stats)["density"], rel=1e-9)
+    # a token cap of one prompt per forward (the split long batches get) changes nothing
+    split = ruler_suite(compact, tok, tasks, [n], lambda _: pats, samples=samples, batch=2, eos_ids=eos,
+                        examples=samples, max_prefill_tokens=n)
+    assert [r["examples"] for r in split["rows"]] == [r["examples"] for r in rows]
+    assert [r["density"] for r in split["rows"]] == pytest.approx([r["density"] for r in rows], rel=1e-9)
     shown = [ex for r in rows for ex in r["examples"]]
     assert any(ex["dense"] != ex["sparse"] for ex in shown)  # sparse really differed
     assert len({ex["dense"] for ex in shown}) > 3  # and the answers depend on the case
