@@ -35,15 +35,16 @@ def main():
     from accel.bench.quality import forced_plan
     from accel.bench.ruler import TASKS, make_case
     from accel.bench.ruler_run import ruler_suite
-    from accel.cli.bench import _model_and_patterns
+    from accel.cli.bench import _model_and_patterns, _tail
     from accel.cli.common import parse_length
     from accel.runtime.decode import generate_plain
     from accel.runtime.model import CompactLM
 
     t = time.perf_counter()
-    hf, tok, name, patterns_for, _ = _model_and_patterns(a.model, None, Path(a.pack) if a.pack else None, a.pattern,
+    hf, tok, name, patterns_for, pk = _model_and_patterns(a.model, None, Path(a.pack) if a.pack else None, a.pattern,
                                                          a.device, None, None)
     compact = CompactLM.from_hf(hf)
+    tail = _tail(pk, a.pattern)  # the pack's exact last rows, as bench quality runs them
     load_s = time.perf_counter() - t
     eos = sorted({hf.config.eos_token_id} if isinstance(hf.config.eos_token_id, int) else set(hf.config.eos_token_id or []))
     if getattr(tok, "eos_token_id", None) is not None:
@@ -57,9 +58,9 @@ def main():
     for n in sorted(lengths):  # ascending, new then old per length: both decode on a cache sized for n
         pats = patterns_for(n)
         # warm-up: kernels compiled outside the timings (both paths run the same kernels)
-        ruler_suite(compact, tok, tasks[:1], [n], patterns_for, samples=2, batch=2, eos_ids=eos)
+        ruler_suite(compact, tok, tasks[:1], [n], patterns_for, samples=2, batch=2, eos_ids=eos, dense_tail=tail)
         new = ruler_suite(compact, tok, tasks, [n], patterns_for, samples=a.samples, batch=a.batch, eos_ids=eos,
-                          examples=a.samples)
+                          examples=a.samples, dense_tail=tail)
         for task in tasks:
             row = next(r for r in new["rows"] if r["task"] == task and r["length"] == n)
             t = time.perf_counter()
@@ -76,7 +77,7 @@ def main():
                 for m in ("dense", "sparse"):
                     sync()
                     t = time.perf_counter()
-                    plan = forced_plan(pats if m == "sparse" else None, [])
+                    plan = forced_plan(pats if m == "sparse" else None, [], tail)
                     res = generate_plain(compact, [c.ids for c in chunk], TASKS[task].max_new_tokens, eos_ids=eos,
                                          compile="graph" if cuda else "eager", plans=[plan] * len(chunk))
                     old[m] += [tok.decode(r.tokens, skip_special_tokens=True) for r in res]
