@@ -301,3 +301,19 @@ def test_sparse_summary_weighs_batched_entries_by_their_prompts():
     batched = [{"density": 0.2, "heads": 4, "sparse_heads": 4, "rows": 3},
                {"density": 0.6, "heads": 4, "sparse_heads": 0, "rows": 1}]
     assert sparse_summary(batched) == {"density": pytest.approx(0.3), "sparse_head_share": 0.75}
+
+
+def test_suite_runs_the_packs_dense_tail_in_the_sparse_prefill(tok):
+    """``dense_tail`` reaches the sparse plan: a tail covering the whole prompt makes the narrow
+    pattern's answers the dense ones (without it they differ)."""
+    from accel.bench.prefill import uniform_patterns
+    from accel.bench.ruler_run import ruler_suite
+    from accel.runtime.model import CompactLM
+
+    compact = CompactLM.from_hf(make_tiny_llama(max_position_embeddings=2048, initializer_range=0.2))
+    pats = uniform_patterns(2, 4, "stream_llm", 16, 64)
+    run = lambda tail: ruler_suite(compact, tok, ["vt"], [1024], lambda _: pats, samples=2, batch=2,  # noqa: E731
+                                   dense_tail=tail)["rows"][0]
+    assert run(0)["identical_answers"] == 0.0
+    row = run(1024)
+    assert row["identical_answers"] == 1.0 and row["density"] < 0.5
