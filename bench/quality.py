@@ -6,29 +6,24 @@
 - **Long-text perplexity**: dense vs sparse prefill over the same long text, scored on its last half.
 - **Medusa exactness**: the share of prompts on which greedy Medusa output equals plain greedy output
   token for token (it must be 1.0).
-- **RULER suite** (``--suite ruler``, cases from ``bench.ruler``): per task x length accuracy (RULER's
-  0-100 scores) of dense vs sparse prefill on the same cases in one run, plus the density and the share
-  of heads that really ran sparse; perplexity of natural long text, dense vs sparse, per length.
+- **RULER suite** (``--suite ruler``: cases from ``bench.ruler``, the batched runner in
+  ``bench.ruler_run``): per task x length accuracy (RULER's 0-100 scores) of dense vs sparse prefill on
+  the same cases in one run, plus the density and the share of heads that really ran sparse;
+  perplexity of natural long text, dense vs sparse, per length.
 
 Sparse prefill is *forced* here (``forced_plan``): at every length, with no dense fallback for layers
 whose index keeps most of the work — a fidelity figure must measure the sparse kernels, not hide them.
-Cases of one task and length have the same token count, so they run as unpadded batches (which sparse
-prefill needs), through eager steps captured in CUDA graphs (the batch-invariant "exact" path prefills
-a batch densely).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["needle_prompt", "needle_grid", "perplexity", "medusa_exactness", "forced_plan", "ruler_suite",
-           "perplexity_curve", "sparse_summary"]
+__all__ = ["needle_prompt", "needle_grid", "perplexity", "medusa_exactness", "forced_plan", "sparse_summary"]
 
 NEEDLE = "The special magic number for {city} is {number}."
 QUESTION = "\n\nWhat is the special magic number for {city}? Answer with the number only."
@@ -133,99 +128,10 @@ def forced_plan(patterns, stats: list | None = None, dense_tail: int = 0):
 
 
 def sparse_summary(stats: list[dict]) -> dict:
-    """Mean kept share of the attention work and share of (layer, head) pairs that ran sparse."""
+    """Mean kept share of the attention work and share of (layer, head) pairs that ran sparse. An entry
+    with ``rows`` (a batched prefill: its density is the batch's mean) weighs as that many prompts."""
     if not stats:
         return {"density": None, "sparse_head_share": None}
-    return {"density": statistics.mean(s["density"] for s in stats),
-            "sparse_head_share": sum(s["sparse_heads"] for s in stats) / sum(s["heads"] for s in stats)}
-
-
-def _percent(xs) -> float:
-    return 100.0 * statistics.mean(xs) if xs else float("nan")
-
-
-@torch.no_grad()
-def ruler_suite(compact, tokenizer, tasks, lengths, patterns_for, *, samples: int = 50, batch: int = 8,
-                seed: int = 0, eos_ids=(), examples: int = 2, progress=None, seconds: float | None = None,
-                on_row=None, dense_tail: int = 0) -> dict:
-    """Dense vs forced-sparse prefill on the same RULER cases -> {"rows": per task x length, "averages"}.
-
-    A row: RULER score (0-100) dense and sparse, sparse - dense, the share of cases whose two answers
-    are identical, the sparse runs' density and share of heads run sparse, and the first ``examples``
-    cases' answers (to see *how* a case fails).
-
-    ``seconds``: a wall-clock budget for the whole suite, split over the lengths in proportion to their
-    token count and evenly over the tasks; a task stops adding batches once its share is spent (at
-    least one batch always runs), and its row says how many cases it ran. ``on_row(row)`` is called as
-    each row is done (to write results as they come)."""
-    from ..runtime.decode import generate_plain
-    from .ruler import make_cases
-
-    mode = "graph" if compact.device.type == "cuda" else "eager"  # see the module docstring
-    rows = []
-    total = sum(lengths) * len(tasks)
-    for n in lengths:
-        pats = patterns_for(n)
-        for task in tasks:
-            t0 = time.perf_counter()
-            share = None if seconds is None else seconds * n / total
-            cases = make_cases(tokenizer, task, n, samples, seed)
-            scores, same, stats, shown = {"dense": [], "sparse": []}, 0, [], []
-            done = 0
-            for i in range(0, len(cases), batch):
-                if share is not None and i > 0 and time.perf_counter() - t0 > share * i / (i + batch):
-                    break  # the next batch would likely overrun this task's share of the budget
-                chunk = cases[i:i + batch]
-                done += len(chunk)
-                texts = {}
-                for m in ("dense", "sparse"):
-                    plan = forced_plan(pats if m == "sparse" else None, stats, dense_tail)
-                    res = generate_plain(compact, [c.ids for c in chunk], chunk[0].max_new_tokens,
-                                         eos_ids=eos_ids, compile=mode, plans=[plan] * len(chunk))
-                    texts[m] = [tokenizer.decode(r.tokens, skip_special_tokens=True) for r in res]
-                    scores[m] += [c.score(t) for c, t in zip(chunk, texts[m])]
-                same += sum(a == b for a, b in zip(texts["dense"], texts["sparse"]))
-                for c, d, sp in zip(chunk, texts["dense"], texts["sparse"]):
-                    if len(shown) < examples:
-                        shown.append({"index": c.index, "answers": c.answers, "dense": d, "sparse": sp})
-                if progress:
-                    progress(len(chunk))
-            dense, sparse = _percent(scores["dense"]), _percent(scores["sparse"])
-            rows.append({"task": task, "length": n, "samples": done, "dense": dense, "sparse": sparse,
-                         "delta": sparse - dense, "identical_answers": same / done,
-                         **sparse_summary(stats), "wall_s": time.perf_counter() - t0, "examples": shown})
-            if on_row is not None:
-                on_row(rows[-1])
-    return {"rows": rows, "averages": ruler_averages(rows)}
-
-
-def ruler_averages(rows: list[dict]) -> list[dict]:
-    """Per length: mean over all tasks and over the needle (niah_*) tasks, dense and sparse."""
-    out = []
-    for n in sorted({r["length"] for r in rows}):
-        at = [r for r in rows if r["length"] == n]
-        niah = [r for r in at if r["task"].startswith("niah")]
-        out.append({"length": n, "dense": statistics.mean(r["dense"] for r in at),
-                    "sparse": statistics.mean(r["sparse"] for r in at),
-                    "needle_dense": statistics.mean(r["dense"] for r in niah) if niah else None,
-                    "needle_sparse": statistics.mean(r["sparse"] for r in niah) if niah else None,
-                    "worst_task_delta": min(r["delta"] for r in at)})
-    return out
-
-
-@torch.no_grad()
-def perplexity_curve(compact, tokenizer, lengths, patterns_for, *, seed: int = 0, dense_tail: int = 0) -> list[dict]:
-    """Perplexity (last half) of natural long text (bench.ruler.natural_text), dense vs forced sparse."""
-    from .ruler import RulerError, natural_text
-
-    ids = tokenizer(natural_text(seed=seed), add_special_tokens=False)["input_ids"]
-    rows = []
-    for n in lengths:
-        if n > len(ids):
-            raise RulerError(f"perplexity at {n} tokens: the built-in natural text has only {len(ids)} tokens")
-        x = torch.tensor([ids[:n]], device=compact.device)
-        stats: list = []
-        dense = perplexity(compact, x)
-        sparse = perplexity(compact, x, patterns_for(n), stats, dense_tail=dense_tail)
-        rows.append({"length": n, "dense": dense, "sparse": sparse, "ratio": sparse / dense, **sparse_summary(stats)})
-    return rows
+    w = [s.get("rows", 1) for s in stats]
+    return {"density": sum(x * s["density"] for x, s in zip(w, stats)) / sum(w),
+            "sparse_head_share": sum(x * s["sparse_heads"] for x, s in zip(w, stats)) / sum(x * s["heads"] for x, s in zip(w, stats))}

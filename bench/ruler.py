@@ -15,13 +15,24 @@ Design points:
   prefix included), so the cases of one task and length batch without padding — which sparse prefill
   needs. Haystacks are cut at a token; cwe/fwe lists are sized by search and topped up with newlines.
 * A case depends only on (task, length, index, seed): the same command gives the same cases.
+* Fast (a 31K-token case in milliseconds, not the ~1 s of re-tokenizing it whole): haystack units,
+  list entries and template heads are tokenized once per tokenizer and memoised (``_Encoder``),
+  through the fast tokenizer's Rust backend; cwe/fwe lists are sized by summing their entries' token
+  counts instead of re-encoding the whole list at every bisection step, and assembled from the
+  entries' ids. That assembly equals tokenizing the list whole only for tokenizers that split words
+  at spaces (Qwen2, Llama-3, SmolLM2, the tests' byte tokenizer): it is checked against a whole
+  encoding on the first case of each family and length, and on a mismatch the family falls back to
+  the whole-list bisection for that tokenizer. ``make_case(..., reference=True)`` is the original
+  generator (no memo, no shortcut), for tests: both give the same ids.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import uuid
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -168,44 +179,133 @@ def shared_ngrams(text: str, other: str, n: int = 8) -> set[tuple[str, ...]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# encoding: memoised pieces through the tokenizer's Rust backend
+# ---------------------------------------------------------------------------------------------
+_PROBES = ("Some special magic numbers for calm-otter are: 1234567.", " 12. apple 13. pear\n\n", "\nVAR ABCDE = 12345.",
+           "  two  spaces. ....", "One of the special magic uuids for 3f2a-11 is: 9c1d.")
+_MEMO_MAX = 400_000  # memoised pieces per tokenizer (documentation paragraphs, numbers, words: ~30K at 31K)
+
+
+class _Encoder:
+    """Token ids of text for one tokenizer, as ``tok(text, add_special_tokens=False)["input_ids"]``.
+
+    ``ids`` encodes (through the fast tokenizer's Rust backend when it agrees with the full call on
+    probe strings: half the per-call cost); ``piece`` / ``pieces`` memoise texts that recur (haystack
+    units, list entries, template heads) — treat the returned lists as read-only. ``reference``: no
+    memo, no shortcut, no piecewise lists (the original generator)."""
+
+    def __init__(self, tok, reference: bool = False):
+        self.tok, self.reference = tok, reference
+        self.memo: dict[str, list[int]] = {}
+        self.numbers: list[list[int]] = []  # ids of cwe's entry numbers: "1.", " 2.", " 3.", ...
+        self.checked: set = set()  # (family, length) whose piecewise list was checked against a whole encoding
+        self.piecewise_ok = {"cwe": not reference, "fwe": not reference}
+        self.backend = None
+        bt = getattr(tok, "backend_tokenizer", None) if not reference else None
+        if bt is not None:
+            try:
+                if all(bt.encode(t, add_special_tokens=False).ids == self._call(t) for t in _PROBES):
+                    self.backend = bt
+            except Exception:  # an unusual backend: the plain call is always right
+                self.backend = None
+
+    def _call(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def ids(self, text: str) -> list[int]:
+        if self.backend is not None:
+            return self.backend.encode(text, add_special_tokens=False).ids
+        return self._call(text)
+
+    def many(self, texts: list[str]) -> list[list[int]]:
+        if self.backend is not None:
+            return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        return [self.ids(t) for t in texts]
+
+    def piece(self, text: str) -> list[int]:
+        if self.reference:
+            return self.ids(text)
+        got = self.memo.get(text)
+        if got is None:
+            if len(self.memo) >= _MEMO_MAX:
+                self.memo.clear()
+            got = self.memo[text] = self.ids(text)
+        return got
+
+    def pieces(self, texts) -> list[list[int]]:
+        texts = list(texts)
+        if self.reference:
+            return [self.ids(t) for t in texts]
+        missing = list(dict.fromkeys(t for t in texts if t not in self.memo))
+        if missing:
+            if len(self.memo) + len(missing) >= _MEMO_MAX:
+                self.memo.clear()
+                missing = list(dict.fromkeys(texts))
+            self.memo.update(zip(missing, self.many(missing)))
+        return [self.memo[t] for t in texts]
+
+    def number_pieces(self, count: int) -> list[list[int]]:
+        """Ids of cwe's first ``count`` entry numbers ("1." then " 2.", " 3.", ...)."""
+        if len(self.numbers) < count:
+            start = len(self.numbers)
+            self.numbers += self.many([f"{i + 1}." if i == 0 else f" {i + 1}." for i in range(start, max(count, 2 * start))])
+        return self.numbers
+
+
+_ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _encoder(tok, reference: bool = False) -> _Encoder:
+    if reference:
+        return _Encoder(tok, reference=True)
+    try:
+        enc = _ENCODERS.get(tok)
+        if enc is None:
+            enc = _ENCODERS[tok] = _Encoder(tok)
+        return enc
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memo across cases
+        return _Encoder(tok)
+
+
+# ---------------------------------------------------------------------------------------------
 # framing: chat template + question + answer prefix around the context, exactly `length` tokens
 # ---------------------------------------------------------------------------------------------
 _SLOT = "\u2063CTX\u2063"  # invisible separator: never produced by the generators
 
 
-def _encode(tok, text: str) -> list[int]:
-    return list(tok(text, add_special_tokens=False)["input_ids"])
-
-
-def _frame(tok, template: str, answer_prefix: str, **fields) -> tuple[list[int], list[int], tuple[str, str]]:
+def _frame(enc: _Encoder, template: str, answer_prefix: str, **fields) -> tuple[list[int], list[int], tuple[str, str]]:
     """(ids before the context, ids after it, (the user message with the context elided, answer prefix))."""
+    tok = enc.tok
     user = template.format(context=_SLOT, **fields)
     answer_prefix = answer_prefix.format(**fields)
     if getattr(tok, "chat_template", None):
         text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
         head, tail = text.split(_SLOT)
-        pre = _encode(tok, head)
+        pre = enc.piece(head)  # the same for every case of a task
     else:
         head, tail = user.split(_SLOT)
         pre = list(tok(head)["input_ids"])  # BOS where the tokenizer adds one
-    return pre, _encode(tok, tail + answer_prefix), (user.replace(_SLOT, "[...]"), answer_prefix)
+    return list(pre), enc.ids(tail + answer_prefix), (user.replace(_SLOT, "[...]"), answer_prefix)
 
 
-def _fill(tok, units, needles: list[str], budget: int, rng: random.Random, sep: str = " ") -> list[int]:
-    """Haystack units (an iterator of strings) with ``needles`` inserted in order at random depths,
-    cut to exactly ``budget`` tokens (needles are never cut)."""
-    needle_ids = [_encode(tok, sep + n) for n in needles]
+def _fill(enc: _Encoder, units, needles: list[str], budget: int, rng: random.Random, sep: str = " ") -> list[int]:
+    """Haystack units (an iterator of token-id lists) with ``needles`` inserted in order at random
+    depths, cut to exactly ``budget`` tokens (needles are never cut)."""
+    needle_ids = [enc.ids(sep + n) for n in needles]
     room = budget - sum(map(len, needle_ids))
     if room < 0:
         raise RulerError(f"{budget} tokens of context cannot hold the needles: use a longer length")
     hay: list[list[int]] = []
     used = 0
-    for u in units:
+    for ids in units:  # (a unit is drawn before the check: the rng moves as it always did)
         if used >= room:
             break
-        ids = _encode(tok, sep + u)[: room - used]
+        if len(ids) > room - used:
+            ids = ids[: room - used]
         hay.append(ids)
         used += len(ids)
+    if isinstance(units, _Drawn):
+        units.settle()
     depths = sorted(rng.randint(0, len(hay)) for _ in needles)
     out: list[int] = []
     for i, ids in enumerate(hay + [[]]):
@@ -217,6 +317,39 @@ def _fill(tok, units, needles: list[str], budget: int, rng: random.Random, sep: 
     return out
 
 
+class _Drawn:
+    """Ids of the units ``draw()`` makes one at a time from ``rng`` (distractor needles: each new),
+    encoded in batches — one ``encode_batch`` call instead of a call per unit. Drawing ahead moves
+    the rng (and ``taken``, the keys ``draw`` has used) past what was handed out; ``settle()`` rewinds
+    both to just after the last unit handed out, so the case is what drawing one by one makes."""
+
+    def __init__(self, enc: _Encoder, draw, sep: str, rng: random.Random, taken: set, budget: int):
+        self.enc, self.draw, self.sep, self.rng, self.taken, self.budget = enc, draw, sep, rng, taken, budget
+        self.state, self.taken0, self.given = None, set(), 0
+
+    def __iter__(self):
+        want, tokens, units = 32, 0, 0
+        while True:
+            self.state, self.taken0, self.given = self.rng.getstate(), set(self.taken), 0
+            texts = [self.sep + self.draw() for _ in range(want)]
+            for ids in self.enc.many(texts):
+                self.given += 1
+                tokens, units = tokens + len(ids), units + 1
+                yield ids
+            # about as many as the rest of the budget needs (one batch call each round)
+            want = min(1024, max(8, int((self.budget - tokens) * units / max(tokens, 1)) + 2))
+
+    def settle(self) -> None:
+        if self.state is None:
+            return
+        self.rng.setstate(self.state)
+        self.taken.clear()
+        self.taken.update(self.taken0)
+        for _ in range(self.given):
+            self.draw()
+        self.state = None
+
+
 def _cycle(items, rng: random.Random):
     items = list(items)
     start = rng.randrange(len(items))
@@ -226,12 +359,12 @@ def _cycle(items, rng: random.Random):
         start = 0
 
 
-def _padded(tok, ids: list[int], budget: int, filler: str = "") -> list[int]:
+def _padded(enc: _Encoder, ids: list[int], budget: int, filler: str = "") -> list[int]:
     """Top a list context up to exactly ``budget`` tokens: ``filler`` repeated, then newlines."""
-    fill = _encode(tok, filler) if filler else []
-    while fill and len(ids) + len(fill) <= budget:
-        ids = ids + fill
-    return ids + _encode(tok, "\n")[-1:] * (budget - len(ids))
+    fill = enc.piece(filler) if filler else []
+    if fill and len(ids) + len(fill) <= budget:
+        ids = ids + fill * ((budget - len(ids)) // len(fill))
+    return ids + enc.piece("\n")[-1:] * (budget - len(ids))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +383,7 @@ def _needle(key, value, kind):
     return f"One of the special magic {kind} for {key} is: {value}."
 
 
-def _niah(tok, budget_for, rng, a):
+def _niah(enc, budget_for, rng, a, length):
     kind_v = a["value"]
     keys: list[str] = []
     while len(keys) < max(a["num_k"], a["num_q"]):
@@ -265,27 +398,30 @@ def _niah(tok, budget_for, rng, a):
     asked = list(range(a["num_q"])) if a["num_q"] > 1 else [rng.randrange(len(keys))]
     query = ", ".join(keys[i] for i in asked[:-1]) + (", and " if len(asked) > 1 else "") + keys[asked[-1]]
     answers = [v for i in asked for v in values[i]]
-    pre, post, question = _frame(tok, *_TEMPLATES["niah"], type_v=kind_v, query=query)
+    pre, post, question = _frame(enc, *_TEMPLATES["niah"], type_v=kind_v, query=query)
     budget = budget_for(pre, post)
+    sep = "\n" if a["type_haystack"] == "essay" else " "
     if a["type_haystack"] == "repeat":
-        units = iter(lambda: _NOISE, None)
+        units = (enc.piece(sep + u) for u in iter(lambda: _NOISE, None))
     elif a["type_haystack"] == "essay":
-        units = _cycle(_docs(), rng)
+        units = (enc.piece(sep + u) for u in _cycle(_docs(), rng))
     else:  # other needles: distinct keys, random values (RULER's line / KV retrieval)
         taken = set(keys)
 
-        def distractors():
+        def distractor():
             while True:
                 k = _key(rng, a["key"])
                 if k not in taken:
                     taken.add(k)
-                    yield _needle(k, _value(rng, kind_v), kind_v)
-        units = distractors()
-    sep = "\n" if a["type_haystack"] == "essay" else " "
-    return pre + _fill(tok, units, needles, budget, rng, sep) + post, question, answers
+                    return _needle(k, _value(rng, kind_v), kind_v)
+        if enc.reference:
+            units = (enc.ids(sep + distractor()) for _ in itertools.count())
+        else:
+            units = _Drawn(enc, distractor, sep, rng, taken, budget)
+    return pre + _fill(enc, units, needles, budget, rng, sep) + post, question, answers
 
 
-def _vt(tok, budget_for, rng, a):
+def _vt(enc, budget_for, rng, a, length):
     names: list[str] = []
     while len(names) < a["num_chains"] * (a["num_hops"] + 1):
         n = "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ", k=5))
@@ -307,56 +443,120 @@ def _vt(tok, budget_for, rng, a):
         needles.append(statements[c][pos[c]])
         pos[c] += 1
     chain, value = chains[0]
-    pre, post, question = _frame(tok, *_TEMPLATES["vt"], query=value, num_v=hops)
-    return pre + _fill(tok, iter(lambda: _NOISE, None), needles, budget_for(pre, post), rng) + post, question, list(chain)
+    pre, post, question = _frame(enc, *_TEMPLATES["vt"], query=value, num_v=hops)
+    noise = (enc.piece(" " + u) for u in iter(lambda: _NOISE, None))
+    return pre + _fill(enc, noise, needles, budget_for(pre, post), rng) + post, question, list(chain)
 
 
-def _fit(tok, build, budget: int, lo: int, hi: int, filler: str = "") -> list[int]:
-    """The longest ``build(n)`` (a context string) that fits ``budget`` tokens, by bisection on n."""
+def _bisect(count, budget: int, lo: int, hi: int) -> int | None:
+    """The largest n in [lo, hi] with count(n) <= budget (count non-decreasing), by bisection."""
     best = None
     while lo <= hi:
         mid = (lo + hi) // 2
-        ids = _encode(tok, build(mid))
+        if count(mid) <= budget:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _fit(enc: _Encoder, build, budget: int, lo: int, hi: int, filler: str = "", piecewise=None,
+         family: str = "", length: int = 0) -> list[int]:
+    """The longest ``build(n)`` (a context string) that fits ``budget`` tokens, topped up to exactly
+    ``budget``. ``piecewise`` = (count(n), ids(n)): the token count and ids of ``build(n)`` summed
+    from its entries' memoised ids — checked against a whole encoding on the first case of a
+    (family, length) and used alone after that; without it (or on a mismatch), bisection re-encodes
+    ``build(n)`` whole at every step (the reference path)."""
+    if piecewise is not None and enc.piecewise_ok.get(family):
+        count, ids_of = piecewise
+        n = _bisect(count, budget, lo, hi)
+        if n is None:
+            raise RulerError(f"{budget} tokens of context are too few for this task: use a longer length")
+        ids = ids_of(n)
+        if (family, length) not in enc.checked:  # the first case of this family and length: check it
+            whole = enc.ids(build(n))
+            above = n + 1 > hi or count(n + 1) == len(enc.ids(build(n + 1)))
+            if whole == ids and above:
+                enc.checked.add((family, length))
+            else:  # this tokenizer merges across entries: whole-list bisection from now on
+                enc.piecewise_ok[family] = False
+                return _fit(enc, build, budget, lo, hi, filler)
+        return _padded(enc, ids, budget, filler)
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        ids = enc.ids(build(mid))
         if len(ids) <= budget:
             best, lo = ids, mid + 1
         else:
             hi = mid - 1
     if best is None:
         raise RulerError(f"{budget} tokens of context are too few for this task: use a longer length")
-    return _padded(tok, best, budget, filler)
+    return _padded(enc, best, budget, filler)
 
 
-def _cwe(tok, budget_for, rng, a):
+def _joined(parts) -> list[int]:
+    out: list[int] = []
+    for p in parts:
+        out += p
+    return out
+
+
+def _cwe(enc, budget_for, rng, a, length):
     vocab = list(_vocabulary())
     rng.shuffle(vocab)
     num_cw, freq_cw, freq_ucw = a["num_cw"], a["freq_cw"], a["freq_ucw"]
-    pre, post, _ = _frame(tok, *_TEMPLATES["cwe"], num_cw=num_cw)
+    pre, post, _ = _frame(enc, *_TEMPLATES["cwe"], num_cw=num_cw)
     budget = budget_for(pre, post)
-    per_entry = len(_encode(tok, " 1234. example")) - 1
+    per_entry = len(enc.piece(" 1234. example")) - 1
     # short contexts (tests, 4K on long tokenizers) get RULER's smaller settings rather than failing
     for num_cw, freq_cw, freq_ucw in ((num_cw, freq_cw, freq_ucw), (10, 10, 2), (5, 4, 1), (3, 2, 1)):
         if num_cw * freq_cw * per_entry <= 0.6 * budget:
             break
     else:
         raise RulerError(f"{budget} tokens of context are too few for cwe: use a longer length")
-    pre, post, question = _frame(tok, *_TEMPLATES["cwe"], num_cw=num_cw)
+    pre, post, question = _frame(enc, *_TEMPLATES["cwe"], num_cw=num_cw)
     budget = budget_for(pre, post)
     common, rest = vocab[:num_cw], vocab[num_cw:]
     order_seed = rng.getrandbits(32)
 
-    def build(n_uncommon):
+    def words_of(n_uncommon):
         words = common * freq_cw + rest[:n_uncommon] * freq_ucw
         random.Random(order_seed).shuffle(words)
-        return " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
+        return words
+
+    def build(n_uncommon):
+        return " ".join(f"{i + 1}. {w}" for i, w in enumerate(words_of(n_uncommon)))
 
     hi = min(len(rest), budget // max(per_entry * freq_ucw, 1) + 1)
-    ctx = _fit(tok, build, budget, 0, hi)
+    piecewise = None
+    if enc.piecewise_ok["cwe"]:  # an entry "12. word" = " 12." + " word" (the first: "1." + " word")
+        word_ids = dict(zip(vocab, enc.pieces(" " + w for w in vocab)))
+        n_entries = lambda n: num_cw * freq_cw + n * freq_ucw  # noqa: E731
+        numbers = enc.number_pieces(n_entries(hi) + 1)
+        num_sum = [0, *itertools.accumulate(len(numbers[i]) for i in range(n_entries(hi) + 1))]
+        rest_sum = [0, *itertools.accumulate(len(word_ids[w]) for w in rest[: hi + 1])]
+        common_len = freq_cw * sum(len(word_ids[w]) for w in common)
+
+        def count(n):
+            return num_sum[n_entries(n)] + common_len + freq_ucw * rest_sum[n]
+
+        def ids_of(n):
+            return _joined(p for i, w in enumerate(words_of(n)) for p in (numbers[i], word_ids[w]))
+        piecewise = (count, ids_of)
+    ctx = _fit(enc, build, budget, 0, hi, piecewise=piecewise, family="cwe", length=length)
     return pre + ctx + post, question, common
 
 
-def _fwe(tok, budget_for, rng, a):
+@lru_cache(maxsize=8)
+def _zeta(alpha: float) -> float:
+    """Riemann zeta(alpha), as RULER approximates it (100K terms + the tail's integral; ~10 ms)."""
+    return sum(k ** -alpha for k in range(1, 100_000)) + 100_000 ** (1 - alpha) / (alpha - 1)
+
+
+def _fwe(enc, budget_for, rng, a, length):
     alpha = a["alpha"]
-    pre, post, question = _frame(tok, *_TEMPLATES["fwe"])
+    pre, post, question = _frame(enc, *_TEMPLATES["fwe"])
     budget = budget_for(pre, post)
     vocab_size = max(budget // 50, 8)  # RULER: max_seq_length // 50
     vocab: set[str] = set()
@@ -365,23 +565,39 @@ def _fwe(tok, budget_for, rng, a):
     vocab = sorted(vocab)
     rng.shuffle(vocab)
     vocab[0] = "...."  # the most frequent "word" is noise
-    zeta = sum(k ** -alpha for k in range(1, 100_000)) + 100_000 ** (1 - alpha) / (alpha - 1)
+    zeta = _zeta(alpha)
     order_seed = rng.getrandbits(32)
+    weights = [k ** -alpha for k in range(1, len(vocab) + 1)]
+
+    def words_of(n_words):
+        words = [w for w, p in zip(vocab, weights) for _ in range(int(n_words * p / zeta))]
+        random.Random(order_seed).shuffle(words)
+        return words
 
     def build(n_words):
-        words = [w for k, w in enumerate(vocab, 1) for _ in range(int(n_words * k ** -alpha / zeta))]
-        random.Random(order_seed).shuffle(words)
-        return " " + " ".join(words)
+        return " " + " ".join(words_of(n_words))
 
-    ctx = _fit(tok, build, budget, 1, budget * 2, filler=" ....")  # more of the noise word
+    piecewise = None
+    if enc.piecewise_ok["fwe"]:  # the list " w1 w2 ..." = " w1" + " w2" + ...; random words: not memoised
+        word_ids = dict(zip(vocab, enc.many([" " + w for w in vocab])))
+        lens = [len(word_ids[w]) for w in vocab]
+
+        def count(n):
+            return sum(int(n * p / zeta) * k for p, k in zip(weights, lens))
+
+        def ids_of(n):
+            return _joined(word_ids[w] for w in words_of(n))
+        piecewise = (count, ids_of)
+    ctx = _fit(enc, build, budget, 1, budget * 2, filler=" ....", piecewise=piecewise, family="fwe", length=length)
     return pre + ctx + post, question, vocab[1:4]
 
 
 _FAMILIES = {"niah": _niah, "vt": _vt, "cwe": _cwe, "fwe": _fwe}
 
 
-def make_case(tokenizer, task: str, length: int, index: int, seed: int = 0) -> RulerCase:
-    """Case ``index`` of ``task`` at ``length`` prompt tokens (deterministic in its arguments)."""
+def make_case(tokenizer, task: str, length: int, index: int, seed: int = 0, *, reference: bool = False) -> RulerCase:
+    """Case ``index`` of ``task`` at ``length`` prompt tokens (deterministic in its arguments).
+    ``reference``: the original generator (every text encoded whole, nothing memoised), for tests."""
     if task not in TASKS:
         raise RulerError(f"unknown RULER task {task!r}: use one of {', '.join(TASKS)}")
     spec = TASKS[task]
@@ -393,11 +609,12 @@ def make_case(tokenizer, task: str, length: int, index: int, seed: int = 0) -> R
             raise RulerError(f"length {length} leaves no room for a {task} context: use a longer length")
         return b
 
-    ids, (question, prefix), answers = _FAMILIES[spec.family](tokenizer, budget_for, rng, spec.args)
+    enc = _encoder(tokenizer, reference)
+    ids, (question, prefix), answers = _FAMILIES[spec.family](enc, budget_for, rng, spec.args, length)
     assert len(ids) == length, (task, len(ids), length)
     return RulerCase(task, length, index, ids, question, prefix, answers, spec.metric, spec.max_new_tokens)
 
 
-def make_cases(tokenizer, task: str, length: int, samples: int, seed: int = 0) -> list[RulerCase]:
-    return [make_case(tokenizer, task, length, i, seed) for i in range(samples)]
-
+def make_cases(tokenizer, task: str, length: int, samples: int, seed: int = 0, start: int = 0) -> list[RulerCase]:
+    """Cases ``start .. start + samples - 1`` of ``task`` at ``length``."""
+    return [make_case(tokenizer, task, length, i, seed) for i in range(start, start + samples)]

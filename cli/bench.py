@@ -184,7 +184,7 @@ def quality(
     lengths: Optional[str] = typer.Option(None, "--lengths", help=f"Prompt lengths (default: needle 1k,2k,4k; ruler {_RULER_LENGTHS}, those that fit the model's context)."),
     samples: int = typer.Option(50, "--samples", min=1, help="ruler: cases per task and length."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="ruler: comma-separated tasks (default: all 11: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, cwe, fwe)."),
-    batch: int = typer.Option(8, "--batch", min=1, help="ruler: cases per batch (same length, no padding)."),
+    batch: int = typer.Option(8, "--batch", min=1, help="ruler: cases per batch, prefilled as one (B, N) forward per mode (same length, no padding); the KV cache holds 2 x batch rows (dense and sparse decode together)."),
     seed: int = typer.Option(0, "--seed", help="ruler: case seed."),
     seconds: Optional[float] = typer.Option(None, "--seconds", min=1, help="ruler: wall-clock budget for the cases, split over lengths by token count and evenly over tasks; a task stops adding batches when its share is spent (each row says how many cases ran)."),
     depths: str = typer.Option("0,0.25,0.5,0.75,1", "--depths"),
@@ -277,7 +277,7 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
     """``bench quality --suite ruler``: the RULER-style tasks and natural-text perplexity, dense vs forced sparse."""
     from rich.progress import Progress
 
-    from ..bench.quality import perplexity_curve, ruler_suite
+    from ..bench.ruler_run import perplexity_curve, ruler_suite
     from ..bench.ruler import TASKS
     from ..runtime.errors import AccelError
     from ..runtime.model import CompactLM, supports
@@ -348,6 +348,12 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
         if at:
             out.print(f"{n} tokens: density {sum(r['density'] for r in at) / len(at):.3f}, "
                       f"heads run sparse {sum(r['sparse_head_share'] for r in at) / len(at):.2f}")
+        at = [r for r in rows if r["length"] == n]
+        pairs = sum(r["samples"] for r in at)
+        if pairs:  # where the time went (host wall-clock phases; see bench.ruler_run)
+            phases = {p: sum(r["timing"][p] for r in at) for p in at[0]["timing"]}
+            err.print(f"{n} tokens: {pairs} case pairs in {sum(r['wall_s'] for r in at):.1f} s; ms per pair: "
+                      + ", ".join(f"{p} {1000 * v / pairs:.1f}" for p, v in phases.items()))
     for r in ppl:
         out.print(f"perplexity at {r['length']} tokens: dense {r['dense']:.3f}, sparse {r['sparse']:.3f} "
                   f"({100 * (r['ratio'] - 1):+.2f} %)")

@@ -135,10 +135,10 @@ def test_bench_quality_ruler_time_budget(tiny_long_dir, tmp_path, monkeypatch):
     import itertools
     import types
 
-    import accel.bench.quality as quality
+    import accel.bench.ruler_run as ruler_run
 
     ticks = itertools.count(0, 10.0)
-    monkeypatch.setattr(quality, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    monkeypatch.setattr(ruler_run, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
     out = tmp_path / "budget.json"
     r = CliRunner().invoke(app, ["bench", "quality", "--suite", "ruler", "--model", str(tiny_long_dir), "--device", "cpu",
                                  "--lengths", "1024", "--samples", "6", "--batch", "2", "--seconds", "1",
@@ -165,7 +165,8 @@ def test_bench_quality_ruler_bad_input(tiny_model_dir, args, needle):
 @pytest.mark.qwen
 def test_real_tokenizer_cases_at_4k_and_31k():
     """With Qwen2.5's tokenizer: every task fills 4K and ~31K exactly, lists are topped up by a few
-    newlines only (the vocabulary is large enough at 31K), and the answers are in the prompt."""
+    newlines only (the vocabulary is large enough at 31K), the answers are in the prompt, and the
+    fast generator (memoised pieces, piecewise cwe/fwe lists) builds the original generator's ids."""
     from tests.test_model_qwen import _qwen_available
 
     if not _qwen_available():
@@ -180,9 +181,139 @@ def test_real_tokenizer_cases_at_4k_and_31k():
     for n in (4096, 31744):
         for task in TASKS:
             c = make_case(tok, task, n, 7)
-            assert len(c.ids) == n
+            assert len(c.ids) == n and c.ids == make_case(tok, task, n, 7, reference=True).ids
             text = tok.decode(c.ids)
             assert all(a in text for a in c.answers) and text.startswith("<|im_start|>system")
             if task in ("cwe", "fwe"):  # the longest run of padding newlines
                 runs = [len(list(g)) for k, g in itertools.groupby(c.ids) if k == nl]
                 assert max(runs, default=0) <= 16, (task, n, max(runs))
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast paths give what the original (slow) paths gave
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", list(TASKS))
+def test_fast_cases_equal_the_reference_generator(tok, task):
+    """Memoised pieces, the Rust backend and piecewise cwe/fwe lists build the same ids as encoding
+    every text whole (the original generator), at two lengths and a few indices."""
+    for n in (1024, 2048):
+        for i in (0, 5):
+            fast, ref = make_case(tok, task, n, i), make_case(tok, task, n, i, reference=True)
+            assert fast.ids == ref.ids and fast.answers == ref.answers and fast.question == ref.question
+
+
+def test_distractors_drawn_ahead_leave_the_rng_as_drawn_one_by_one(tok):
+    """The needle haystack's distractors are drawn and encoded in batches (several at 8K), then the rng
+    is rewound to the last one used: the needles' depths, hence the ids, are the reference's."""
+    for task in ("niah_multikey_2", "niah_multikey_3"):
+        for i in (1, 2):
+            assert make_case(tok, task, 8192, i).ids == make_case(tok, task, 8192, i, reference=True).ids
+
+
+def test_piecewise_lists_fall_back_when_a_tokenizer_merges_entries(tok):
+    """A tokenizer whose whole-list ids differ from the entries' ids (here: faked) is caught on the
+    first case of a (family, length), and the family then bisects on whole encodings."""
+    from accel.bench import ruler
+
+    enc = ruler._Encoder(tok)
+    build = lambda n: " ".join(["word"] * n)  # noqa: E731
+    wrong = (lambda n: 5 * n, lambda n: [7] * (5 * n))  # count and ids that are not the whole encoding's
+    got = ruler._fit(enc, build, 100, 0, 50, piecewise=wrong, family="cwe", length=100)
+    assert enc.piecewise_ok["cwe"] is False and enc.piecewise_ok["fwe"] is True
+    assert got == ruler._fit(ruler._Encoder(tok, reference=True), build, 100, 0, 50)
+    assert len(got) == 100 and tok.decode(got).startswith("word word")
+
+
+def test_natural_ids_prefix_matches_the_whole_text(tok):
+    from accel.bench.ruler_run import natural_ids
+
+    whole = tok(natural_text(seed=3), add_special_tokens=False)["input_ids"]
+    for n in (1000, 5000):
+        ids = natural_ids(tok, n, seed=3)
+        assert len(ids) >= n and ids[:n] == whole[:n]
+    assert natural_ids(tok, 10 ** 7, seed=3) == whole  # longer than the text: all of it
+
+
+def test_batches_are_near_equal():
+    from accel.bench.ruler_run import batches
+
+    assert batches(50, 16) == [(0, 12), (12, 25), (25, 37), (37, 50)]
+    assert batches(6, 2) == [(0, 2), (2, 4), (4, 6)] and batches(3, 8) == [(0, 3)]
+
+
+def test_batched_suite_gives_each_case_its_answers_alone(tok):
+    """The runner prefills a batch as one (B, N) forward per mode and decodes the dense and sparse rows
+    together; each case must still get the answers of the old path, ``generate_plain`` on the case
+    alone with its mode's plan (dense, or the forced sparse plan), and so the same scores. An EOS
+    id that the model does emit exercises the cut and the early stop."""
+    from accel.bench.prefill import uniform_patterns
+    from accel.bench.quality import forced_plan, sparse_summary
+    from accel.bench.ruler_run import ruler_suite
+    from accel.runtime.decode import generate_plain
+    from accel.runtime.model import CompactLM
+
+    # a larger init than the default: the answers depend on the prompt (the default model repeats one token)
+    compact = CompactLM.from_hf(make_tiny_llama(max_position_embeddings=2048, initializer_range=0.2))
+    pats = uniform_patterns(2, 4, "stream_llm", 16, 64)  # narrow: sparse answers differ from dense
+    tasks, n, samples = ["niah_single_1", "vt"], 1024, 3
+    cases = {t: [make_case(tok, t, n, i) for i in range(samples)] for t in tasks}
+
+    def old(c, p, eos, stats=None):
+        [r] = generate_plain(compact, [c.ids], c.max_new_tokens, eos_ids=eos, compile="eager",
+                             plans=[forced_plan(p, stats)])
+        return tok.decode(r.tokens, skip_special_tokens=True), r.tokens
+
+    eos = [old(cases["vt"][0], None, ())[1][5]]  # a token the model emits: rows stop at different steps
+    rows = []
+    res = ruler_suite(compact, tok, tasks, [n], lambda _: pats, samples=samples, batch=2, eos_ids=eos,
+                      examples=samples, on_row=rows.append)
+    assert rows == res["rows"] and [r["samples"] for r in rows] == [samples, samples]
+    for row in res["rows"]:
+        assert row["density"] < 0.5 and row["sparse_head_share"] == 1.0
+        assert set(row["timing"]) == {"cases", "dense", "sparse", "decode", "score"}
+        assert sum(row["timing"].values()) <= row["wall_s"] + 1e-6
+        scores, stats = {"dense": [], "sparse": []}, []
+        for ex, c in zip(row["examples"], cases[row["task"]]):
+            for mode, p in (("dense", None), ("sparse", pats)):
+                text, _ = old(c, p, eos, stats)
+                assert ex[mode] == text, (row["task"], c.index, mode)
+                scores[mode].append(c.score(text))
+        assert row["dense"] == pytest.approx(100 * sum(scores["dense"]) / samples)
+        assert row["sparse"] == pytest.approx(100 * sum(scores["sparse"]) / samples)
+        # batches of 1 and 2 cases: the row's density is still the mean over cases
+        assert row["density"] == pytest.approx(sparse_summary(stats)["density"], rel=1e-9)
+    # a token cap of one prompt per forward (the split long batches get) changes nothing
+    split = ruler_suite(compact, tok, tasks, [n], lambda _: pats, samples=samples, batch=2, eos_ids=eos,
+                        examples=samples, max_prefill_tokens=n)
+    assert [r["examples"] for r in split["rows"]] == [r["examples"] for r in rows]
+    assert [r["density"] for r in split["rows"]] == pytest.approx([r["density"] for r in rows], rel=1e-9)
+    shown = [ex for r in rows for ex in r["examples"]]
+    assert any(ex["dense"] != ex["sparse"] for ex in shown)  # sparse really differed
+    assert len({ex["dense"] for ex in shown}) > 3  # and the answers depend on the case
+
+
+def test_sparse_summary_weighs_batched_entries_by_their_prompts():
+    from accel.bench.quality import sparse_summary
+
+    one = [{"density": 0.2, "heads": 4, "sparse_heads": 4}, {"density": 0.5, "heads": 4, "sparse_heads": 2}]
+    assert sparse_summary(one) == {"density": pytest.approx(0.35), "sparse_head_share": 0.75}
+    # a call of 3 prompts (mean density 0.2) and one of 1 prompt (0.6): 0.3 per prompt, not 0.4 per call
+    batched = [{"density": 0.2, "heads": 4, "sparse_heads": 4, "rows": 3},
+               {"density": 0.6, "heads": 4, "sparse_heads": 0, "rows": 1}]
+    assert sparse_summary(batched) == {"density": pytest.approx(0.3), "sparse_head_share": 0.75}
+
+
+def test_suite_runs_the_packs_dense_tail_in_the_sparse_prefill(tok):
+    """``dense_tail`` reaches the sparse plan: a tail covering the whole prompt makes the narrow
+    pattern's answers the dense ones (without it they differ)."""
+    from accel.bench.prefill import uniform_patterns
+    from accel.bench.ruler_run import ruler_suite
+    from accel.runtime.model import CompactLM
+
+    compact = CompactLM.from_hf(make_tiny_llama(max_position_embeddings=2048, initializer_range=0.2))
+    pats = uniform_patterns(2, 4, "stream_llm", 16, 64)
+    run = lambda tail: ruler_suite(compact, tok, ["vt"], [1024], lambda _: pats, samples=2, batch=2,  # noqa: E731
+                                   dense_tail=tail)["rows"][0]
+    assert run(0)["identical_answers"] == 0.0
+    row = run(1024)
+    assert row["identical_answers"] == 1.0 and row["density"] < 0.5
