@@ -45,7 +45,7 @@ fi
 # the suite gets what is left, less ~45 s model load and ~35 s perplexity at 8K-31K
 left=$((TOTAL - SECONDS - 80)); (( left < 30 )) && left=30
 step suite $((left + 90)) accel bench quality --suite ruler "${M[@]}" --pack "$P" --lengths "${LENGTHS:-4k,8k,16k,31k}" \
-  --samples "${SAMPLES:-50}" --batch 16 --seconds "$left" ${TASKS:+--tasks "$TASKS"} --ppl-length 8k,16k,31k \
+  --samples "${SAMPLES:-50}" --batch "${BATCH:-25}" --seconds "$left" ${TASKS:+--tasks "$TASKS"} --ppl-length 8k,16k,31k \
   --json "$OUT/ruler.json" --plot "$OUT/img-ruler"
 echo "== summary (timings in $OUT/timings.json)"
 python3 "$here/qwen_longctx.py" table "$OUT"
