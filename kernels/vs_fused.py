@@ -626,6 +626,19 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
 # ------------------------------------------------------------------------------------------------
 # build_index's path: a layer's vertical-slash heads written straight into its index
 # ------------------------------------------------------------------------------------------------
+class _Ptr:
+    """A device address Triton can launch with (it calls data_ptr() and reads dtype, like its own
+    TensorWrapper); `ws` owns the memory and outlives the launches that use it (same stream)."""
+
+    __slots__ = ("_p", "dtype")
+
+    def __init__(self, p: int, dtype):
+        self._p, self.dtype = p, dtype
+
+    def data_ptr(self) -> int:
+        return self._p
+
+
 _ALIGN = 16   # workspace buffers start on 64-byte boundaries: Triton specialises pointers on 16-byte
               # alignment, so an unaligned carve would compile another binary for some lengths
 
@@ -657,14 +670,16 @@ class VSRows:
         self.heads_t = _const_i32(self.heads, device)
         # (2, R): row r's column budget, then its diagonal budget (rows repeat the heads per batch)
         self.bud = _const_i32(tuple(v for v, _ in budgets) * B + tuple(s for _, s in budgets) * B, device)
-        words = dict(self.sp.sizes(R))     # fp32 buffers, then int32 ones, then the bitmap's bytes
+        words = dict(self.sp.sizes(R))
         words.update(vl=R * self.V, sl=R * self.S, rel=R * self.T_MAX, total=R, sega=R * self.S_PAD,
                      segx=R * self.S_PAD, cover=triton.cdiv(R * self.span, 4))
-        self.names = tuple(words)
-        self.split = []                    # buffer, padding, buffer, ...: one split_with_sizes call
-        for w in words.values():
-            self.split += [w, triton.cdiv(w, _ALIGN) * _ALIGN - w]
-        self.words = sum(self.split)
+        self.layout, o = {}, 0             # name -> (word offset, words, dtype) in the one workspace
+        for name, w in words.items():
+            dt = torch.float32 if name in ("ms", "ls", "col", "dp", "scr") else \
+                torch.uint8 if name == "cover" else torch.int32
+            self.layout[name] = (o, w, dt)
+            o += triton.cdiv(w, _ALIGN) * _ALIGN
+        self.words = o
         self.nkc, self.nkd = min(keep[0], N), min(keep[1], N)   # forced keys: index.VERTICAL_KEEP, SLASH_KEEP
 
     def widths(self) -> tuple[int, int]:
@@ -676,10 +691,12 @@ class VSRows:
         cc (B,Hq,M), ci (B,Hq,M,MC) in full (MB >= self.MB, MC >= self.MC; zero padding)."""
         q, k = _q(q), _q(k)
         ws = torch.empty(self.words, dtype=torch.int32, device=q.device)
-        # views of the one workspace (two split calls, not a slice per buffer: host time)
-        buf = dict(zip(self.names, ws.split(self.split)[::2]))
-        buf.update(zip(self.names[:5], ws.view(torch.float32).split(self.split)[:10:2]))   # ms .. scr
-        cover = buf["cover"].view(torch.uint8)
+        if ws.is_cuda:   # raw pointers into the workspace: a dozen tensor views would cost ~30 us of host time
+            base = ws.data_ptr()
+            buf = {name: _Ptr(base + 4 * o, dt) for name, (o, w, dt) in self.layout.items()}
+        else:            # the interpreter reads real tensors
+            buf = {name: ws[o:o + w].view(dt) for name, (o, w, dt) in self.layout.items()}
+        cover = buf["cover"]
         _mark("scores_setup")
         sp = self.sp
         sp.launch(q, k, scale, buf["ms"], buf["ls"], buf["col"], buf["dp"], buf["scr"], self.hmap, self.HR)
