@@ -490,14 +490,14 @@ def block_sparse_topk(q, k, tks: tuple, block_m: int = 64, block_n: int = 64) ->
     per = max(1, (1 << 26) // max(1, G * M * Nb))
     if per >= Hkv:   # one slab (the usual case): no chunk copies
         sc = torch.matmul(qp.reshape(B, Hkv, G * M, D), kp.transpose(-1, -2)).view(B, Hq, M, Nb)
-        # future blocks -inf, forced (diagonal) blocks +inf: one op (was a mask negation + two fills)
-        return torch.topk(torch.where(fill_at, fill, sc), K, dim=-1, sorted=True).indices
+        # future blocks -inf, forced (diagonal) blocks +inf, in place: one op (was a negation + two fills)
+        return torch.topk(torch.where(fill_at, fill, sc, out=sc), K, dim=-1, sorted=True).indices
     sel = torch.empty(B, Hq, M, K, dtype=torch.int64, device=q.device)
     for h0 in range(0, Hkv, per):  # chunk over kv heads: the (M, Nb) score slab is N²/4096 floats
         h1 = min(Hkv, h0 + per)
         sc = torch.matmul(qp[:, h0 * G:h1 * G].reshape(B, h1 - h0, G * M, D),
                           kp[:, h0:h1].transpose(-1, -2)).view(B, (h1 - h0) * G, M, Nb)
-        sel[:, h0 * G:h1 * G] = torch.topk(torch.where(fill_at, fill, sc), K, dim=-1, sorted=True).indices
+        sel[:, h0 * G:h1 * G] = torch.topk(torch.where(fill_at, fill, sc, out=sc), K, dim=-1, sorted=True).indices
     return sel
 
 

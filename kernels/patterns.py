@@ -24,12 +24,11 @@ or asks a `HeadPattern` for its `.kind`, so adding a pattern is one class here a
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-
-import os
 
 from .index import (FILL_A_SHAPE, FILL_SELECTED, FILL_ZERO, SLASH_KEEP, VERTICAL_KEEP, FilledRows, LayerPlan,
                     LayerShape, SparseIndex, _dev_index, a_shape_index, a_shape_width, assemble_index,
