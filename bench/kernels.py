@@ -303,13 +303,13 @@ def check_rows(out, q, k, v, index, n, rows_blocks):
 def sparse_binaries() -> dict:
     """Compiled Triton binaries per sparse-path kernel (Triton 3.x: device_caches[device][0]); None
     where this Triton keeps them elsewhere (or under the CPU interpreter, which compiles nothing)."""
-    from ..kernels import triton_sparse, vs_fused
+    from ..kernels import index_fill, triton_sparse, vs_fused
 
     out = {}
     for name, fn in (("attn", triton_sparse._sparse_attn_fwd), ("vs_stats", vs_fused._vs_stats),
                      ("vs_sums", vs_fused._vs_sums), ("diag_combine", vs_fused._diag_combine),
-                     ("slash_tiles", vs_fused._slash_tiles),
-                     ("block_bounds", vs_fused._block_bounds), ("block_lists", vs_fused._block_lists)):
+                     ("slash_tiles", vs_fused._slash_tiles), ("vs_lists", vs_fused._vs_lists),
+                     ("block_lists", vs_fused._block_lists), ("fill_rows", index_fill._fill_rows)):
         try:
             out[name] = sum(len(c[0]) for c in fn.device_caches.values())
         except Exception:

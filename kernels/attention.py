@@ -7,8 +7,10 @@ launch (Triton on CUDA, the chunked PyTorch reference elsewhere), and computes `
 On the GPU path (fused vertical-slash estimation + Triton) a layer makes no host sync, whatever mix of
 patterns its heads have (tests/test_prefill_sync.py): every output size comes from (N, budgets, block
 sizes), and which heads are dense is a host tuple from the patterns.  The host cost per layer is the
-launches, so what depends only on the patterns and the shape (head grouping, A-shape parts, block-sparse
-masks, dense-head index tensors) is built once and cached (see `patterns._layout`, `index._CONST_CACHE`).
+launches, so what depends only on the patterns and the shape is made once per (layout, shape)
+(`index.LayerPlan`, cached by `patterns._fast_plan`) and the index is written in place: an
+all-vertical-slash layer is 5 Triton launches (index 4, kernel 1), a mixed one adds one fill launch and
+block-sparse's pooling/matmul/topk (tests/test_index_launch_budget.py, scripts/gpu/index_host_cost.py).
 """
 from __future__ import annotations
 

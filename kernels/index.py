@@ -22,12 +22,20 @@ sizes, cost and scaling live in the pattern registry (`patterns.py`), whose `bui
 
 All builders are vectorised torch (no per-head Python loops over long data, no N×N tensors), so they run
 on the GPU inside the timed prefill and on the CPU in tests.
+
+On the GPU (`LayerPlan`, used by `patterns.build_index` where the fused estimation runs) a layer's
+index is instead written in place: everything that depends only on (patterns, shape, blocks, device) is
+made once, the index is one uninitialised buffer, vertical-slash heads write their rows in their own
+kernels (`vs_fused.VSRows`) and one launch fills every other row (`index_fill`): per layer no tensor
+from host data, no index_put, clone or memset, and 5-6 Triton launches + block-sparse's few torch ops
+(was ~20-50 torch ops + 7 Triton launches; tests/test_index_launch_budget.py).
 """
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -51,17 +59,6 @@ class SparseIndex:
     # patterns: the kernels pick those heads without reading a tensor back (a host sync per layer)
     dense_head_ids: tuple = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self):
-        dh = self.dense_heads
-        if dh is None:
-            flags = [False] * self.block_count.shape[1]
-        elif isinstance(dh, torch.Tensor):   # a caller's mask: read once here (a CPU tensor: no sync)
-            flags = [bool(f) for f in dh.to("cpu", torch.bool).tolist()]
-        else:                                # a list of bools from the patterns: no tensor read at all
-            flags = [bool(f) for f in dh]
-        self.dense_heads = _cpu_flags(tuple(flags))
-        self.dense_head_ids = tuple(h for h, f in enumerate(flags) if f)
-
     @property
     def shape(self):
         return tuple(self.block_count.shape)  # (B, Hq, M)
@@ -81,6 +78,33 @@ class SparseIndex:
         B, H, _ = self.shape
         full = B * H * _dense_cost_blocks(self.n, self.block_m, self.block_n)
         return kernel_cost(self, self.n, 1) / (4 * self.block_m * self.block_n * full)
+
+
+def _set_dense_heads(self, dh):
+    """`dense_heads` may be None, a (Hq,) bool tensor (read once here: a CPU tensor, no sync) or a list
+    of bools from the patterns (no tensor at all).  The flags are kept as a tuple and the CPU tensor
+    is made only when someone reads `dense_heads`: building an index creates no tensor from host data."""
+    if dh is None:
+        flags = (False,) * self.block_count.shape[1]
+    elif isinstance(dh, torch.Tensor):
+        flags = tuple(bool(f) for f in dh.to("cpu", torch.bool).tolist())
+    else:
+        flags = tuple(bool(f) for f in dh)
+    self.__dict__["_dense_flags"] = flags
+    self.__dict__["_dense_mask"] = None
+    self.dense_head_ids = tuple(h for h, f in enumerate(flags) if f)
+
+
+def _get_dense_heads(self) -> torch.Tensor:
+    t = self.__dict__["_dense_mask"]
+    if t is None:   # its own tensor (callers may edit an index's mask)
+        t = self.__dict__["_dense_mask"] = _cpu_flags(self._dense_flags)
+    return t
+
+
+# after @dataclass: its __init__ assigns the field through the property (default None)
+SparseIndex.dense_heads = property(_get_dense_heads, _set_dense_heads,
+                                   doc="(Hq,) bool on the CPU: heads computed by dense attention")
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,13 +146,18 @@ def a_shape_index(n: int, sink: int, window: int, block_m: int = 64, block_n: in
     hi = (r1 - 1) // block_n                                  # last (diagonal) key block
     ns = torch.clamp(torch.minimum(torch.full_like(lo, triton_cdiv(sink, block_n)), lo), min=0)
     count = ns + hi - lo + 1
-    # width from (n, sink, window, blocks) alone, no device sync: sink blocks + the window's blocks
-    # (floor(a/bn) - floor(b/bn) <= floor((a-b)/bn) + 1), never more than there are key blocks
-    mx = max(1, min(triton_cdiv(sink, block_n) + (block_m + window - 2) // block_n + 2, triton_cdiv(n, block_n)))
+    mx = a_shape_width(n, sink, window, block_m, block_n)
     j = torch.arange(mx, device=device)[None, :]
     blk = torch.where(j < ns[:, None], j, lo[:, None] + j - ns[:, None])
     blk = torch.where(j < count[:, None], blk, torch.zeros_like(blk))
     return count.to(torch.int32), (blk * block_n).to(torch.int32)
+
+
+def a_shape_width(n: int, sink: int, window: int, block_m: int, block_n: int) -> int:
+    """Block slots of an A-shape row from (n, sink, window, blocks) alone, no device sync: sink blocks +
+    the window's blocks (floor(a/bn) - floor(b/bn) <= floor((a-b)/bn) + 1), never more than there are
+    key blocks."""
+    return max(1, min(triton_cdiv(sink, block_n) + (block_m + window - 2) // block_n + 2, triton_cdiv(n, block_n)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,32 +460,69 @@ def estimate_block_sparse(q, k, topk, block_m: int = 64, block_n: int = 64):
     (B,Hq,M,K) int64 ascending (entries past count are 0).
     """
     B, Hq, N, D = q.shape
-    Hkv = k.shape[1]
-    G = Hq // Hkv
     tks = tuple([int(topk)] * Hq if isinstance(topk, int) else [int(t) for t in topk])
-    qp = _pool(q, block_m)                                                # (B, Hq, M, D)
-    kp = _pool(k, block_n)                                                # (B, Hkv, Nb, D)
-    M, Nb = qp.shape[2], kp.shape[2]
-    # forced (diagonal) blocks per query block: at most (block_m-1)//block_n + 2; both from Python ints,
-    # so no device sync sizes the selection
-    K = min(Nb, max(max(tks), (block_m - 1) // block_n + 2))
-    allowed, forced, count, past = _block_sparse_consts(B, N, tks, K, block_m, block_n, q.device)
-    per = max(1, (1 << 26) // max(1, G * M * Nb))
-    if per >= Hkv:   # one slab (the usual case): no chunk copies
-        sc = torch.matmul(qp.reshape(B, Hkv, G * M, D), kp.transpose(-1, -2)).view(B, Hq, M, Nb)
-        sel = torch.topk(sc.masked_fill_(~allowed, float("-inf")).masked_fill_(forced, float("inf")),
-                         K, dim=-1, sorted=True).indices
-    else:
-        sel = torch.empty(B, Hq, M, K, dtype=torch.int64, device=q.device)
-        for h0 in range(0, Hkv, per):  # chunk over kv heads: the (M, Nb) score slab is N²/4096 floats
-            h1 = min(Hkv, h0 + per)
-            sc = torch.matmul(qp[:, h0 * G:h1 * G].reshape(B, h1 - h0, G * M, D),
-                              kp[:, h0:h1].transpose(-1, -2)).view(B, (h1 - h0) * G, M, Nb)
-            sc = sc.masked_fill(~allowed, float("-inf")).masked_fill(forced, float("inf"))
-            sel[:, h0 * G:h1 * G] = torch.topk(sc, K, dim=-1, sorted=True).indices
+    K = block_sparse_width(N, tks, block_m, block_n)
+    _, _, count, past = _block_sparse_consts(B, N, tks, K, block_m, block_n, q.device)
+    sel = block_sparse_topk(q, k, tks, block_m, block_n)
     sel = sel.masked_fill(past, _BIG).sort(-1).values
     sel = sel.masked_fill(past, 0)
     return count.clone(), sel   # a copy: the cached count must not be edited by callers
+
+
+def block_sparse_width(N: int, tks: tuple, block_m: int, block_n: int) -> int:
+    """K, the key-block slots of a selection: the largest top-k, at least the forced (diagonal) blocks
+    per query block ((block_m-1)//block_n + 2), at most the key blocks.  From Python ints: no device
+    sync sizes the selection."""
+    return min(triton_cdiv(N, block_n), max(max(tks), (block_m - 1) // block_n + 2))
+
+
+def block_sparse_topk(q, k, tks: tuple, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+    """(B, Hq, M, K) int64 key-block ids in descending score order (forced diagonal blocks first, future
+    blocks -inf): the first count[b, h, m] of them are head h's selection (`_block_sparse_consts`)."""
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    K = block_sparse_width(N, tks, block_m, block_n)
+    qp = _pool(q, block_m)                                                # (B, Hq, M, D)
+    kp = _pool(k, block_n)                                                # (B, Hkv, Nb, D)
+    M, Nb = qp.shape[2], kp.shape[2]
+    fill_at, fill = _block_sparse_fill(N, block_m, block_n, q.device)
+    per = max(1, (1 << 26) // max(1, G * M * Nb))
+    if per >= Hkv:   # one slab (the usual case): no chunk copies
+        sc = torch.matmul(qp.reshape(B, Hkv, G * M, D), kp.transpose(-1, -2)).view(B, Hq, M, Nb)
+        # future blocks -inf, forced (diagonal) blocks +inf, in place: one op (was a negation + two fills)
+        return torch.topk(torch.where(fill_at, fill, sc, out=sc), K, dim=-1, sorted=True).indices
+    sel = torch.empty(B, Hq, M, K, dtype=torch.int64, device=q.device)
+    for h0 in range(0, Hkv, per):  # chunk over kv heads: the (M, Nb) score slab is N²/4096 floats
+        h1 = min(Hkv, h0 + per)
+        sc = torch.matmul(qp[:, h0 * G:h1 * G].reshape(B, h1 - h0, G * M, D),
+                          kp[:, h0:h1].transpose(-1, -2)).view(B, (h1 - h0) * G, M, Nb)
+        sel[:, h0 * G:h1 * G] = torch.topk(torch.where(fill_at, fill, sc, out=sc), K, dim=-1, sorted=True).indices
+    return sel
+
+
+def _block_sparse_fill(N, block_m, block_n, device):
+    """(M, Nb) where the scores are overridden and with what: -inf on future key blocks, +inf on the
+    forced diagonal ones (what masked_fill_(~allowed, -inf).masked_fill_(forced, inf) wrote)."""
+    key = ("block_sparse_fill", N, block_m, block_n, str(device))
+    t = _CONST_CACHE.get(key)
+    if t is None:
+        if len(_CONST_CACHE) > 4096:
+            _CONST_CACHE.clear()
+        allowed, forced = _block_masks(N, block_m, block_n, device)
+        fill = torch.full(allowed.shape, float("-inf"), dtype=torch.float32, device=device).masked_fill_(forced, float("inf"))
+        t = _CONST_CACHE[key] = (~allowed | forced, fill)
+    return t
+
+
+def _block_masks(N, block_m, block_n, device):
+    """allowed (M, Nb): key blocks with a key <= the query block's last row; forced: those among them
+    overlapping the query block's rows (the diagonal blocks)."""
+    r0, r1 = _q_block_bounds(N, block_m, device)
+    kb = torch.arange(triton_cdiv(N, block_n), device=device)
+    allowed = (kb[None, :] * block_n) <= (r1 - 1)[:, None]                # (M, Nb)
+    forced = allowed & ((kb[None, :] * block_n + block_n - 1) >= r0[:, None])
+    return allowed, forced
 
 
 def _block_sparse_consts(B, N, tks: tuple, K: int, block_m: int, block_n: int, device):
@@ -469,14 +535,10 @@ def _block_sparse_consts(B, N, tks: tuple, K: int, block_m: int, block_n: int, d
     if t is None:
         if len(_CONST_CACHE) > 4096:
             _CONST_CACHE.clear()
-        r0, r1 = _q_block_bounds(N, block_m, device)
-        Nb = triton_cdiv(N, block_n)
-        kb = torch.arange(Nb, device=device)
-        allowed = (kb[None, :] * block_n) <= (r1 - 1)[:, None]                # (M, Nb)
-        forced = allowed & ((kb[None, :] * block_n + block_n - 1) >= r0[:, None])
+        allowed, forced = _block_masks(N, block_m, block_n, device)
         tk = torch.as_tensor(tks, dtype=torch.int64).to(device)
         count = torch.minimum(tk[None, :, None], allowed.sum(-1)[None, None, :])
-        count = torch.maximum(count, forced.sum(-1)[None, None, :]).expand(B, len(tks), r0.numel()).contiguous()
+        count = torch.maximum(count, forced.sum(-1)[None, None, :]).expand(B, len(tks), allowed.shape[0]).contiguous()
         past = torch.arange(K, device=device) >= count[..., None]
         t = _CONST_CACHE[key] = (allowed, forced, count, past)
     return t
@@ -593,6 +655,92 @@ def assemble_index(parts, B: int, Hq: int, n: int, block_m: int, block_n: int, d
             base = _CONST_CACHE[key] = _write_parts(_zero_bufs(B, Hq, M, MB, MC, device), static_parts, device)
         bufs = _write_parts(tuple(t.clone() for t in base), parts, device)
     return SparseIndex(*bufs, n, block_m, block_n, [bool(f) for f in dense_heads])
+
+
+# --------------------------------------------------------------------------------------------
+# the GPU path: one layer's index written in place, no per-call copies
+# --------------------------------------------------------------------------------------------
+FILL_ZERO, FILL_A_SHAPE, FILL_SELECTED = 0, 1, 2
+
+
+class LayerShape(NamedTuple):
+    """What a pattern kind's `fast_rows` may depend on."""
+    B: int
+    Hq: int
+    Hkv: int
+    N: int
+    D: int
+    block_m: int
+    block_n: int
+    last_q: int
+    device: object
+
+
+@dataclass
+class FilledRows:
+    """Rows of a layer's index that `index_fill._fill_rows` writes (one launch for all of them) from
+    per-head parameters, returned by a pattern kind's `fast_rows`: FILL_ZERO (count 0: dense heads),
+    FILL_A_SHAPE (params (sink, window): the closed form of `a_shape_index`), FILL_SELECTED (params
+    (top-k, 0): the first count of `select(q, k)`'s (B, Hq, M, K) key-block ids, in score order,
+    sorted and scaled to key offsets, count as in `_block_sparse_consts`)."""
+
+    mode: int
+    heads: tuple
+    params: tuple                  # per head (p1, p2)
+    widths: tuple                  # (block slots, column slots) its rows need
+    select: object = None          # FILL_SELECTED: q, k -> (B, Hq, M, K) int64
+
+
+class LayerPlan:
+    """Everything of one layer's index that depends only on (patterns, B, Hq, Hkv, N, D, blocks,
+    last_q, device), made once (`patterns._fast_plan` caches it): the rows each pattern kind fills
+    (`Pattern.fast_rows`), the index widths, and the fill kernel's per-head parameters as one small
+    device tensor.  `build` then allocates the index as ONE buffer and makes only the launches that
+    depend on q and k: each self-writing kind's (vertical-slash: 4) + the selection's (block-sparse:
+    pooling, one matmul, one where, one topk) + one fill launch for every other row.  Nothing is
+    copied from the host, nothing assembled with index_put, no buffer zeroed separately."""
+
+    def __init__(self, rows: list, B: int, Hq: int, N: int, block_m: int, block_n: int, dense: list, device):
+        self.B, self.Hq, self.N, self.block_m, self.block_n = B, Hq, N, block_m, block_n
+        self.M = triton_cdiv(N, block_m)
+        self.dense = tuple(bool(f) for f in dense)
+        self.writers = [r for r in rows if not isinstance(r, FilledRows)]
+        filled = [r for r in rows if isinstance(r, FilledRows)]
+        sel = [r for r in filled if r.mode == FILL_SELECTED]
+        if len(sel) > 1:
+            raise ValueError("one selecting pattern kind per layer")
+        self.select = sel[0].select if sel else None
+        self.K = max([r.widths[0] for r in sel] + [1])
+        widths = [r.widths() for r in self.writers] + [r.widths for r in filled]
+        self.MB = max([w[0] for w in widths] + [1])
+        self.MC = max([w[1] for w in widths] + [1])
+        params = tuple(x for r in filled for h, (p1, p2) in zip(r.heads, r.params) for x in (h, r.mode, p1, p2))
+        self.HF = len(params) // 4
+        self.params = torch.tensor(params or (0, 0, 0, 0), dtype=torch.int32, device=device)
+        B, Hq, M = self.B, self.Hq, self.M
+        # one int32 buffer: count | offset | column count | column index, each on a 64-byte boundary
+        sizes = (B * Hq * M, B * Hq * M * self.MB, B * Hq * M, B * Hq * M * self.MC)
+        self.offsets, o = [], 0
+        for n in sizes:
+            self.offsets.append(o)
+            o += triton_cdiv(n, 16) * 16
+        self.words = o
+
+    def build(self, q, k, scale: float) -> SparseIndex:
+        B, Hq, M, MB, MC = self.B, self.Hq, self.M, self.MB, self.MC
+        buf = torch.empty(self.words, dtype=torch.int32, device=q.device)
+        o = self.offsets
+        bc = buf.as_strided((B, Hq, M), (Hq * M, M, 1), o[0])
+        bo = buf.as_strided((B, Hq, M, MB), (Hq * M * MB, M * MB, MB, 1), o[1])
+        cc = buf.as_strided((B, Hq, M), (Hq * M, M, 1), o[2])
+        ci = buf.as_strided((B, Hq, M, MC), (Hq * M * MC, M * MC, MC, 1), o[3])
+        for w in self.writers:
+            w.write(q, k, scale, bc, bo, cc, ci)
+        if self.HF:
+            from .index_fill import fill_rows
+            sel = self.select(q, k) if self.select is not None else None
+            fill_rows(self, sel, bc, bo, cc, ci)
+        return SparseIndex(bc, bo, cc, ci, self.N, self.block_m, self.block_n, self.dense)
 
 
 def _zero_bufs(B, Hq, M, MB, MC, device):

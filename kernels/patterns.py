@@ -15,22 +15,26 @@ name                   size_1                      size_2
 
 Design: every pattern kind is ONE class, registered once (`@register`) under its MInference name and
 aliases, that owns everything pattern-specific: size bounds (`validate`), which index builder of
-`index.py` it runs (`build`), its kernel-aware cost (`cost`), its equal-cost search settings
-(`search_candidates`) and how its sizes follow the prompt length (`scale`).  Everything else (the
-pack, the search, the CLI tables, the kernels' dispatch) iterates over `PATTERNS` or asks a
-`HeadPattern` for its `.kind`, so adding a pattern is one class here and nothing else.
+`index.py` it runs (`build`), how its rows of a layer's index are written on the GPU (`fast_rows`:
+optional, a kind without it sends its layers through `build`), its kernel-aware cost (`cost`), its
+equal-cost search settings (`search_candidates`) and how its sizes follow the prompt length (`scale`).
+Everything else (the pack, the search, the CLI tables, the kernels' dispatch) iterates over `PATTERNS`
+or asks a `HeadPattern` for its `.kind`, so adding a pattern is one class here and nothing else.
 `HeadPattern` stays a plain value object (name, size_1, size_2, score).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-from .index import (SLASH_KEEP, VERTICAL_KEEP, SparseIndex, _dev_index, a_shape_index, assemble_index,
-                    check_qkv, estimate_block_sparse, top_vertical_slash, triton_cdiv, use_fused,
-                    vertical_slash_index, vertical_slash_scores, vertical_slash_scores_fused)
+from .index import (FILL_A_SHAPE, FILL_SELECTED, FILL_ZERO, SLASH_KEEP, VERTICAL_KEEP, FilledRows, LayerPlan,
+                    LayerShape, SparseIndex, _dev_index, a_shape_index, a_shape_width, assemble_index,
+                    block_sparse_topk, block_sparse_width, check_qkv, estimate_block_sparse,
+                    top_vertical_slash, triton_cdiv, use_fused, vertical_slash_index, vertical_slash_scores,
+                    vertical_slash_scores_fused)
 
 __all__ = ["HeadPattern", "Pattern", "PatternError", "PATTERNS", "PATTERN_NAMES", "SCALING_RULES",
            "get_pattern", "register", "validate_entry", "build_index", "pattern_cost", "dense_cost", "predicted_work",
@@ -112,6 +116,14 @@ class Pattern:
         column_count (B,h,M) or None, column_index (B,h,M,*) or None)], see `index.assemble_index`. ``fused``: use the
         fused Triton estimation where the kind has one (None = on CUDA)."""
         raise NotImplementedError
+
+    def fast_rows(self, heads: list[int], patterns: list["HeadPattern"], shape: LayerShape):
+        """This kind's rows on the GPU path (`index.LayerPlan`: the layer's index written in place), from
+        the layer's shape alone, made once per (layout, shape): an `index.FilledRows` (the fill launch
+        writes them from a few ints per head) or an object with ``widths() -> (block slots, column
+        slots)`` and ``write(q, k, scale, bc, bo, cc, ci)`` that writes its heads' rows itself, in full.
+        None (the default): no such path, the layer is built with `build` + `index.assemble_index`."""
+        return None
 
     # ---- cost ----------------------------------------------------------------------------------
     def block_tiles(self, p: "HeadPattern", r0: int, r1: int, n: int, block: int, mode: str) -> int:
@@ -237,6 +249,13 @@ class VerticalSlash(Pattern):
         return [(heads, *self.parts_from_scores(col, diag, [patterns[h] for h in heads],
                                                 q.shape[2], block_m, block_n, fused=fast))]
 
+    def fast_rows(self, heads, patterns, shape):
+        # scores, per-head selection and conversion in 4 Triton launches writing the index rows
+        from .vs_fused import VSRows
+        s = shape
+        return VSRows(s.B, s.Hq, s.Hkv, s.N, s.D, heads, [(patterns[h].size_1, patterns[h].size_2) for h in heads],
+                      s.last_q, s.block_m, s.block_n, s.device, keep=(VERTICAL_KEEP, SLASH_KEEP))
+
     def parts_from_scores(self, col, diag, patterns, n, block_m, block_n, fused: bool = False):
         """(count, offset, column_count, column_index) from `vertical_slash_scores` of these heads:
         the search scores many (v, s) settings on one estimation through this."""
@@ -319,6 +338,12 @@ class StreamLLM(Pattern):
             parts = _STATIC_PARTS[key] = self._build(B, N, dev, heads, patterns, block_m, block_n)
         return list(parts)
 
+    def fast_rows(self, heads, patterns, shape):
+        # the fill launch computes `a_shape_index`'s closed form per query block: nothing cached, copied
+        sizes = tuple((patterns[h].size_1, patterns[h].size_2) for h in heads)
+        mb = max(a_shape_width(shape.N, s, w, shape.block_m, shape.block_n) for s, w in sizes)
+        return FilledRows(FILL_A_SHAPE, tuple(heads), sizes, (mb, 1))
+
     @staticmethod
     def _build(B, N, dev, heads, patterns, block_m, block_n):
         M = triton_cdiv(N, block_m)
@@ -393,6 +418,16 @@ class BlockSparse(Pattern):
         # no gathered columns (None): the assembled index's zeros stand, nothing to write
         return [(heads, cnt, (sel * block_n).to(torch.int32), None, None)]
 
+    def fast_rows(self, heads, patterns, shape):
+        # scores and top-k in torch (pooling, one matmul, one where, one topk); the fill launch sorts
+        # each head's first `count` ids and writes them as key offsets (count from the shape alone)
+        mine = set(heads)
+        tks = tuple(max(patterns[h].size_1, 1) if h in mine else 1 for h in range(shape.Hq))
+        bm, bn = shape.block_m, shape.block_n
+        return FilledRows(FILL_SELECTED, tuple(heads), tuple((tks[h], 0) for h in heads),
+                          (block_sparse_width(shape.N, tks, bm, bn), 1),
+                          lambda q, k: block_sparse_topk(q, k, tks, bm, bn))
+
     def block_tiles(self, p, r0, r1, n, block, mode):
         return max(min(p.size_1, triton_cdiv(r1, block)), 1)
 
@@ -424,6 +459,9 @@ class Dense(Pattern):
 
     def build(self, q, k, heads, patterns, block_m, block_n, last_q, scale, fused=None):
         return []   # flagged in `dense_heads`; the kernels never read their counts
+
+    def fast_rows(self, heads, patterns, shape):
+        return FilledRows(FILL_ZERO, tuple(heads), ((0, 0),) * len(heads), (1, 1))
 
     def block_tiles(self, p, r0, r1, n, block, mode):
         return triton_cdiv(r1, block)
@@ -536,13 +574,21 @@ def build_index(q, k, patterns: list, block_m: int = 64, block_n: int = 64,
     """One `SparseIndex` for a layer: ``patterns[h]`` is query head h's pattern (a list of Hq).
 
     Heads are grouped by kind; each kind builds its heads' part with `index.py`'s builders (one
-    estimation per kind for the whole layer), and the parts become one index for one kernel launch."""
+    estimation per kind for the whole layer), and the parts become one index for one kernel launch.
+    On the GPU (where the fused estimation runs) every kind's `fast_rows` instead writes its rows of one
+    preallocated index (`index.LayerPlan`, made once per layout and shape): the same index, bit for bit,
+    in a handful of launches and no copy."""
     check_qkv(q, k)
     B, Hq, N, D = q.shape
     patterns = [HeadPattern.from_list(p) for p in patterns]
     if len(patterns) != Hq:
         raise PatternError(f"need one pattern per query head: {Hq} heads, {len(patterns)} patterns")
-    groups, static_key, dense = _layout(patterns)
+    groups, static_key, dense, key = _layout(patterns)
+    if _gpu_path(fused, q, last_q, block_m, block_n, groups):
+        plan = _fast_plan(key, groups, patterns, LayerShape(B, Hq, k.shape[1], N, D, block_m, block_n, last_q,
+                                                             q.device))
+        if plan is not None:   # every kind of the layer has a GPU path
+            return plan.build(q, k, D ** -0.5 if scale is None else scale)
     parts, static_parts = [], []
     for kind, heads in groups:
         built = kind.build(q, k, heads, patterns, block_m, block_n, last_q, scale, fused)
@@ -557,7 +603,8 @@ _LAYOUTS: dict = {}
 
 def _layout(patterns: list[HeadPattern]):
     """What a layer's patterns alone decide, made once per distinct pattern list (every prefill of a
-    pack reuses it): [(kind, heads)] in first-head order, the static parts' cache key, dense flags."""
+    pack reuses it): [(kind, heads)] in first-head order, the static parts' cache key, dense flags, and
+    the layout's own key."""
     key = tuple((p.name, p.size_1, p.size_2) for p in patterns)
     lay = _LAYOUTS.get(key)
     if lay is None:
@@ -568,8 +615,38 @@ def _layout(patterns: list[HeadPattern]):
             groups.setdefault(p.name, []).append(h)
         kinds = [(PATTERNS[name], heads) for name, heads in groups.items()]
         static_key = tuple((kind.name, tuple((h, *key[h]) for h in heads)) for kind, heads in kinds if kind.static)
-        lay = _LAYOUTS[key] = (kinds, static_key, [p.is_dense for p in patterns])
+        lay = _LAYOUTS[key] = (kinds, static_key, [p.is_dense for p in patterns], key)
     return lay
+
+
+def _gpu_path(fused, q, last_q, block_m, block_n, groups) -> bool:
+    """The in-place GPU path (`index.LayerPlan`): where the fused vertical-slash estimation runs (on
+    CUDA, or fused=True under TRITON_INTERPRET for tests); a layer without vertical-slash heads takes it
+    on CUDA whatever its head_dim."""
+    if any(kind.name == VerticalSlash.name for kind, _ in groups):
+        return use_fused(fused, q, last_q, block_m, block_n)
+    if fused is None:
+        return q.is_cuda
+    return bool(fused) and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+_PLANS: dict = {}
+
+
+def _fast_plan(key, groups, patterns, shape: LayerShape):
+    """The layer's `index.LayerPlan` for this shape, made once (None: a kind without a GPU path)."""
+    pkey = (key, *shape[:-1], str(shape.device))
+    if pkey in _PLANS:
+        return _PLANS[pkey]
+    if len(_PLANS) > 1024:   # bounded: distinct layers x prompt lengths of a process (plans are small)
+        _PLANS.clear()
+    rows = [kind.fast_rows(heads, patterns, shape) for kind, heads in groups]
+    plan = None
+    if all(r is not None for r in rows):
+        plan = LayerPlan(rows, shape.B, shape.Hq, shape.N, shape.block_m, shape.block_n,
+                         [p.is_dense for p in patterns], shape.device)
+    _PLANS[pkey] = plan
+    return plan
 
 
 def pattern_cost(pattern, n: int, d: int = 128, block: int = 64, mode: str = "expected") -> int:

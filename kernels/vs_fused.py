@@ -20,23 +20,35 @@ Here, for all heads of a layer at once:
      diagonals; neighbouring blocks share LQ-1 of them, so each block stores its 2*BN partial sums and
      `_diag_combine` adds the two halves that meet: at most two addends per diagonal, hence deterministic.
    No (LQ, N) slab exists at any time.
-3. Forced keys and top-k stay in `index.py` (`torch.topk` with a fixed k: no sync; unsorted, since
-   the conversion sorts).  This module imports nothing of ours: `index` imports it (lazily).
-4. `_slash_tiles`, one program per (batch, head): the merge of slash key ranges into BLOCK_N tiles,
-   the same fixpoint as `index._merge_slash_ranges` (segments merged until their tiled extents are
-   disjoint), iterated on the device in a data-dependent while loop instead of a host-checked one;
-   then the compact segment list, each tile slot's segment by binary search, and the per-head
-   coverage bitmap of relative offsets (what `_block_lists` tests verticals against).
-5. `_block_bounds`, grid (B*Hq, M/P): per query block its run of the tile list and its causal
-   vertical count, by vector binary searches (was: ~10 torch launches of searchsorted and expands).
-6. `_block_lists`, grid (B*Hq, M): per query block, its tiles and its gathered columns (causal prefix
-   of the sorted verticals minus those inside a tile, from the coverage bitmap), compacted with a cumsum.
+   With a head map (`HMAP`) it stores only the heads it is asked for, as compact rows.
+3. `_vs_lists`, grid (rows, 2) (build_index's path, `VSRows`): per row, the top-v columns and the
+   top-s diagonals (the forced first keys / nearest diagonals on top, as `index._force_keeps` does),
+   each by a radix select over the scores' sort keys (four 8-bit passes find the k-th largest, a fifth
+   keeps those above it and the first of its ties in position order): ascending position lists with
+   no torch.topk, sort or budget mask; the diagonals are read straight from `_vs_sums`' partials (no
+   `_diag_combine` launch).  The same program then runs step 4 on its diagonal list.  The public
+   `vertical_slash_sums` keeps `_diag_combine`, and `index` applies forced keys and torch.topk there
+   (the search's path).
+4. `_tiles` (in `_vs_lists`, or `_slash_tiles` for given lists), one program per (batch, head): the
+   merge of slash key ranges into BLOCK_N tiles, the same fixpoint as `index._merge_slash_ranges`
+   (segments merged until their tiled extents are disjoint), iterated on the device in a data-dependent
+   while loop instead of a host-checked one; then the compact segment list, each tile slot's segment by
+   binary search, and the per-head coverage bitmap of relative offsets (zeroed in the kernel).
+5. `_block_lists`, grid (rows, M): per query block its run of the tile list and its causal vertical
+   count (binary searches), its tiles and its gathered columns (causal prefix of the sorted verticals
+   minus those inside a tile, from the coverage bitmap, compacted with a cumsum), written zero-padded
+   straight into the layer index's rows of those heads (`index.LayerPlan`: no copy into it).
+
+build_index's path is thus 4 launches per layer (was 7 Triton launches + ~20 torch ops: forced-key
+copies, two topk, budget masks, casts, sorts, memsets) and one workspace allocation.  This module
+imports nothing of ours: `index` imports it (lazily).
 
 Every output shape comes from (N, budgets, block sizes) alone: `block_offset` has
 min(tiles bound, cdiv(N, BN) + 2) slots and `column_index` v slots; entries past the counts are 0.
 No `.item()`, no host-checked loop: the whole estimation + conversion can be captured in a CUDA graph.
 All length-derived ints are `do_not_specialize` (one binary for every prompt length); the only
-constexprs are block sizes, LQ, head_dim and next_pow2(s) (a budget, bucketed for short prompts).
+constexprs are block sizes, LQ, head_dim, SELECT_CHUNK and next_pow2(s) (a budget, bucketed for short
+prompts).
 """
 from __future__ import annotations
 
@@ -62,6 +74,9 @@ PROFILE = None          # a callable(step name) called between the steps of this
 SKEW_HALVES = True      # skew the (rows, 2*BN) diagonal tile as two (rows, BN) halves: the full-width
                         # version needs > 255 registers per thread (spills; cuobjdump via
                         # scripts/compile_sm90.py); identical sums either way
+SELECT_CHUNK = 4096     # scores per iteration of `_vs_lists`' selection passes (5 passes over each row, one
+                        # program per row and side): wide, so a 32K row is 8 iterations of 16 independent
+                        # loads per thread (a GPU tuning knob; compile_sm90.py: no spills up to S_PAD 8192)
 SKEW_GATHER = True      # diagonal skew by register gather (False: explicit scratch + barriers); a GPU
                         # tuning knob, both give identical sums (scripts/gpu_sparse_speed.py times both)
 
@@ -89,11 +104,12 @@ def _group_heads(G: int, LQ: int) -> int:
     return max(1, min(_next_pow2(G), ROWS_MAX // LQ))
 
 
-def _splits(q, groups: int, n_kb: int) -> int:
+def _splits(device, groups: int, n_kb: int) -> int:
     """Key-range splits per program group: WAVES programs per SM over the layer, but no split gets
     fewer than MIN_KB_PER_SPLIT key blocks (short prompts: few programs rather than idle ones)."""
-    if q.is_cuda:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    device = torch.device(device)
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
         want = triton.cdiv(WAVES * sms, groups)
         return max(1, min(want, triton.cdiv(n_kb, MIN_KB_PER_SPLIT)))
     return 2  # CPU interpreter: exercise the split combine (and an empty split for tiny N)
@@ -155,9 +171,9 @@ def _vs_stats(Q, K, MS, LS, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_k
     tl.store(LS + out, l_i, mask=head_ok)
 
 
-@triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split"])
-def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_kb, n_split,
-             qk_scale, LQ: tl.constexpr, GH: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+@triton.jit(do_not_specialize=["N", "lq", "n_kb", "n_split", "HR"])
+def _vs_sums(Q, K, MS, LS, COL, DP, SCR, HMAP, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq, G, NCH, n_kb, n_split,
+             HR, qk_scale, LQ: tl.constexpr, GH: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
              PREC: tl.constexpr, SKEW_GATHER: tl.constexpr = True, SKEW_HALVES: tl.constexpr = False,
              SPLIT_CHUNK: tl.constexpr = 8):
     pid = tl.program_id(0)
@@ -186,9 +202,11 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
     c = tl.arange(0, BLOCK_N)
     v = tl.arange(0, 2 * BLOCK_N)
     gh = tl.arange(0, GH)
-    g_ok = (pid % NCH) * GH + gh < G                                            # (GH,) real heads
     h_g = kvh * G + tl.minimum((pid % NCH) * GH + gh, G - 1)                    # (GH,)
-    row_head = (b * Hq + h_g)                                                   # (GH,) output rows
+    # output row of each head: HMAP[h] (-1: a head of another pattern, nothing stored), HR rows per batch
+    j_g = tl.load(HMAP + h_g)
+    g_ok = ((pid % NCH) * GH + gh < G) & (j_g >= 0)                             # (GH,) real, kept heads
+    row_head = b * HR + j_g                                                     # (GH,) output rows
     scr = SCR + (pid * n_split + sp).to(tl.int64) * (ROWS * BLOCK_N)
     # skewed read: diagonal slot v of row i is column c = v - (LQ-1-i) of the tile
     cc = v[None, :] - (LQ - 1 - i[:, None])                                     # (ROWS, 2BN)
@@ -233,67 +251,176 @@ def _vs_sums(Q, K, MS, LS, COL, DP, SCR, sqb, sqh, sqn, skb, skh, skn, N, lq, Hq
                      mask=g_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["N", "n_kb"])
-def _diag_combine(DP, DIAG, N, n_kb, BLOCK_N: tl.constexpr, P: tl.constexpr):
-    """diag[d] from the block partials: diagonal e = N-1-d is slot e % BN of block e // BN (lower
-    half) plus slot BN + e % BN of the block before (upper half): two addends, in a fixed order."""
-    r = tl.program_id(0).to(tl.int64)
-    dd = tl.program_id(1) * P + tl.arange(0, P)
-    ok = dd < N
+@triton.jit
+def _diag_at(DP, r, dd, ok, N, n_kb, BLOCK_N: tl.constexpr):
+    """diag[d] of row r for the offsets `dd` from the block partials: diagonal e = N-1-d is slot e % BN
+    of block e // BN (lower half) plus slot BN + e % BN of the block before (upper half): two addends,
+    in a fixed order (deterministic; `_diag_combine` and the selection read it through here)."""
     e = N - 1 - dd
     kb = e // BLOCK_N
     v = e % BLOCK_N
     lo = tl.load(DP + (r * n_kb + kb) * (2 * BLOCK_N) + v, mask=ok, other=0.0)
     hi = tl.load(DP + (r * n_kb + kb - 1) * (2 * BLOCK_N) + BLOCK_N + v, mask=ok & (kb > 0), other=0.0)
-    tl.store(DIAG + r * N + dd, lo + hi, mask=ok)
+    return lo + hi
+
+
+@triton.jit(do_not_specialize=["N", "n_kb"])
+def _diag_combine(DP, DIAG, N, n_kb, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """diag (R, N) from the block partials (the public `vertical_slash_sums`; `build_index` reads the
+    partials in `_vs_lists` instead, one launch less)."""
+    r = tl.program_id(0).to(tl.int64)
+    dd = tl.program_id(1) * P + tl.arange(0, P)
+    ok = dd < N
+    tl.store(DIAG + r * N + dd, _diag_at(DP, r, dd, ok, N, n_kb, BLOCK_N), mask=ok)
+
+
+class ScoresPlan:
+    """Launch numbers of the two scores kernels for one (B, Hq, Hkv, N, D, last_q) on one device."""
+
+    def __init__(self, B, Hq, Hkv, N, D, last_q, device):
+        self.B, self.Hq, self.N, self.D = B, Hq, N, D
+        self.G = Hq // Hkv
+        self.lq = min(last_q, N)
+        self.LQ = max(16, _next_pow2(last_q))   # a budget, not a length: one binary for every N
+        self.BN = max(64, self.LQ)              # a block's diagonals fit 2*BN slots
+        self.GH = _group_heads(self.G, self.LQ)
+        self.NCH = triton.cdiv(self.G, self.GH)  # programs per kv head (1 unless the group exceeds ROWS_MAX)
+        self.n_prog = B * Hkv * self.NCH
+        self.n_kb = triton.cdiv(N, self.BN)
+        self.n_split = _splits(device, self.n_prog, self.n_kb)
+
+    def sizes(self, rows: int) -> dict:
+        """fp32 words of each scratch buffer for `rows` output rows (B * heads kept)."""
+        scr = 1 if SKEW_GATHER else self.n_prog * self.n_split * self.GH * self.LQ * self.BN
+        stats = self.B * self.Hq * self.n_split * self.LQ
+        return dict(ms=stats, ls=stats, col=rows * self.N, dp=rows * self.n_kb * 2 * self.BN, scr=scr)
+
+    def launch(self, q, k, scale, ms, ls, col, dp, scr, hmap, rows_per_batch: int):
+        """_vs_stats + _vs_sums: col (rows, N) column sums and dp (rows, n_kb, 2BN) diagonal partials of
+        the heads `hmap` keeps (hmap[h] = output row within the batch, -1 = not stored)."""
+        prec = "ieee" if q.dtype == torch.float32 else "tf32"   # fp32 inputs: no tf32 rounding of logits
+        args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                self.N, self.lq, self.Hq, self.G, self.NCH, self.n_kb, self.n_split)
+        qk_scale = scale * 1.4426950408889634
+        meta = dict(LQ=self.LQ, GH=self.GH, BLOCK_N=self.BN, HEAD_D=self.D, PREC=prec,
+                    num_warps=SCORES_WARPS or (4 if self.GH * self.LQ <= 64 else 8), num_stages=SCORES_STAGES)
+        grid = (self.n_prog, self.n_split)
+        _vs_stats[grid](q, k, ms, ls, *args, qk_scale, **meta)
+        _mark("scores_stats")
+        _vs_sums[grid](q, k, ms, ls, col, dp, scr, hmap, *args, rows_per_batch, qk_scale, SKEW_GATHER=SKEW_GATHER,
+                       SKEW_HALVES=SKEW_HALVES, SPLIT_CHUNK=8, **meta)
+        _mark("scores_sums")
+
+
+_CONSTS: dict = {}
+
+
+def _const_i32(values: tuple, device) -> torch.Tensor:
+    """A small int32 tensor on `device`, made once per (values, device): no host->device copy per call."""
+    key = (values, str(device))
+    t = _CONSTS.get(key)
+    if t is None:
+        if len(_CONSTS) > 4096:
+            _CONSTS.clear()
+        t = _CONSTS[key] = torch.tensor(values, dtype=torch.int32, device=device)
+    return t
+
+
+def _q(x):   # q and k need unit stride along head_dim only
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def vertical_slash_sums(q, k, last_q: int = 64, scale: float | None = None):
-    """Column and diagonal sums of the last `last_q` queries' causal softmax, from two Triton launches
+    """Column and diagonal sums of the last `last_q` queries' causal softmax, from three Triton launches
     without the fp32 slab: -> (col (B,Hq,N), diag (B,Hq,N)), diag[..., d] for offset d = q_pos - k_pos.
     (`index.vertical_slash_scores_fused` adds the forced keys, as the reference does.)"""
+    q, k = _q(q), _q(k)
     B, Hq, N, D = q.shape
-    Hkv = k.shape[1]
-    G = Hq // Hkv
     scale = D ** -0.5 if scale is None else scale
-    lq = min(last_q, N)
-    LQ = max(16, _next_pow2(last_q))      # a budget, not a length: one binary for every N
-    BN = max(64, LQ)                      # a block's diagonals fit 2*BN slots
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    R = B * Hq
-    GH = _group_heads(G, LQ)
-    NCH = triton.cdiv(G, GH)              # programs per kv head (1 unless the group exceeds ROWS_MAX)
-    n_prog = B * Hkv * NCH
-    n_kb = triton.cdiv(N, BN)
-    n_split = _splits(q, n_prog, n_kb)
+    sp = ScoresPlan(B, Hq, k.shape[1], N, D, last_q, q.device)
     dev = q.device
-    ms = torch.empty(R * n_split * LQ, dtype=torch.float32, device=dev)
+    sz = sp.sizes(B * Hq)
+    ms = torch.empty(sz["ms"], dtype=torch.float32, device=dev)
     ls = torch.empty_like(ms)
     col = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
-    dp = torch.empty(R, n_kb, 2 * BN, dtype=torch.float32, device=dev)
-    scr = torch.empty(1 if SKEW_GATHER else n_prog * n_split * GH * LQ * BN, dtype=torch.float32, device=dev)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"   # fp32 inputs: no tf32 rounding of logits
-    args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            N, lq, Hq, G, NCH, n_kb, n_split, scale * 1.4426950408889634)
-    meta = dict(LQ=LQ, GH=GH, BLOCK_N=BN, HEAD_D=D, PREC=prec, num_warps=SCORES_WARPS or (4 if GH * LQ <= 64 else 8),
-                num_stages=SCORES_STAGES)
+    dp = torch.empty(sz["dp"], dtype=torch.float32, device=dev)
+    scr = torch.empty(sz["scr"], dtype=torch.float32, device=dev)
     _mark("scores_setup")
-    _vs_stats[(n_prog, n_split)](q, k, ms, ls, *args, **meta)
-    _mark("scores_stats")
-    _vs_sums[(n_prog, n_split)](q, k, ms, ls, col, dp, scr, *args, SKEW_GATHER=SKEW_GATHER,
-                                SKEW_HALVES=SKEW_HALVES, SPLIT_CHUNK=8, **meta)
-    _mark("scores_sums")
+    sp.launch(q, k, scale, ms, ls, col, dp, scr, _const_i32(tuple(range(Hq)), dev), Hq)
     diag = torch.empty(B, Hq, N, dtype=torch.float32, device=dev)
-    _diag_combine[(R, triton.cdiv(N, 1024))](dp, diag, N, n_kb, BLOCK_N=BN, P=1024, num_warps=4)
+    _diag_combine[(B * Hq, triton.cdiv(N, 1024))](dp, diag, N, sp.n_kb, BLOCK_N=sp.BN, P=1024, num_warps=4)
     _mark("scores_diag")
     return col, diag
 
 
 # ------------------------------------------------------------------------------------------------
-# 4-5. index conversion
+# 3. selection (build_index's path): per-head top-k without torch.topk
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _sort_key(x):
+    """fp32 -> uint32 whose unsigned order is the float order (negative floats bit-flipped)."""
+    u = x.to(tl.uint32, bitcast=True)
+    return tl.where((u >> 31) == 1, ~u, u | 0x80000000)
+
+
+@triton.jit
+def _vs_key(COL, DP, r, idx, ok, SIDE: tl.constexpr, N, n_kb, NK, lq, BN_EST: tl.constexpr):
+    """Sort keys of row r's scores at positions idx: column sums (SIDE 0) or diagonal sums (SIDE 1),
+    the first NK positions forced to 2*lq + NK - i (above any real sum, nearest first), as
+    `index._force_keeps` writes them."""
+    if SIDE == 0:
+        x = tl.load(COL + r * N + idx, mask=ok, other=0.0)
+    else:
+        x = _diag_at(DP, r, idx, ok, N, n_kb, BN_EST)
+    x = tl.where(idx < NK, (2 * lq + NK - idx).to(tl.float32), x)
+    return _sort_key(x)
+
+
+@triton.jit
+def _select_sorted(COL, DP, OUT, r, k, W, pad, SIDE: tl.constexpr, N, n_kb, NK, lq, BN_EST: tl.constexpr,
+                   CHUNK: tl.constexpr):
+    """OUT[0:k] = the positions of row r's k highest scores, ascending; OUT[k:W] = pad.
+
+    The same set as a descending torch.topk cut at k (up to which of exactly tied scores is taken:
+    here the first in position order).  Radix select over the scores' sort keys, four passes of 8-bit
+    digits from the top, finds the k-th largest key T and how many of its ties to take; a last pass
+    keeps the keys above T and those ties, in position order, so no sort is needed."""
+    ar = tl.arange(0, CHUNK)
+    bins = tl.arange(0, 256)
+    kr = k                                   # how many are still to take at / below the prefix
+    prefix = (k * 0).to(tl.uint32)
+    for p in tl.static_range(4):
+        hist = tl.zeros([256], dtype=tl.int32)
+        for c0 in range(0, N, CHUNK):
+            idx = c0 + ar
+            ok = idx < N
+            u = _vs_key(COL, DP, r, idx, ok, SIDE, N, n_kb, NK, lq, BN_EST)
+            if p > 0:
+                ok = ok & ((u >> (32 - 8 * p)) == prefix)
+            hist += tl.histogram(((u >> (24 - 8 * p)) & 255).to(tl.int32), 256, mask=ok)
+        ge = tl.cumsum(hist, 0, reverse=True)             # keys with this digit or a higher one
+        b = tl.max(tl.where(ge >= kr, bins, 0), 0)        # the digit of the kr-th largest
+        kr -= tl.sum(tl.where(bins > b, hist, 0), 0)      # those above it are all taken
+        prefix = (prefix << 8) | b.to(tl.uint32)
+    cnt = k * 0
+    ties = k * 0
+    for c0 in range(0, N, CHUNK):
+        idx = c0 + ar
+        ok = idx < N
+        u = _vs_key(COL, DP, r, idx, ok, SIDE, N, n_kb, NK, lq, BN_EST)
+        eq = ok & (u == prefix)
+        keep = (ok & (u > prefix)) | (eq & (ties + tl.cumsum(eq.to(tl.int32), 0) <= kr))
+        pos = cnt + tl.cumsum(keep.to(tl.int32), 0) - 1
+        tl.store(OUT + pos, idx, mask=keep)
+        cnt += tl.sum(keep.to(tl.int32), 0)
+        ties += tl.sum(eq.to(tl.int32), 0)
+    for c0 in range(0, W, CHUNK):
+        j = c0 + ar
+        tl.store(OUT + j, tl.full([CHUNK], 0, tl.int32) + pad, mask=(j >= k) & (j < W))
+
+
+# ------------------------------------------------------------------------------------------------
+# 4-6. index conversion
 # ------------------------------------------------------------------------------------------------
 @triton.jit
 def _count_le(PTR, n_valid, x, step0):
@@ -304,22 +431,27 @@ def _count_le(PTR, n_valid, x, step0):
     while step > 0:
         nxt = pos + step
         ok = nxt <= n_valid
-        # .cg: L2, not L1 (in _slash_tiles the list was written by this program before a barrier)
+        # .cg: L2, not L1 (in _tiles the list was written by this program before a barrier)
         val = tl.load(PTR + tl.where(ok, nxt - 1, 0), mask=ok, other=0, cache_modifier=".cg")
         pos = tl.where(ok & (val <= x), nxt, pos)
         step = step // 2
     return pos
 
 
-@triton.jit(do_not_specialize=["S", "T_MAX", "n", "span"])
-def _slash_tiles(D, REL, TOTAL, SEGA, SEGX, COVER, S, T_MAX, n, span, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, S_PAD: tl.constexpr, P: tl.constexpr, CB: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64)
+@triton.jit
+def _tiles(D, nS, r, REL, TOTAL, SEGA, SEGX, COVER, T_MAX, n, span, BLOCK_M: tl.constexpr,
+           BLOCK_N: tl.constexpr, S_PAD: tl.constexpr, P: tl.constexpr, CB: tl.constexpr):
+    """Row r's slash tiles from its nS >= 1 diagonal offsets D[0:nS] (ascending): the merged tile
+    list REL[r] (relative to the query block start, padded with _BIG), its length TOTAL[r], and the
+    coverage bitmap COVER[r] of relative offsets [-n, BM+BN) (zeroed here first: no memset launch)."""
+    zb = tl.arange(0, 1024)
+    for z0 in range(0, span, 1024):
+        tl.store(COVER + r * span + z0 + zb, tl.zeros([1024], dtype=tl.uint8), mask=z0 + zb < span)
     i = tl.arange(0, S_PAD)
-    # D holds the row's diagonal offsets ascending; relative starts a = -d ascending = D reversed
-    a_last = -tl.load(D + r * S)
-    a = tl.where(i < S, -tl.load(D + r * S + (S - 1 - i), mask=i < S, other=0), a_last)  # padding
-    e = a + BLOCK_M                                          # duplicates the last start
+    # relative starts a = -d ascending = D reversed; slots past nS repeat the last start (they merge)
+    a_last = -tl.load(D, cache_modifier=".cg")
+    a = tl.where(i < nS, -tl.load(D + (nS - 1 - i), mask=i < nS, other=0, cache_modifier=".cg"), a_last)
+    e = a + BLOCK_M
     nxt = tl.minimum(i + 1, S_PAD - 1)
     prv = tl.maximum(i - 1, 0)
     start = tl.full([S_PAD], 1, dtype=tl.int32)            # every interval its own segment
@@ -349,7 +481,7 @@ def _slash_tiles(D, REL, TOTAL, SEGA, SEGX, COVER, S, T_MAX, n, span, BLOCK_M: t
     k = tl.cumsum(last.to(tl.int32), 0) - 1
     tl.store(SEGA + r * S_PAD + k, seg_a, mask=last)
     tl.store(SEGX + r * S_PAD + k, excl, mask=last)
-    tl.debug_barrier()          # the segment list written by all threads, read back by all
+    tl.debug_barrier()          # the segment list (and the zeroed bitmap) written by all threads
     p_ = tl.arange(0, P)
     cb = tl.arange(0, CB)
     step0 = 1
@@ -371,39 +503,54 @@ def _slash_tiles(D, REL, TOTAL, SEGA, SEGX, COVER, S, T_MAX, n, span, BLOCK_M: t
                      mask=(ok & (p < T_MAX))[:, None] & (ci >= 0) & (ci < span))
 
 
-@triton.jit(do_not_specialize=["n", "T_MAX", "V", "M", "t_step0", "v_step0"])
-def _block_bounds(REL, COLS, FIRST, CNT, NCAUS, n, T_MAX, V, M, t_step0, v_step0,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr):
-    """Per query block: its run of the head's tile list (tiles not entirely before key 0 or after the
-    block's last row) and how many sorted verticals are causal for it: vector binary searches."""
+@triton.jit(do_not_specialize=["S", "T_MAX", "n", "span"])
+def _slash_tiles(D, REL, TOTAL, SEGA, SEGX, COVER, S, T_MAX, n, span, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, S_PAD: tl.constexpr, P: tl.constexpr, CB: tl.constexpr):
+    """`_tiles` of every row of D (R, S), sorted diagonal offsets (the public conversion)."""
     r = tl.program_id(0).to(tl.int64)
-    m = tl.program_id(1) * P + tl.arange(0, P)
-    r0 = m * BLOCK_M
-    r1 = tl.minimum(r0 + BLOCK_M, n)
-    first = _count_le(REL + r * T_MAX, T_MAX, -(r0 + BLOCK_N), t_step0)
-    cnt = _count_le(REL + r * T_MAX, T_MAX, r1 - 1 - r0, t_step0) - first
-    ok = m < M
-    tl.store(FIRST + r * M + m, first, mask=ok)
-    tl.store(CNT + r * M + m, cnt, mask=ok)
-    ncaus = _count_le(COLS + r * V, V, r1 - 1, v_step0)
-    tl.store(NCAUS + r * M + m, ncaus, mask=ok)
+    _tiles(D + r * S, S, r, REL, TOTAL, SEGA, SEGX, COVER, T_MAX, n, span, BLOCK_M, BLOCK_N, S_PAD, P, CB)
 
 
-@triton.jit(do_not_specialize=["n", "T_MAX", "MB", "V", "MC", "M", "span"])
-def _block_lists(REL, FIRST, CNT, NCAUS, COLS, COVER, BO, CI, CC, n, T_MAX, MB, V, MC, M, span,
-                 BLOCK_M: tl.constexpr, CH: tl.constexpr):
+@triton.jit(do_not_specialize=["N", "n_kb", "R", "V", "S", "T_MAX", "span", "lq", "NKC", "NKD"])
+def _vs_lists(COL, DP, BUD, VL, SL, REL, TOTAL, SEGA, SEGX, COVER, N, n_kb, R, V, S, T_MAX, span, lq, NKC, NKD,
+              BN_EST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, S_PAD: tl.constexpr,
+              P: tl.constexpr, CB: tl.constexpr, CHUNK: tl.constexpr):
+    """Grid (R, 2).  Program (r, 0): row r's top-BUD[0, r] columns, ascending, into VL[r] (padded
+    with N: past every causal row).  Program (r, 1): its top-BUD[1, r] diagonals into SL[r], then
+    their tiles (`_tiles`).  Replaces torch.topk x2, the budget masks, two sorts and a memset."""
+    r = tl.program_id(0).to(tl.int64)
+    side = tl.program_id(1)
+    k = tl.load(BUD + side * R + r)
+    if side == 0:
+        _select_sorted(COL, DP, VL + r * V, r, k, V, N, 0, N, n_kb, NKC, lq, BN_EST, CHUNK)
+    else:
+        _select_sorted(COL, DP, SL + r * S, r, k, S, 0, 1, N, n_kb, NKD, lq, BN_EST, CHUNK)
+        tl.debug_barrier()      # the list written by all threads, read back by all
+        _tiles(SL + r * S, k, r, REL, TOTAL, SEGA, SEGX, COVER, T_MAX, N, span, BLOCK_M, BLOCK_N, S_PAD, P, CB)
+
+
+@triton.jit(do_not_specialize=["n", "T_MAX", "V", "M", "MB", "MC", "span", "HR", "Hq", "t_step0", "v_step0"])
+def _block_lists(REL, COLS, COVER, HEADS, BC, BO, CC, CI, n, T_MAX, V, M, MB, MC, span, HR, Hq, t_step0, v_step0,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CH: tl.constexpr):
+    """Grid (R, M).  Query block m of row r: its run of the row's tile list (tiles not entirely before
+    key 0 or after the block's last row) and its gathered columns (the causal prefix of the sorted
+    verticals minus those inside a tile, from the coverage bitmap, compacted with a cumsum), both
+    found by binary search here; written, zero-padded to the widths MB / MC, to row b*Hq + HEADS[j]
+    (r = b*HR + j) of the layer's index, so a mixed layer needs no copy into it."""
     r = tl.program_id(0).to(tl.int64)
     m = tl.program_id(1)
     r0 = m * BLOCK_M
-    rm = r * M + m
-    first = tl.load(FIRST + rm)
-    cnt = tl.load(CNT + rm)
+    r1 = tl.minimum(r0 + BLOCK_M, n)
+    om = ((r // HR) * Hq + tl.load(HEADS + r % HR)) * M + m
+    first = _count_le(REL + r * T_MAX, T_MAX, -(r0 + BLOCK_N), t_step0)
+    cnt = _count_le(REL + r * T_MAX, T_MAX, r1 - 1 - r0, t_step0) - first
     j = tl.arange(0, CH)
-    for j0 in range(0, cnt, CH):
-        ok = (j0 + j < cnt) & (j0 + j < MB)
+    for j0 in range(0, MB, CH):
+        ok = j0 + j < cnt
         off = tl.load(REL + r * T_MAX + first + j0 + j, mask=ok, other=0) + r0
-        tl.store(BO + rm * MB + j0 + j, off, mask=ok)
-    ncaus = tl.load(NCAUS + rm)        # sorted verticals <= the block's last row
+        tl.store(BO + om * MB + j0 + j, tl.where(ok, off, 0), mask=j0 + j < MB)
+    tl.store(BC + om, cnt)
+    ncaus = _count_le(COLS + r * V, V, r1 - 1, v_step0)   # sorted verticals <= the block's last row
     kept = tl.sum(tl.zeros([CH], dtype=tl.int32), 0)
     for c0 in range(0, ncaus, CH):
         ok = c0 + j < ncaus
@@ -412,15 +559,32 @@ def _block_lists(REL, FIRST, CNT, NCAUS, COLS, COVER, BO, CI, CC, n, T_MAX, MB, 
         cov = tl.load(COVER + r * span + rel, mask=ok, other=1)
         keep = ok & (cov == 0)
         pos = kept + tl.cumsum(keep.to(tl.int32), 0) - 1
-        tl.store(CI + rm * MC + pos, col, mask=keep & (pos < MC))
+        tl.store(CI + om * MC + pos, col, mask=keep & (pos < MC))
         kept += tl.sum(keep.to(tl.int32), 0)
-    tl.store(CC + rm, kept)
+    for c0 in range(0, MC, CH):
+        tl.store(CI + om * MC + c0 + j, tl.zeros([CH], dtype=tl.int32), mask=(c0 + j >= kept) & (c0 + j < MC))
+    tl.store(CC + om, kept)
+
+
+def _conversion_sizes(n: int, S: int, block_m: int, block_n: int):
+    """(T_MAX tile-list slots, S_PAD, MB block slots, coverage span) from the length and the widest
+    slash budget alone."""
+    # tiles are disjoint inside the relative key range [-(n-1), block_m + block_n)
+    T_MAX = max(1, min(triton.cdiv(n + block_m, block_n) + 1, S * (block_m // block_n + 1)))
+    MB = max(1, min(T_MAX, triton.cdiv(n, block_n) + 2))
+    return T_MAX, max(16, _next_pow2(S)), MB, n + block_m + block_n
+
+
+def _step0(x: int) -> int:   # the largest power of two <= x (x >= 1)
+    return 1 << (x.bit_length() - 1)
 
 
 def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: int,
                                block_m: int = 64, block_n: int = 64):
     """Same contract and kept keys as `index.vertical_slash_index` (block_m a multiple of block_n),
-    without a host sync: output widths depend only on n, the budgets and the block sizes."""
+    without a host sync: output widths depend only on n, the budgets and the block sizes.  Inputs in
+    any order with any padding (the search's path); `build_index` selects, sorts and converts in
+    `VSRows.write` instead."""
     if block_m % block_n:
         raise ValueError("the fused conversion needs block_m a multiple of block_n")
     B, H, S = slash.shape
@@ -430,41 +594,121 @@ def vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, n: i
     # padding -> diagonal 0; int32 (a cheaper sort); ascending: the kernel reads it reversed and negated
     _mark("convert_start")
     d = d.masked_fill((d < 0) | (d >= n), 0).to(torch.int32).sort(-1).values
-    # tiles are disjoint inside the relative key range [-(n-1), block_m + block_n)
-    T_MAX = max(1, min(triton.cdiv(n + block_m, block_n) + 1, S * (block_m // block_n + 1)))
-    S_PAD = max(16, _next_pow2(S))
+    T_MAX, S_PAD, MB, span = _conversion_sizes(n, S, block_m, block_n)
     M = triton.cdiv(n, block_m)
-    MB = max(1, min(T_MAX, triton.cdiv(n, block_n) + 2))
-    span = n + block_m + block_n   # coverage bitmap of relative offsets [-n, block_m + block_n)
     rel = torch.empty(R, T_MAX, dtype=torch.int32, device=dev)
     total = torch.empty(R, dtype=torch.int32, device=dev)
     seg = torch.empty(2, R, S_PAD, dtype=torch.int32, device=dev)    # per-head segment starts / slots
-    cover = torch.zeros(R, span, dtype=torch.uint8, device=dev)
+    cover = torch.empty(R, span, dtype=torch.uint8, device=dev)      # zeroed by the kernel
     _mark("convert_sort_slash")
     _slash_tiles[(R,)](d, rel, total, seg[0], seg[1], cover, S, T_MAX, n, span, BLOCK_M=block_m,
                        BLOCK_N=block_n, S_PAD=S_PAD, P=256, CB=min(32, block_n),
                        num_warps=4 if S <= 1024 else 8)
     _mark("convert_slash_tiles")
     V = vertical.shape[-1]
-    MC = max(1, V)
     if V:
         c = vertical.reshape(R, V)
         cols = c.masked_fill((c < 0) | (c >= n), n).to(torch.int32).sort(-1).values   # padding last
     else:
-        cols = torch.zeros(R, 1, dtype=torch.int32, device=dev)
-    # first tile, tile count, causal columns per query block (separate buffers: a slice of one would
-    # change pointer alignment with M and so Triton's specialisation key)
-    first, count, ncaus = (torch.empty(R, M, dtype=torch.int32, device=dev) for _ in range(3))
+        cols = torch.full((R, 1), n, dtype=torch.int32, device=dev)
+    Vw, MC = cols.shape[1], max(1, V)
     _mark("convert_sort_vertical")
-    P = 128
-    _block_bounds[(R, triton.cdiv(M, P))](rel, cols, first, count, ncaus, n, T_MAX, V, M,
-                                          1 << (T_MAX.bit_length() - 1), (1 << (V.bit_length() - 1)) if V else 0,
-                                          BLOCK_M=block_m, BLOCK_N=block_n, P=P, num_warps=4)
-    _mark("convert_block_bounds")
-    off = torch.zeros(R, M, MB, dtype=torch.int32, device=dev)
-    cidx = torch.zeros(R, M, MC, dtype=torch.int32, device=dev)
-    ccount = torch.empty(R, M, dtype=torch.int32, device=dev)
-    _block_lists[(R, M)](rel, first, count, ncaus, cols, cover, off, cidx, ccount,
-                         n, T_MAX, MB, max(V, 1), MC, M, span, BLOCK_M=block_m, CH=128, num_warps=4)
+    count, ccount = (torch.empty(R, M, dtype=torch.int32, device=dev) for _ in range(2))
+    off = torch.empty(R, M, MB, dtype=torch.int32, device=dev)
+    cidx = torch.empty(R, M, MC, dtype=torch.int32, device=dev)
+    _block_lists[(R, M)](rel, cols, cover, _const_i32(tuple(range(R)), dev), count, off, ccount, cidx,
+                         n, T_MAX, Vw, M, MB, MC, span, R, R, _step0(T_MAX), _step0(Vw),
+                         BLOCK_M=block_m, BLOCK_N=block_n, CH=128, num_warps=4)
     _mark("convert_block_lists")
     return (count.view(B, H, M), off.view(B, H, M, MB), ccount.view(B, H, M), cidx.view(B, H, M, MC))
+
+
+# ------------------------------------------------------------------------------------------------
+# build_index's path: a layer's vertical-slash heads written straight into its index
+# ------------------------------------------------------------------------------------------------
+class _Ptr:
+    """A device address Triton can launch with (it calls data_ptr() and reads dtype, like its own
+    TensorWrapper); `ws` owns the memory and outlives the launches that use it (same stream)."""
+
+    __slots__ = ("_p", "dtype")
+
+    def __init__(self, p: int, dtype):
+        self._p, self.dtype = p, dtype
+
+    def data_ptr(self) -> int:
+        return self._p
+
+
+_ALIGN = 16   # workspace buffers start on 64-byte boundaries: Triton specialises pointers on 16-byte
+              # alignment, so an unaligned carve would compile another binary for some lengths
+
+
+class VSRows:
+    """What one layer's vertical-slash heads need besides q and k, from (B, Hq, Hkv, N, D, heads,
+    budgets, last_q, blocks, device) alone: made once (`index` caches it with the layer's layout) so a
+    call allocates one workspace and makes five launches — scores x2, `_vs_lists`, `_block_lists` —
+    with no host->device copy, no topk/sort/memset and no copy into the layer's index.
+
+    sizes[j] = (v, s) of head heads[j]; rows are r = b*len(heads) + j; keep = the forced first columns
+    and nearest diagonals (`index.VERTICAL_KEEP`, `SLASH_KEEP`)."""
+
+    def __init__(self, B, Hq, Hkv, N, D, heads, sizes, last_q, block_m, block_n, device, keep=(30, 100)):
+        self.heads, self.N, self.block_m, self.block_n = tuple(heads), N, block_m, block_n
+        self.B, self.Hq, self.HR = B, Hq, len(heads)
+        self.R = R = B * self.HR
+        self.sp = ScoresPlan(B, Hq, Hkv, N, D, last_q, device)
+        budgets = [(min(v, N), min(max(s, 1), N)) for v, s in sizes]
+        self.V = max(1, max(v for v, _ in budgets))        # list widths (padding: N / unused)
+        self.S = max(s for _, s in budgets)
+        self.MC = self.V
+        self.T_MAX, self.S_PAD, self.MB, self.span = _conversion_sizes(N, self.S, block_m, block_n)
+        self.M = triton.cdiv(N, block_m)
+        hmap = [-1] * Hq
+        for j, h in enumerate(self.heads):
+            hmap[h] = j
+        self.hmap = _const_i32(tuple(hmap), device)
+        self.heads_t = _const_i32(self.heads, device)
+        # (2, R): row r's column budget, then its diagonal budget (rows repeat the heads per batch)
+        self.bud = _const_i32(tuple(v for v, _ in budgets) * B + tuple(s for _, s in budgets) * B, device)
+        words = dict(self.sp.sizes(R))
+        words.update(vl=R * self.V, sl=R * self.S, rel=R * self.T_MAX, total=R, sega=R * self.S_PAD,
+                     segx=R * self.S_PAD, cover=triton.cdiv(R * self.span, 4))
+        self.layout, o = {}, 0             # name -> (word offset, words, dtype) in the one workspace
+        for name, w in words.items():
+            dt = torch.float32 if name in ("ms", "ls", "col", "dp", "scr") else \
+                torch.uint8 if name == "cover" else torch.int32
+            self.layout[name] = (o, w, dt)
+            o += triton.cdiv(w, _ALIGN) * _ALIGN
+        self.words = o
+        self.nkc, self.nkd = min(keep[0], N), min(keep[1], N)   # forced keys: index.VERTICAL_KEEP, SLASH_KEEP
+
+    def widths(self) -> tuple[int, int]:
+        """(block slots, column slots) its rows need in the layer's index."""
+        return self.MB, self.MC
+
+    def write(self, q, k, scale: float, bc, bo, cc, ci) -> None:
+        """Estimate, select and convert; write rows b*Hq + heads[j] of bc (B,Hq,M), bo (B,Hq,M,MB),
+        cc (B,Hq,M), ci (B,Hq,M,MC) in full (MB >= self.MB, MC >= self.MC; zero padding)."""
+        q, k = _q(q), _q(k)
+        ws = torch.empty(self.words, dtype=torch.int32, device=q.device)
+        if ws.is_cuda:   # raw pointers into the workspace: a dozen tensor views would cost ~30 us of host time
+            base = ws.data_ptr()
+            buf = {name: _Ptr(base + 4 * o, dt) for name, (o, w, dt) in self.layout.items()}
+        else:            # the interpreter reads real tensors
+            buf = {name: ws[o:o + w].view(dt) for name, (o, w, dt) in self.layout.items()}
+        cover = buf["cover"]
+        _mark("scores_setup")
+        sp = self.sp
+        sp.launch(q, k, scale, buf["ms"], buf["ls"], buf["col"], buf["dp"], buf["scr"], self.hmap, self.HR)
+        N, bm, bn = self.N, self.block_m, self.block_n
+        _vs_lists[(self.R, 2)](buf["col"], buf["dp"], self.bud, buf["vl"], buf["sl"], buf["rel"], buf["total"],
+                               buf["sega"], buf["segx"], cover, N, sp.n_kb, self.R, self.V, self.S, self.T_MAX,
+                               self.span, sp.lq, self.nkc, self.nkd, BN_EST=sp.BN, BLOCK_M=bm, BLOCK_N=bn,
+                               S_PAD=self.S_PAD, P=256, CB=min(32, bn), CHUNK=SELECT_CHUNK,
+                               num_warps=8 if self.S_PAD <= 8192 else 16)
+        _mark("convert_lists")
+        MB, MC = bo.shape[-1], ci.shape[-1]
+        _block_lists[(self.R, self.M)](buf["rel"], buf["vl"], cover, self.heads_t, bc, bo, cc, ci, N, self.T_MAX,
+                                       self.V, self.M, MB, MC, self.span, self.HR, self.Hq, _step0(self.T_MAX),
+                                       _step0(self.V), BLOCK_M=bm, BLOCK_N=bn, CH=128, num_warps=4)
+        _mark("convert_block_lists")

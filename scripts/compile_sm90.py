@@ -24,6 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from accel.kernels import triton_sparse as ts  # noqa: E402
+from accel.kernels import index_fill as fill  # noqa: E402
 from accel.kernels import vs_fused as vf  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -60,22 +61,32 @@ def _resources(cubin: bytes) -> str:
 
 
 def main():
+    only = os.environ.get("ONLY")   # e.g. ONLY=_vs_lists,_fill_rows: compile just those
+    if only:
+        global compile_one
+        full, names = compile_one, set(only.split(","))
+        compile_one = lambda fn, *a, **k: full(fn, *a, **k) if fn.__name__ in names else None  # noqa: E731
     est = {"Q": "*bf16", "K": "*bf16", "MS": "*fp32", "LS": "*fp32", "COL": "*fp32", "DP": "*fp32", "SCR": "*fp32",
-           "qk_scale": "fp32"}
+           "HMAP": "*i32", "qk_scale": "fp32"}
     for d in (64, 128):
         for fn, gh in ((f, g) for f in (vf._vs_stats, vf._vs_sums) for g in (1, 2, 4, 8)):
             compile_one(fn, est, dict(LQ=64, GH=gh, BLOCK_N=64, HEAD_D=d, PREC="tf32", **(
                 {"SKEW_HALVES": vf.SKEW_HALVES} if fn is vf._vs_sums else {})), num_warps=4 if gh == 1 else 8,
                         num_stages=vf.SCORES_STAGES)
     compile_one(vf._diag_combine, {"DP": "*fp32", "DIAG": "*fp32"}, dict(BLOCK_N=64, P=1024), num_warps=4)
+    tiles = {"REL": "*i32", "TOTAL": "*i32", "SEGA": "*i32", "SEGX": "*i32", "COVER": "*u8"}
     for s_pad, nw in ((256, 4), (8192, 8)):
-        compile_one(vf._slash_tiles, {"D": "*i32", "REL": "*i32", "TOTAL": "*i32", "SEGA": "*i32", "SEGX": "*i32",
-                                      "COVER": "*u8"},
-                    dict(BLOCK_M=128, BLOCK_N=128, S_PAD=s_pad, P=256, CB=32), num_warps=nw)
-    compile_one(vf._block_bounds, {k: "*i32" for k in ("REL", "COLS", "FIRST", "CNT", "NCAUS")},
-                dict(BLOCK_M=128, BLOCK_N=64, P=128), num_warps=4)
-    compile_one(vf._block_lists, {**{k: "*i32" for k in ("REL", "FIRST", "CNT", "NCAUS", "COLS", "BO", "CI", "CC")},
-                                  "COVER": "*u8"}, dict(BLOCK_M=128, CH=128), num_warps=4)
+        compile_one(vf._slash_tiles, {"D": "*i32", **tiles}, dict(BLOCK_M=128, BLOCK_N=128, S_PAD=s_pad, P=256, CB=32),
+                    num_warps=nw)
+        # build_index's selection + tiles (one binary per S_PAD bucket, like _slash_tiles)
+        compile_one(vf._vs_lists, {"COL": "*fp32", "DP": "*fp32", "BUD": "*i32", "VL": "*i32", "SL": "*i32", **tiles},
+                    dict(BN_EST=64, BLOCK_M=128, BLOCK_N=64, S_PAD=s_pad, P=256, CB=32, CHUNK=vf.SELECT_CHUNK),
+                    num_warps=8)
+    compile_one(vf._block_lists, {**{k: "*i32" for k in ("REL", "COLS", "HEADS", "BO", "CI", "CC", "BC")},
+                                  "COVER": "*u8"}, dict(BLOCK_M=128, BLOCK_N=64, CH=128), num_warps=4)
+    for k_pad in (16, 64):
+        compile_one(fill._fill_rows, {**{k: "*i32" for k in ("PARAMS", "BC", "BO", "CC", "CI")}, "SEL": "*i64"},
+                    dict(BLOCK_M=128, BLOCK_N=64, PM=16, K_PAD=k_pad, CH=64), num_warps=4)
     attn = {**{k: "*bf16" for k in "QKVO"}, **{k: "*i32" for k in ("BC", "BO", "CC", "CI")}, "qk_scale": "fp32"}
     for (d, bm, bn), (nw, ns) in sorted(ts.KERNEL_CONFIGS.items()):
         try:

@@ -77,21 +77,53 @@ class _Recorder:
         return lambda *args, **kwargs: self.log.append((self.kernel, args, kwargs))
 
 
-def test_fused_estimation_one_binary_per_kernel_for_all_lengths(monkeypatch):
-    from accel.kernels import vs_fused
-
+def _keys_per_kernel(monkeypatch, modules_names, run):
+    """{kernel name: set of specialisation keys} of the launches `run(n)` makes at every length."""
     log = []
-    names = ("_vs_stats", "_vs_sums", "_diag_combine", "_slash_tiles", "_block_bounds", "_block_lists")
-    for name in names:
-        monkeypatch.setattr(vs_fused, name, _Recorder(getattr(vs_fused, name), log))
-    keys = {name: set() for name in names}
+    for mod, name in modules_names:
+        kernel = getattr(mod, name)
+        monkeypatch.setattr(mod, name, _Recorder(getattr(kernel, "kernel", kernel), log))
+    keys = {name: set() for _, name in modules_names}
     for n in LENGTHS:
         log.clear()
-        g = torch.Generator().manual_seed(n)
-        q, k = torch.randn(1, 14, n, 64, generator=g), torch.randn(1, 2, n, 64, generator=g)
-        build_index(q, k, [HeadPattern("vertical_and_slash", 64, 200)] * 14, 64, 64, fused=True)
-        assert len(log) == len(names)
+        run(n)
+        assert {kernel.fn.__name__ for kernel, _, _ in log} == set(keys), [k.fn.__name__ for k, _, _ in log]
         for kernel, args, kwargs in log:
-            name = kernel.fn.__name__
-            keys[name].add(spec_key(kernel, args, kwargs))
-    assert {name: len(v) for name, v in keys.items()} == {name: 1 for name in names}
+            keys[kernel.fn.__name__].add(spec_key(kernel, args, kwargs))
+    return {name: len(v) for name, v in keys.items()}
+
+
+def _qk(n, hq=14, d=64):
+    g = torch.Generator().manual_seed(n)
+    return torch.randn(1, hq, n, d, generator=g), torch.randn(1, 2, n, d, generator=g)
+
+
+def test_fused_estimation_one_binary_per_kernel_for_all_lengths(monkeypatch):
+    """build_index's GPU path: scores, selection + slash tiles, block lists (all-vertical-slash layer),
+    and the fill launch of a mixed layer's other rows."""
+    from accel.kernels import index_fill, vs_fused
+
+    names = [(vs_fused, n) for n in ("_vs_stats", "_vs_sums", "_vs_lists", "_block_lists")]
+    vs = [HeadPattern("vertical_and_slash", 64, 200)] * 14
+    got = _keys_per_kernel(monkeypatch, names, lambda n: build_index(*_qk(n), vs, 64, 64, fused=True))
+    assert got == {name: 1 for _, name in names}
+    names.append((index_fill, "_fill_rows"))
+    mix = (MIX * 2)[:14]
+    got = _keys_per_kernel(monkeypatch, names, lambda n: build_index(*_qk(n), mix, 64, 64, fused=True))
+    assert got == {name: 1 for _, name in names}
+
+
+def test_public_fused_kernels_one_binary_for_all_lengths(monkeypatch):
+    """The search's path: `vertical_slash_sums` and `vertical_slash_index_fused` on given lists."""
+    from accel.kernels import vs_fused
+
+    names = [(vs_fused, n) for n in ("_vs_stats", "_vs_sums", "_diag_combine", "_slash_tiles", "_block_lists")]
+
+    def run(n):
+        vs_fused.vertical_slash_sums(*_qk(n))
+        g = torch.Generator().manual_seed(n)
+        vert = torch.randint(0, n, (1, 14, 64), generator=g)
+        sl = torch.randint(0, n, (1, 14, 200), generator=g)
+        vs_fused.vertical_slash_index_fused(vert, sl, n, 64, 64)
+    got = _keys_per_kernel(monkeypatch, names, run)
+    assert got == {name: 1 for _, name in names}

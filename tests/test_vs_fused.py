@@ -191,3 +191,17 @@ def test_fused_conversion_random_cases_equal_reference():
         a = SparseIndex(*vertical_slash_index(vert, sl, N, bm, bn), n=N, block_m=bm, block_n=bn)
         b = SparseIndex(*vertical_slash_index_fused(vert, sl, N, bm, bn), n=N, block_m=bm, block_n=bn)
         _same_index(a, b)
+
+
+@pytest.mark.parametrize("B,N,bm,bn", [(2, 90, 32, 16), (1, 50, 64, 64), (1, 257, 128, 64)])
+def test_layer_selection_budget_edges_equal_reference(B, N, bm, bn):
+    """build_index's GPU path selects per head in `_vs_lists` (radix select, not torch.topk) and writes
+    the layer's index in place: budgets of no vertical, more than N, one diagonal, every diagonal, the
+    forced-key boundaries (30 / 100), N below last_q, batch 2, mixed with the other kinds."""
+    q, k = qk(B, 8, 2, N, 32, seed=N + B)
+    pats = [HeadPattern("vertical_and_slash", 0, 7), HeadPattern("vertical_and_slash", N + 5, 1),
+            HeadPattern("vertical_and_slash", 3, N), HeadPattern("block_sparse", 1),
+            HeadPattern("vertical_and_slash", 31, 101), HeadPattern("stream_llm", 0, 1), HeadPattern("dense"),
+            HeadPattern("vertical_and_slash", 30, 100)]
+    for p in (pats, [HeadPattern("vertical_and_slash", 0, 5)] * 8):
+        _same_index(build_index(q, k, p, bm, bn, fused=False), build_index(q, k, p, bm, bn, fused=True))
