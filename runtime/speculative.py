@@ -135,11 +135,11 @@ def speculative_stream(model, drafter, prompt_ids: list[int], max_new_tokens: in
     t0 = time.perf_counter()
     drafter.reset()
     st.reset(L)
+    drafter.set_prompt(prompt_ids)  # before the prefill: a drafter's copy of the ids then waits for nothing
     mark("prefill")
     logits, feats = prefill(model, prompt_ids, backend, plan, features=drafter.feature_layers)  # (1, V), (F, 1, L, H)
     root = logits[0].argmax(-1) if greedy else sample_from_probs(logits_to_probs(logits[0], temperature, top_p), gen)
     mark("draft_prefill")
-    drafter.set_prompt(prompt_ids)
     drafter.begin(feats[:, 0])
     mark("first_tree")
     st.put("tree_tokens", drafter.propose(root.reshape(1), feats[:, 0, -1:]))

@@ -159,12 +159,14 @@ class EagleDrafter(Drafter):
         self._pending = None
 
     def set_prompt(self, prompt_ids) -> None:
-        self._prompt_ids = prompt_ids
+        # on the device now: the loop calls this before the prefill, while the stream is idle (a blocking
+        # copy from a Python list waits for the stream: after the prefill it would wait for all of it)
+        self._prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.length.device).reshape(-1)
 
     def begin(self, prompt_feats: torch.Tensor) -> None:
         if self._prompt_ids is None:
             raise ValueError("the EAGLE drafter needs the prompt's token ids: call set_prompt() before begin()")
-        ids = torch.as_tensor(self._prompt_ids, dtype=torch.long, device=prompt_feats.device).reshape(-1)
+        ids = self._prompt_ids
         self.reserve(ids.numel())  # a no-op after the loop's reserve for the whole request
         self.cache.rollback(0)
         self._pending = ("prompt", prompt_feats, ids[1:])
