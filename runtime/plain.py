@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention_meta import AttentionMeta
+from .phases import mark
 from .prefill import DENSE
 from .sampling import make_generator, sample
 from .steps import backend_for, capture_mode, get_step, sync
@@ -91,6 +92,7 @@ def plain_stream(model, prompts: list[list[int]], max_new_tokens: int, *, mode: 
     """Yield ``Chunk``s as tokens are accepted; each prompt's last chunk carries its GenerationResult.
     ``rows``: the ids the chunks report (default 0..B-1)."""
     device, backend = model.device, backend_for(mode)
+    mark("setup")
     B = len(prompts)
     rows = list(range(B)) if rows is None else rows
     plans = plans or [DENSE] * B
@@ -101,17 +103,20 @@ def plain_stream(model, prompts: list[list[int]], max_new_tokens: int, *, mode: 
     eos_set = set(eos_ids)
 
     sync(device)
+    mark("prefill")
     t0 = time.perf_counter()
     logits = torch.cat([prefill(model, p, backend, plans[b], row=b)[0] for b, p in enumerate(prompts)])  # (B, V)
     nxt = sample(logits, temperature, top_p, gen)  # (B,)
     sync(device)
     t1 = time.perf_counter()
+    mark("get_step")
 
     pos0 = torch.tensor(lens, device=device)[:, None]  # (B, 1): the first new token's position / slot
     step = get_step(model, ("plain", B, backend), lambda tok, pos: decode_one_token(model, tok, pos, backend),
                     [nxt[:, None], pos0], capture_mode(mode, device))
     tok, pos = step.inputs
     sync(device)
+    mark("decode")
     t2 = time.perf_counter()
 
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
@@ -144,6 +149,8 @@ def plain_stream(model, prompts: list[list[int]], max_new_tokens: int, *, mode: 
                 if piece or res is not None:
                     yield Chunk(rows[b], piece, res)
             if all(finished):
+                mark("teardown")
+                mark("end")
                 return
         if i > 0:
             pos.add_(1)

@@ -58,7 +58,9 @@ class SpecState:
             setattr(self, name, value.clone())
 
     def reset(self, prefix_len: int) -> None:
-        for t in (self.n_gen, self.out, self.step, self.accept, self.tree_tokens):
+        # out, accept and tree_tokens are written before they are read (out[:n_gen], accept[:step], the
+        # first propose): only the counters and the prefix are reset, five launches a request
+        for t in (self.n_gen, self.step):
             t.zero_()
         for t in (self.prefix, self.src, self.dst):
             t.fill_(prefix_len)

@@ -3,7 +3,8 @@
 A drafter proposes a tree of candidate tokens after the base model's next token; the engine verifies
 the tree in one forward (``runtime.verify``, shared by all drafters) and accepts a path. Per request:
 
-    set_prompt(prompt_ids)               the prompt's token ids (no-op unless the drafter re-runs them)
+    set_prompt(prompt_ids)               the prompt's token ids, before the prefill (no-op unless the
+                                         drafter re-runs them)
     begin(prompt_feats)                  after prefill: the prompt's features (F, L, H); prime own cache
     tokens = propose(root, feats)        root (1,) + features (F, 1, H) of the last accepted token
                                          -> tree tokens (N+1,) for ``self.tree`` (may be a NEW tree

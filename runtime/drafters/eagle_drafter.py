@@ -16,15 +16,23 @@ Medusa's (``fixed_tree = True`` means "static tree buffers", not "the same tree"
   by construction and no host sync is needed for the path length.
 - ``feature_layers``: EAGLE-3 takes the *input* of base layer i (transformers' ``hidden_states[i]``)
   = the output of layer i-1, which is what ``CompactLM.forward(features=)`` returns.
-The prompt's own catch-up (variable length) runs eagerly in the first ``propose`` of a request; the tree
-grown after it runs through a second step captured once per drafter (``capture_propose``), so a request
-does not pay ~200 eager launches for its first tree.
+Per request (issue 14: this was ~30 ms of EAGLE's per-request overhead on the H200, against plain's
+prefill alone), the prompt's own catch-up ("draft prefill") and the first tree run through two more
+steps captured once per drafter (``capture_propose``) and replayed, never eagerly:
+- the draft prefill goes through the prompt in chunks of ``PROMPT_CHUNK`` slots, one replay each (the
+  step's fixed-size catch-up, with a device counter of the tokens left): its shapes no longer depend on
+  the prompt's length. An eager pass over the whole prompt had a new attention shape every request,
+  which costs a new plan on backends that plan per shape (cuDNN SDPA, the default on Hopper with
+  torch >= 2.10), plus ~45 eager launches and (L, V) logits of which one row was used;
+- the first tree (~200 launches eagerly) reads the last chunk's log-probs and hidden state.
+A drafter used outside the speculative loop (no capture) runs both eagerly, the prompt in one pass.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..phases import mark
 from .base import Drafter
 from .dynamic_tree import DynamicTree, num_candidates
 from .eagle import EagleConfig, EagleConfigError, EagleDraft
@@ -34,6 +42,7 @@ __all__ = ["EagleDrafter"]
 
 _MAX_TOPK, _MAX_DEPTH, _MAX_NODES = 64, 32, 1024  # bounds on a pack's tree settings
 _TREE_DEFAULT = {"top_k": 8, "depth": 5, "num_nodes": 48}
+PROMPT_CHUNK = 64  # draft-prefill slots per replay: 1-2 replays for a chat prompt, 128 at 8K tokens
 
 
 class EagleDrafter(Drafter):
@@ -55,13 +64,18 @@ class EagleDrafter(Drafter):
         self.cache = None
         self.length = torch.zeros(1, dtype=torch.long, device=dev)  # committed draft length (static)
         self._prompt_ids = None
-        self._pending = None  # ("prompt", feats (L, 3H), tokens (L-1,)) or ("path", feats, nodes, a)
+        self._pending = None  # ("prompt", feats (F, L, H), tokens (L-1,)) or ("path", feats, nodes, a)
         self.tree = self._empty_tree(dev)
-        self._first = None  # the first tree of a request, captured (``capture_propose``)
+        # captured per drafter (``capture_propose``): one draft-prefill chunk, the first tree of a request
+        self._chunk = self._first = None
         c = draft.config
         self._first_in = (torch.zeros(1, dtype=torch.long, device=dev),  # root, draft log-probs, draft h
                           torch.zeros(c.vocab_size, dtype=torch.float32, device=dev),
                           torch.zeros(c.hidden_size, dtype=draft.dtype, device=dev))
+        C, F = PROMPT_CHUNK, len(self.feature_layers)
+        # the chunk step's static inputs: features (C, F, H), next tokens (C,), prompt tokens left (1,)
+        self._chunk_in = (torch.zeros(C, F, c.hidden_size, dtype=draft.dtype, device=dev),
+                          torch.zeros(C, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev))
 
     def _empty_tree(self, dev) -> DynamicTree:
         n, D1 = self.num_nodes + 1, self.depth + 1
@@ -88,34 +102,55 @@ class EagleDrafter(Drafter):
             new.k[:, :, : c.max_len], new.v[:, :, : c.max_len] = c.k, c.v
             new.length = c.length
         self.cache = new
-        self._first = None  # it aliased the old cache
+        self._chunk = self._first = None  # they aliased the old cache
         return True
 
     # -- decoding --------------------------------------------------------------------------------
     def reserve(self, max_len: int) -> bool:
-        # every step writes at most depth+1 catch-up slots and depth*k tree slots past the committed length
-        return self._ensure(max_len + self.depth + 1 + self.depth * self.top_k)
+        # every step writes at most depth+1 catch-up slots (a prompt chunk PROMPT_CHUNK) and depth*k
+        # tree slots past the committed length
+        return self._ensure(max_len + max(self.depth + 1, PROMPT_CHUNK) + self.depth * self.top_k)
 
     def cache_key(self) -> tuple:
         # the capture aliases this drafter's cache and tree buffers: only this object
         return (self.kind, id(self), self.top_k, self.depth, self.num_nodes)
 
     def capture_propose(self, mode: str) -> None:
-        """Capture the first tree of a request (the growth after the prompt's eager catch-up) once, like
-        the step: it is ~200 launches, each paying the host's dispatch cost when run eagerly (part of
-        the per-request overhead). 'eager' mode (CPU): the same function, uncaptured. Called by the
-        speculative loop right after it captures the step; dropped when ``reserve`` reallocates."""
+        """Capture a request's draft prefill (one chunk of the prompt) and its first tree once, like the
+        step: eagerly they are ~45 launches per request with prompt-dependent shapes plus ~200 for the
+        tree, each paying the host's dispatch cost (and a new attention plan per prompt length). 'eager'
+        mode (CPU): the same functions, uncaptured. Called by the speculative loop right after it
+        captures the step; dropped when ``reserve`` reallocates the draft cache."""
         from ..steps import StepGraph
 
-        if self._first is not None and self._first.mode == mode:
+        if self._first is not None and self._first.mode == mode and self._chunk is not None:
             return
         root, logp, h = self._first_in
+        feats, toks, left = self._chunk_in
+        C = PROMPT_CHUNK
+
+        def chunk():
+            # the next min(left, C) prompt positions; the padded queries past them write dead slots that
+            # the next chunk (or the first tree, or the first catch-up) overwrites
+            # (1,) real positions - 1; the capture's warm-up runs (left <= 0) take one position, in range
+            a = left.clamp(1, C) - 1
+            lp, hh = _draft_catch_up_static(self.draft, self.cache, self.length, feats.view(C, -1), toks, a)
+            left.sub_(C)
+            logp.copy_(lp)
+            h.copy_(hh)
+            return ()
 
         def first():
             _draft_tree(self.draft, self.cache, root.reshape(()), logp, h, self.top_k, self.depth, self.num_nodes,
                         length=self.length, out=self.tree)
             return ()
-        self._first = StepGraph(first, [], mode)  # its warm-up runs write dead draft slots and the tree
+        # warm-up runs (graph mode) write dead draft slots from 0 (the length moves by one a run), the
+        # tree buffers and the first-tree inputs; a request resets all of them
+        self.length.zero_()
+        left.zero_()
+        self._chunk = StepGraph(chunk, [], mode)
+        self._first = StepGraph(first, [], mode)
+        self.length.zero_()
 
     def reset(self) -> None:
         if self.cache is not None:
@@ -124,28 +159,49 @@ class EagleDrafter(Drafter):
         self._pending = None
 
     def set_prompt(self, prompt_ids) -> None:
-        self._prompt_ids = prompt_ids
+        # on the device now: the loop calls this before the prefill, while the stream is idle (a blocking
+        # copy from a Python list waits for the stream: after the prefill it would wait for all of it)
+        self._prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.length.device).reshape(-1)
 
     def begin(self, prompt_feats: torch.Tensor) -> None:
         if self._prompt_ids is None:
             raise ValueError("the EAGLE drafter needs the prompt's token ids: call set_prompt() before begin()")
-        ids = torch.as_tensor(self._prompt_ids, dtype=torch.long, device=prompt_feats.device).reshape(-1)
+        ids = self._prompt_ids
         self.reserve(ids.numel())  # a no-op after the loop's reserve for the whole request
         self.cache.rollback(0)
-        self._pending = ("prompt", self._flat(prompt_feats), ids[1:])
+        self._pending = ("prompt", prompt_feats, ids[1:])
+
+    def _prompt_chunks(self, feats: torch.Tensor, toks: torch.Tensor) -> None:
+        """The draft prefill through the captured chunk step: features (F, L, H), next tokens (L,).
+        Per chunk two copies into its static inputs and one replay; no host sync."""
+        C = PROMPT_CHUNK
+        f_in, t_in, left = self._chunk_in
+        L = toks.shape[0]
+        left.fill_(L)
+        for i in range(0, L, C):
+            n = min(C, L - i)  # a short last chunk keeps the previous chunk's tail: dead, padded queries
+            f_in[:n].copy_(feats[:, i:i + n].transpose(0, 1))
+            t_in[:n].copy_(toks[i:i + n])
+            self._chunk()
+        self.cache.length = L
 
     def propose(self, root: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         root = root.reshape(1)
         kind, pf, *rest = self._pending
-        if kind == "prompt":  # once per request, eager: the prompt's length varies
-            logp, h = _draft_catch_up(self.draft, self.cache, pf, torch.cat([rest[0], root]))
-            self.length.fill_(self.cache.length)
-            if self._first is not None:
-                for dst, src in zip(self._first_in, (root, logp, h)):
-                    dst.copy_(src)
+        if kind == "prompt":  # once per request
+            mark("draft_prefill")
+            toks = torch.cat([rest[0], root])  # (L,) the token after each prompt position
+            if self._first is not None:  # captured (``capture_propose``): replays only
+                self._prompt_chunks(pf, toks)
+                mark("first_tree")
+                self._first_in[0].copy_(root)
                 self._first()
                 self._pending = None
                 return self.tree.tokens
+            # uncaptured (a drafter driven outside the speculative loop): one eager pass over the prompt
+            logp, h = _draft_catch_up(self.draft, self.cache, self._flat(pf), toks)
+            self.length.fill_(self.cache.length)
+            mark("first_tree")
         else:  # the captured step: fixed depth+1 slots, the path length a stays on the device
             nodes, a = rest
             D1 = nodes.shape[0]
