@@ -5,7 +5,6 @@ import collections
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from accel.heads import MedusaConfig, MedusaHeads
 from accel.runtime.decode import generate_plain
@@ -14,17 +13,14 @@ from accel.runtime.engine import Engine, Sampling
 from accel.runtime.medusa import generate_medusa
 from accel.runtime.model import CompactLM
 from accel.runtime.tree import TreeBuffers
+from tests.conftest import make_tiny_llama
 
 V = 97
 TREE = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]
 
 
-def _model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.3,
-                      tie_word_embeddings=True)
-    return CompactLM.from_hf(LlamaForCausalLM(cfg).eval())
+def _model():   # the shared tiny Llama (tests/conftest.py), larger init so drafts are sometimes right
+    return CompactLM.from_hf(make_tiny_llama(V, initializer_range=0.3, max_position_embeddings=1024))
 
 
 @pytest.fixture(scope="module")
