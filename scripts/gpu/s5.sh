@@ -35,6 +35,13 @@ probe)
       --variant wideabs+tail=$W/packA.safetensors --tasks ${TASKS:-niah_multikey_1,vt,cwe,fwe} \
       --lengths ${LENGTHS:-8192,16384} --samples ${SAMPLES:-16} --json $OUT/probe.json --pick $W/chosen.safetensors 2>&1 | grep -v "Warn\|warn\|━"
   grep -v "━" $W/search.log | tail -4; cp $W/packA.safetensors $OUT/ 2>/dev/null ;;
+verify)  # the CPU-only merges (hostcost, eagleovh, rulerspeed) on the GPU: their tests, then the index host cost vs the
+         # pre-merge kernels (carry .carry/ref = git archive 24824d9 kernels)
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+  timeout 200 python3 -m pytest -q -x tests/test_prefill_sync.py tests/test_vs_fused.py tests/test_index_launch_budget.py \
+      tests/test_eagle_graph.py tests/test_request_overhead.py 2>&1 | tail -8
+  timeout 150 python3 scripts/gpu/index_host_cost.py --lengths 16384,31744 --ref-dir .carry/ref/kernels \
+      --json $OUT/index-host-cost.json 2>&1 | grep -v Warn | tail -20 ;;
 final)   # the chosen pack (PACK=...) end to end: prefill speed + threshold, RULER suite, perplexity
   python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
   PACK=${PACK:?PACK} PHASES_WITH_PACK=speed,suite TOTAL=${TOTAL:-560} bash scripts/gpu/qwen_longctx.sh ;;
