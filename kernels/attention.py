@@ -35,8 +35,8 @@ def _resolve_impl(impl: str, q: torch.Tensor) -> str:
 
 
 def default_blocks(patterns, q) -> tuple[int, int]:
-    """Tile sizes.  Measured on an H200 (Llama-3-8B shape, results/kernels-h200-run2-configs.json):
-    128x128 tiles (8 warps, 3 stages) are fastest for vertical-slash and A-shape; block-sparse keeps
+    """Tile sizes.  Measured on an H200 (Llama-3-8B shape, results/experiments/sparse-sweep-h200.json):
+    128x64 tiles (4 warps, 2 stages) are fastest for vertical-slash at 32K and 128K; block-sparse keeps
     64-key blocks (128-key blocks double its density at the same top-k budget).  head_dim 64
     (results/raw/sparse-speed-h200.log, 14q/2kv): 128x64 tiles (4 warps, 3 stages) are best at 31K and
     tie 128x128 at 16K.  The numbers live in `triton_sparse.TILE_TABLE` (per head_dim and prompt length,

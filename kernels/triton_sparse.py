@@ -129,7 +129,11 @@ def _sparse_attn_fwd(
 # heads) starts from the same guesses; `scripts/gpu_sparse_speed.py` sweeps them and prints the rows to
 # paste here.  `set_kernel_config` overrides an entry at run time (benchmarks, sweeps).
 KERNEL_CONFIGS: dict[tuple[int, int, int], tuple[int, int]] = {
-    (128, 128, 128): (8, 3), (128, 128, 64): (8, 3), (128, 64, 64): (4, 3),
+    (128, 128, 128): (8, 3), (128, 64, 64): (4, 3),
+    # head_dim 128 (8B shape, 32q/8kv): 128x64 with one warpgroup and 2 stages is the fastest tile at both
+    # lengths (results/experiments/sparse-sweep-h200.json: 34.0 vs 35.2 ms at 128K, 7.81 vs 9.66 ms at 32K
+    # for 128x128 w8 s3); 3 stages at 128x64 w4 spill (50.9 ms)
+    (128, 128, 64): (4, 2),
     # head_dim 64 (14q/2kv, H200 sweep, results/raw/sparse-speed-h200.log): 4 warps beat 8 at both
     # tile shapes; 128x64 w4 s3 is best at 31K (2.13 ms) and within 1 % of 128x128 at 16K (1.11 vs 1.10)
     (64, 128, 128): (4, 3), (64, 128, 64): (4, 3), (64, 64, 64): (4, 3),
@@ -141,7 +145,7 @@ KERNEL_CONFIGS: dict[tuple[int, int, int], tuple[int, int]] = {
 # apply after it (`attention.default_blocks`).  The sweep in scripts/gpu_sparse_speed.py prints the best
 # tile per (head_dim, N): edit the numbers here.  Head dims not listed use DEFAULT_TILES.
 TILE_TABLE: dict[int, tuple[tuple[int | None, tuple[int, int]], ...]] = {
-    128: ((None, (128, 128)),),
+    128: ((None, (128, 64)),),   # sweep of 2026-12-03: beats 128x128 at 32K (1.24x) and 128K (1.03x)
     64: ((24576, (128, 64)), (None, (128, 64))),   # 16K: 128x64 within 1 % of 128x128; 31K: best
 }
 DEFAULT_TILES = (128, 128)

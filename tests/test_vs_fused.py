@@ -172,6 +172,8 @@ def test_tile_table_drives_default_blocks(monkeypatch):
     assert attention.default_blocks(vs, FakeQ(5000, 128)) == triton_sparse.DEFAULT_TILES
     assert attention.default_blocks([HeadPattern("block_sparse", 4)], FakeQ(5000, 128))[1] == 64
     assert triton_sparse.tiles_for(64, 31744) == (128, 64)
+    monkeypatch.undo()   # the shipped table: the H200 sweep's winners for both head dims
+    assert triton_sparse.tiles_for(128, 131072) == (128, 64) and triton_sparse.tiles_for(64, 31744) == (128, 64)
 
 
 def test_fused_conversion_random_cases_equal_reference():
