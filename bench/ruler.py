@@ -7,10 +7,16 @@ Design points:
   niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, cwe, fwe. QA is left out
   (it needs SQuAD / HotpotQA).
 * Our own text, so nothing is downloaded and nothing overlaps the pattern search's calibration text
-  (``search/haystack.txt`` + generated records): the "essay" haystack, the perplexity text and the
-  common-words vocabulary come from the Python documentation that every CPython ships
+  (``search/haystack.txt`` + generated records): the "essay" haystack, the "docs" perplexity text and
+  the common-words vocabulary come from the Python documentation that every CPython ships
   (``pydoc_data.topics``); the "repeat" haystack is RULER's noise sentence; the "needle" haystack is
   other needles. ``shared_ngrams`` is the disjointness check (bench and tests run it).
+* Two perplexity texts (``natural_text(source=...)``). "docs" is the documentation's paragraphs in a
+  seeded order: a soup in which 5-8 % of the 8-word runs of the second half of 31K tokens repeat a
+  passage thousands of words back, so its perplexity at long range mostly scores copying boilerplate.
+  "book" is one continuous novel (``bench/data/botchan.txt.gz``: Natsume's *Botchan*, 1919 English
+  translation, public domain; provenance in ``bench/data/README.md``), what PG-19-style long-text
+  perplexity means to MInference / RULER users. It is a perplexity text only (no case draws from it).
 * Every case is *exactly* ``length`` tokens with the given tokenizer (chat template, question and answer
   prefix included), so the cases of one task and length batch without padding — which sparse prefill
   needs. Haystacks are cut at a token; cwe/fwe lists are sized by search and topped up with newlines.
@@ -40,7 +46,7 @@ from functools import lru_cache
 from ..runtime.errors import AccelError
 
 __all__ = ["TASKS", "RulerCase", "RulerError", "make_case", "make_cases", "score", "natural_text",
-           "shared_ngrams", "suite_text_sample"]
+           "shared_ngrams", "suite_text_sample", "PPL_TEXTS"]
 
 
 class RulerError(AccelError):
@@ -146,13 +152,39 @@ def _docs() -> tuple[str, ...]:
     return tuple(paras)
 
 
-def natural_text(min_chars: int = 0, seed: int = 0) -> str:
-    """Long natural English text (the Python documentation, topics in a seeded order) for perplexity."""
-    paras = list(_docs())
-    random.Random(seed).shuffle(paras)
-    text = "\n\n".join(paras)
+PPL_TEXTS = ("book", "docs")  # natural_text sources; bench quality's --ppl-text default order
+
+
+@lru_cache(maxsize=1)
+def _book() -> str:
+    """The novel in ``data/botchan.txt.gz`` (Gutenberg header, footer and typo notes already stripped)."""
+    import gzip
+    from pathlib import Path
+
+    path = Path(__file__).with_name("data") / "botchan.txt.gz"
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:  # a broken install (package data left out), not a user error to work around
+        raise RulerError(f"the built-in book text {path} cannot be read ({e}); reinstall accel") from None
+
+
+def natural_text(min_chars: int = 0, seed: int = 0, source: str = "docs") -> str:
+    """Long natural English text for perplexity.
+
+    ``source="docs"``: the Python documentation, topics in a seeded order. ``source="book"``: one
+    continuous novel, always the same text (a shuffle would break the long-range prose it is there
+    for; ``seed`` is ignored)."""
+    if source == "book":
+        text = _book()
+    elif source == "docs":
+        paras = list(_docs())
+        random.Random(seed).shuffle(paras)
+        text = "\n\n".join(paras)
+    else:
+        raise RulerError(f"unknown perplexity text {source!r}: choose from {', '.join(PPL_TEXTS)}")
     if len(text) < min_chars:
-        raise RulerError(f"the built-in natural text has {len(text)} characters, fewer than {min_chars}")
+        raise RulerError(f"the built-in {source} text has {len(text)} characters, fewer than {min_chars}")
     return text
 
 
@@ -164,9 +196,10 @@ def _vocabulary() -> tuple[str, ...]:
 
 
 def suite_text_sample() -> str:
-    """Every fixed text the cases draw from (haystacks, templates, word lists), for disjointness checks."""
-    return "\n".join([natural_text(), _NOISE, " ".join(_ADJ), " ".join(_NOUN), " ".join(_vocabulary()),
-                      *(t for pair in _TEMPLATES.values() for t in pair)])
+    """Every fixed text the cases and the perplexity texts draw from (haystacks, templates, word lists,
+    the book), for disjointness checks."""
+    return "\n".join([natural_text(), natural_text(source="book"), _NOISE, " ".join(_ADJ), " ".join(_NOUN),
+                      " ".join(_vocabulary()), *(t for pair in _TEMPLATES.values() for t in pair)])
 
 
 def shared_ngrams(text: str, other: str, n: int = 8) -> set[tuple[str, ...]]:

@@ -248,18 +248,23 @@ def ruler_averages(rows: list[dict]) -> list[dict]:
     return out
 
 
-def natural_ids(tokenizer, n_tokens: int, seed: int = 0) -> list[int]:
-    """At least the first ``n_tokens`` token ids of ``bench.ruler.natural_text(seed)`` (all of it if shorter).
+def natural_ids(tokenizer, n_tokens: int, seed: int = 0, source: str = "docs") -> list[int]:
+    """At least the first ``n_tokens`` token ids of ``bench.ruler.natural_text(seed, source)`` (all of it if shorter).
 
-    Encodes a prefix of whole paragraphs (doubling it until it holds ``n_tokens`` + 256 tokens), not the
-    whole ~100K-token text: tokenizers split at paragraph breaks, so the first ``n_tokens`` ids are the
-    whole text's (the 256-token margin keeps clear of the cut)."""
+    Encodes a prefix (doubling it until it holds ``n_tokens`` + 256 tokens), not the whole ~60K-100K-token
+    text, cut at a paragraph break or, where there is none (the book's lines are hard-wrapped without
+    blank lines), a line break: tokenizers split there, so the first ``n_tokens`` ids are the whole
+    text's (the 256-token margin keeps clear of the cut)."""
     from .ruler import natural_text
 
-    text = natural_text(seed=seed)
+    text = natural_text(seed=seed, source=source)
     chars = 6 * n_tokens + 4096
     while True:
-        cut = len(text) if chars >= len(text) else max(text.rfind("\n\n", 0, chars), 1)
+        if chars >= len(text):
+            cut = len(text)
+        else:
+            cut = text.rfind("\n\n", 0, chars)
+            cut = cut if cut > 0 else max(text.rfind("\n", 0, chars), 1)
         ids = list(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
         if cut == len(text) or len(ids) >= n_tokens + 256:
             return ids
@@ -267,18 +272,21 @@ def natural_ids(tokenizer, n_tokens: int, seed: int = 0) -> list[int]:
 
 
 @torch.no_grad()
-def perplexity_curve(compact, tokenizer, lengths, patterns_for, *, seed: int = 0, dense_tail: int = 0) -> list[dict]:
-    """Perplexity (last half) of natural long text (bench.ruler.natural_text), dense vs forced sparse."""
+def perplexity_curve(compact, tokenizer, lengths, patterns_for, *, seed: int = 0, dense_tail: int = 0,
+                     text: str = "docs") -> list[dict]:
+    """Perplexity (last half) of natural long text (bench.ruler.natural_text(source=text)), dense vs
+    forced sparse; each row names its text (``"text"``: book | docs)."""
     from .ruler import RulerError
 
-    ids = natural_ids(tokenizer, max(lengths), seed) if lengths else []
+    ids = natural_ids(tokenizer, max(lengths), seed, source=text) if lengths else []
     rows = []
     for n in lengths:
         if n > len(ids):
-            raise RulerError(f"perplexity at {n} tokens: the built-in natural text has only {len(ids)} tokens")
+            raise RulerError(f"perplexity at {n} tokens: the built-in {text} text has only {len(ids)} tokens")
         x = torch.tensor([ids[:n]], device=compact.device)
         stats: list = []
         dense = perplexity(compact, x)
         sparse = perplexity(compact, x, patterns_for(n), stats, dense_tail=dense_tail)
-        rows.append({"length": n, "dense": dense, "sparse": sparse, "ratio": sparse / dense, **sparse_summary(stats)})
+        rows.append({"text": text, "length": n, "dense": dense, "sparse": sparse, "ratio": sparse / dense,
+                     **sparse_summary(stats)})
     return rows

@@ -190,6 +190,7 @@ def quality(
     depths: str = typer.Option("0,0.25,0.5,0.75,1", "--depths"),
     trials: int = typer.Option(2, "--trials", min=1),
     ppl_length: Optional[str] = typer.Option(None, "--ppl-length", help="Perplexity length(s), comma-separated (default: needle 4k; ruler the suite's lengths; 0 skips)."),
+    ppl_text: Optional[str] = typer.Option(None, "--ppl-text", help="ruler: perplexity text(s), comma-separated (default: book,docs): book = one continuous public-domain novel (Natsume's Botchan, English), docs = the Python documentation's paragraphs in a seeded order (repeats passages at long range)."),
     medusa_prompts: int = typer.Option(8, "--medusa-prompts", min=0, help="Held-out chat prompts (heads/heldout_prompts.jsonl) for the Medusa exactness check (0 skips)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -210,7 +211,9 @@ def quality(
             raise AccelError(f"unknown --suite {suite!r}: use needle or ruler")
         if suite == "ruler":
             return _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, ppl_length,
-                                  device, dtype, json_path, plot, seconds)
+                                  device, dtype, json_path, plot, seconds, ppl_text)
+        if ppl_text is not None:  # the needle suite scores the search's held-out sample, not these texts
+            raise AccelError("--ppl-text applies to --suite ruler only")
         lens = _lengths(lengths or "1k,2k,4k")
         try:
             dps = [float(d) for d in depths.split(",")]
@@ -273,12 +276,12 @@ def quality(
 
 
 def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, ppl_length, device, dtype,
-                   json_path, plot, seconds=None):
+                   json_path, plot, seconds=None, ppl_text=None):
     """``bench quality --suite ruler``: the RULER-style tasks and natural-text perplexity, dense vs forced sparse."""
     from rich.progress import Progress
 
     from ..bench.ruler_run import perplexity_curve, ruler_suite
-    from ..bench.ruler import TASKS
+    from ..bench.ruler import PPL_TEXTS, TASKS
     from ..runtime.errors import AccelError
     from ..runtime.model import CompactLM, supports
 
@@ -286,6 +289,10 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
     bad = [t for t in task_list if t not in TASKS]
     if bad:
         raise AccelError(f"--tasks: unknown {bad}; choose from {', '.join(TASKS)}")
+    texts = list(dict.fromkeys(t.strip() for t in (ppl_text or ",".join(PPL_TEXTS)).split(",") if t.strip()))
+    bad = [t for t in texts if t not in PPL_TEXTS]
+    if bad or not texts:  # checked before the model loads: a typo costs no minutes
+        raise AccelError(f"--ppl-text: unknown {bad or [ppl_text]}; choose from {', '.join(PPL_TEXTS)}")
     hf, tok, name, patterns_for, pk = _model_and_patterns(model, None, pack, pattern, device, dtype, None)
     if not supports(hf):
         raise AccelError(f"bench quality needs a Llama-family model (the compact engine); {name} is not one")
@@ -319,7 +326,8 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
         res = ruler_suite(compact, tok, task_list, lens, patterns_for, samples=samples, batch=batch, seed=seed,
                           eos_ids=eos, progress=lambda k: prog.advance(bar, k), seconds=seconds, on_row=on_row,
                           dense_tail=tail)
-    ppl = perplexity_curve(compact, tok, ppl_lens, patterns_for, seed=seed, dense_tail=tail) if ppl_lens else []
+    ppl = [r for text in texts for r in (perplexity_curve(compact, tok, ppl_lens, patterns_for, seed=seed,
+                                                          dense_tail=tail, text=text) if ppl_lens else [])]
     from ..bench.ruler import shared_ngrams, suite_text_sample
     from ..search.calibration import haystack_paragraphs
 
@@ -355,7 +363,7 @@ def _quality_ruler(model, pack, pattern, lengths, samples, tasks, batch, seed, p
             err.print(f"{n} tokens: {pairs} case pairs in {sum(r['wall_s'] for r in at):.1f} s; ms per pair: "
                       + ", ".join(f"{p} {1000 * v / pairs:.1f}" for p, v in phases.items()))
     for r in ppl:
-        out.print(f"perplexity at {r['length']} tokens: dense {r['dense']:.3f}, sparse {r['sparse']:.3f} "
+        out.print(f"perplexity ({r['text']}) at {r['length']} tokens: dense {r['dense']:.3f}, sparse {r['sparse']:.3f} "
                   f"({100 * (r['ratio'] - 1):+.2f} %)")
     _save(json_path, result)
     if plot is not None:

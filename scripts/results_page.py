@@ -464,7 +464,9 @@ def ruler_section():
                 work.append(dict(length=n, density=sum(r["density"] for r in at) / len(at),
                                  heads=sum(r["sparse_head_share"] for r in at) / len(at),
                                  same=sum(r["identical_answers"] for r in at) / len(at)))
-        ppl = sorted((p for _, d in files for p in d.get("perplexity", [])), key=lambda p: p["length"])
+        # rows before --ppl-text carry no "text": they are the documentation text
+        ppl = sorted(({"text": "docs", **p} for _, d in files for p in d.get("perplexity", [])),
+                     key=lambda p: (p["text"], p["length"]))
         # a run with a time budget (--seconds) may run fewer cases than asked: each row says how many
         samples = sorted({r.get("samples", d.get("samples")) for _, d in files for r in d["rows"]} - {None})
         cases = (f"{samples[0]}" if len(samples) == 1 else f"{samples[0]}-{samples[-1]}") if samples else "?"
@@ -474,8 +476,9 @@ def ruler_section():
         out += table(work, [("prompt tokens", "length"), ("density (kept work)", "density"),
                             ("share of heads run sparse", "heads"), ("identical answers", "same")]) + "\n\n"
         if ppl:
-            out += "Perplexity of natural long text (the Python documentation; last half scored):\n\n"
-            out += table(ppl, [("tokens", "length"), ("dense", "dense"), ("sparse", "sparse"),
+            out += ("Perplexity of natural long text, last half scored (book: one continuous public-domain "
+                    "novel; docs: the Python documentation's paragraphs in a seeded order):\n\n")
+            out += table(ppl, [("text", "text"), ("tokens", "length"), ("dense", "dense"), ("sparse", "sparse"),
                                ("sparse / dense", lambda p: f"{p['ratio']:.4f}")]) + "\n\n"
         out += "\n\n".join(env_line(name, d.get("env")) for name, d in files) + "\n"
         parts.append(out)

@@ -49,7 +49,11 @@ def test_table_reads_partial_results(tmp_path):
     row = {"task": "niah_single_1", "length": 4096, "samples": 16, "dense": 100.0, "sparse": 93.75, "density": 0.2}
     (tmp_path / "ruler.json").write_text(json.dumps({"partial": True, "rows": [row], "averages": [
         {"length": 4096, "dense": 90.0, "sparse": 80.0, "needle_dense": None, "needle_sparse": None,
-         "worst_task_delta": -10.0}]}))
+         "worst_task_delta": -10.0}], "perplexity": [
+        {"text": "book", "length": 8192, "dense": 10.0, "sparse": 10.5, "ratio": 1.05},
+        {"length": 8192, "dense": 8.0, "sparse": 8.0, "ratio": 1.0}]}))  # a row from before --ppl-text: docs
     t = qwen_longctx.table(str(tmp_path))
     assert "average 4096: dense 90.0 sparse 80.0; worst task delta -10.0" in t
+    assert "perplexity book 8192: dense 10.000 sparse 10.500 (+5.00 %)" in t
+    assert "perplexity docs 8192: dense 8.000 sparse 8.000 (+0.00 %)" in t
     assert "search 130" in t and "1.60x" in t and "[partial]" in t and "100.0/ 93.8 (16)" in t

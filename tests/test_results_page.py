@@ -127,7 +127,9 @@ def qwen_ruler_partial():
                                                  sparse_head_share=0.8, wall_s=1.0, examples=[])
     return {"env": {**ENV, "command": "accel bench quality --suite ruler --model qwen2.5-coder-0.5b"},
             "bench": "quality", "suite": "ruler", "model": "qwen2.5-coder-0.5b", "partial": True,
-            "rows": [row("niah_single_1", 4096, 96.0, 88.0, 16), row("vt", 4096, 71.5, 70.25, 32)]}
+            "rows": [row("niah_single_1", 4096, 96.0, 88.0, 16), row("vt", 4096, 71.5, 70.25, 32)],
+            "perplexity": [dict(text="docs", length=4096, dense=7.5, sparse=7.6, ratio=1.0133),
+                           dict(text="book", length=4096, dense=21.25, sparse=21.5, ratio=1.0118)]}
 
 
 def test_new_sections_render_their_key_numbers(page):
@@ -173,6 +175,8 @@ def test_new_sections_render_their_key_numbers(page):
     assert "`sparse_min_len = 16384`" in lp
     ru = text[text.index("### qwen2.5-coder-0.5b (16-32 cases per task and length; a partial run"):]
     assert "| niah_single_1 | 96.0 | 88.0 |" in ru and "| **average** | **83.8** | **79.1** |" in ru
+    assert "| book | 4096 | 21.2 | 21.5 | 1.0118 |" in ru and "| docs | 4096 | 7.5 | 7.6 | 1.0133 |" in ru
+    assert ru.index("| book | 4096") < ru.index("| docs | 4096")  # grouped by text
 
 
 def test_sections_are_left_out_when_their_files_are_absent(page):

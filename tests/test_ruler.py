@@ -80,6 +80,8 @@ def test_suite_text_is_disjoint_from_calibration_text(tok):
     calib += "\n".join(tok.decode(calibration_ids(tok, 4096, kind=k, seed=s)[0].tolist())
                        for k in ("mixed", "kv", "needle") for s in (0, 1))
     assert not shared_ngrams(natural_text(), calib) and not shared_ngrams(suite_text_sample(), calib)
+    assert not shared_ngrams(natural_text(source="book"), calib)
+    assert natural_text(source="book") in suite_text_sample()  # the bench's own check covers the book too
     for task in TASKS:
         for i in range(2):
             assert not shared_ngrams(tok.decode(make_case(tok, task, 1536, i).ids), calib), task
@@ -118,8 +120,11 @@ def test_bench_quality_ruler_end_to_end(tiny_long_dir, tmp_path):
         assert r["density"] == pytest.approx(1.0, abs=0.05) and len(r["examples"]) == 2
         assert r["examples"][0]["dense"] == r["examples"][0]["sparse"]
     assert [a["length"] for a in d["averages"]] == [1024, 1152]
-    [p] = d["perplexity"]
-    assert p["length"] == 1024 and p["ratio"] == pytest.approx(1.0, abs=1e-4) and p["dense"] > 1
+    assert [(p["text"], p["length"]) for p in d["perplexity"]] == [("book", 1024), ("docs", 1024)]  # the default texts
+    for p in d["perplexity"]:
+        assert p["ratio"] == pytest.approx(1.0, abs=1e-4) and p["dense"] > 1
+    assert d["perplexity"][0]["dense"] != d["perplexity"][1]["dense"]  # two texts really scored
+    assert "perplexity (book) at 1024 tokens" in text and "perplexity (docs) at 1024 tokens" in text
     assert (tmp_path / "all" / "ruler-sparse.png").stat().st_size > 1000
     assert (tmp_path / "all" / "ruler-average.png").exists()
     assert "average" in text and "heads run sparse 1.00" in text
@@ -127,6 +132,21 @@ def test_bench_quality_ruler_end_to_end(tiny_long_dir, tmp_path):
     d, _ = _quality(tmp_path, tiny_long_dir, "stream_llm:16:64", "narrow", lengths="1024", tasks="niah_single_1")
     assert all(r["density"] < 0.4 and r["sparse_head_share"] == 1.0 for r in d["rows"])
     assert d["perplexity"][0]["density"] < 0.4 and d["perplexity"][0]["ratio"] != 1.0
+
+
+def test_bench_quality_ppl_text_picks_the_texts(tiny_long_dir, tmp_path):
+    out = tmp_path / "docs.json"
+    base = ["bench", "quality", "--suite", "ruler", "--model", str(tiny_long_dir), "--device", "cpu",
+            "--lengths", "1024", "--samples", "1", "--batch", "1", "--tasks", "vt", "--ppl-length", "512,1024",
+            "--pattern", "stream_llm:64:2048"]
+    r = CliRunner().invoke(app, base + ["--ppl-text", "docs", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert [(p["text"], p["length"]) for p in json.loads(out.read_text())["perplexity"]] == [("docs", 512), ("docs", 1024)]
+    assert "perplexity (book)" not in r.output
+    r = CliRunner().invoke(app, base + ["--ppl-text", "book,pg19"])
+    assert r.exit_code != 0 and "--ppl-text" in r.output and "pg19" in r.output
+    r = CliRunner().invoke(app, ["bench", "quality", "--model", str(tiny_long_dir), "--ppl-text", "book"])
+    assert r.exit_code != 0 and "ruler only" in r.output
 
 
 def test_bench_quality_ruler_time_budget(tiny_long_dir, tmp_path, monkeypatch):
@@ -232,6 +252,26 @@ def test_natural_ids_prefix_matches_the_whole_text(tok):
         ids = natural_ids(tok, n, seed=3)
         assert len(ids) >= n and ids[:n] == whole[:n]
     assert natural_ids(tok, 10 ** 7, seed=3) == whole  # longer than the text: all of it
+
+
+def test_book_text_is_a_long_clean_novel(tok):
+    """The "book" perplexity text: one continuous novel, long enough for 31K + 256 tokens of any usual
+    tokenizer (~4 characters a token; 6 a token is the margin), without Project Gutenberg's licence."""
+    from accel.bench.ruler_run import natural_ids
+
+    book = natural_text(source="book")
+    assert len(book) >= 6 * 32768 and natural_text(min_chars=6 * 32768, source="book") == book
+    assert book.startswith("BOTCHAN (MASTER DARLING)") and book.rstrip().endswith("--(THE END)--")
+    for boiler in ("gutenberg", "ebook", "licen", "www.", "produced by", "*** start", "*** end"):
+        assert boiler not in book.lower(), boiler
+    assert not re.search(r"\[[A-Z]\]", book)  # the transcriber's typo markers are gone
+    assert natural_text(seed=5, source="book") == book  # a book is not shuffled
+    # the byte-level tokenizer has no paragraph breaks to cut at here: the line-break cut keeps the prefix exact
+    whole = tok(book, add_special_tokens=False)["input_ids"]
+    ids = natural_ids(tok, 32768, source="book")
+    assert len(ids) >= 32768 + 256 and ids[:32768] == whole[:32768]
+    with pytest.raises(RulerError, match="unknown perplexity text"):
+        natural_text(source="pg19")
 
 
 def test_batches_are_near_equal():

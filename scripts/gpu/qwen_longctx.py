@@ -84,7 +84,8 @@ def table(out: str) -> str:
         if dens:
             lines.append(f"sparse density (mean over rows) {sum(dens) / len(dens):.3f}")
         for p in d.get("perplexity", []):
-            lines.append(f"perplexity {p['length']}: dense {p['dense']:.3f} sparse {p['sparse']:.3f} ({100 * (p['ratio'] - 1):+.2f} %)")
+            # rows before --ppl-text carry no "text": they are the documentation text
+            lines.append(f"perplexity {p.get('text', 'docs')} {p['length']}: dense {p['dense']:.3f} sparse {p['sparse']:.3f} ({100 * (p['ratio'] - 1):+.2f} %)")
     return "\n".join(lines)
 
 

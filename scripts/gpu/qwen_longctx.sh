@@ -42,8 +42,8 @@ if [[ $PHASES == *,speed,* ]]; then
   [[ -f $OUT/speed.json ]] && step threshold 30 python3 "$here/qwen_longctx.py" threshold "$P" "$OUT/speed.json" 32768
 fi
 [[ $PHASES == *,suite,* ]] || exit 0
-# the suite gets what is left, less ~45 s model load and ~35 s perplexity at 8K-31K
-left=$((TOTAL - SECONDS - 80)); (( left < 30 )) && left=30
+# the suite gets what is left, less ~45 s model load and ~35 s perplexity at 8K-31K per text (book, docs)
+left=$((TOTAL - SECONDS - 115)); (( left < 30 )) && left=30
 step suite $((left + 90)) accel bench quality --suite ruler "${M[@]}" --pack "$P" --lengths "${LENGTHS:-4k,8k,16k,31k}" \
   --samples "${SAMPLES:-50}" --batch "${BATCH:-25}" --seconds "$left" ${TASKS:+--tasks "$TASKS"} --ppl-length 8k,16k,31k \
   --json "$OUT/ruler.json" --plot "$OUT/img-ruler"
