@@ -778,6 +778,91 @@ def eagle_bench_part(b: dict) -> str:
     return "\n".join(out)
 
 
+def index_host_cost_part() -> str:
+    name = "experiments/index-host-cost-qwen-h200.json"
+    d = load(name)
+    if not d:
+        return ""
+    rows = []
+    for n in sorted({x["length"] for x in d["rows"]}):
+        at = [x for x in d["rows"] if x["length"] == n and x.get("ref")]
+        tot = lambda k, ref=False: sum((x["ref"] if ref else x)[k] for x in at)  # noqa: E731
+        rows.append(dict(N=n, layers=len(at), host=tot("host_index_ms"), host_ref=tot("host_index_ms", True),
+                         graph=tot("graph_index_ms"), launches=tot("launches_index"), launches_ref=tot("launches_index", True),
+                         copies=tot("copies_index"), copies_ref=tot("copies_index", True),
+                         same=all(x["same_index"] for x in at)))
+    return ("### Index estimation's host cost, every layer of the Qwen pack\n\n"
+            "Milliseconds of host time to issue one prefill's index builds (all layers summed), this revision vs the "
+            "kernels of commit 24824d9 (`ref`), with launches and host-to-device copies counted by the profiler; "
+            "`graph` = the same builds replayed as CUDA graphs (the GPU's own time).\n\n"
+            + table(rows, [("N", "N"), ("layers", "layers"), ("host ms", "host"), ("host ms (ref)", "host_ref"),
+                           ("graph ms", "graph"), ("launches", "launches"), ("launches (ref)", "launches_ref"),
+                           ("copies", "copies"), ("copies (ref)", "copies_ref"), ("same index", "same")])
+            + "\n\n" + env_line(name, d.get("env")) + "\n")
+
+
+def ttft_ceiling_part() -> str:
+    """8B-shaped time to first token (8 of 32 layers) against the ceiling its dense run's non-attention part sets."""
+    rows, envs = [], []
+    for name in ("experiments/ttft-llama3-8b-stream_llm-8layers-h200.json",
+                 "experiments/ttft-llama3-8b-stream_llm-8layers-h200-run2.json"):
+        d = load(name)
+        if not d:
+            continue
+        envs.append(env_line(name, d.get("env")))
+        for r in d["rows"]:
+            pd = r.get("profile_dense") or {}
+            busy, attn = pd.get("gpu_busy_ms"), (pd.get("buckets") or {}).get("dense attn")
+            ceil = busy / (busy - attn) if busy and attn else None
+            x = r["dense_ms"] / r["sparse_runtime_ms"]
+            sk = ((r.get("profile_sparse") or {}).get("buckets") or {}).get("sparse attn kernel")
+            rows.append(dict(file=name.split("/")[-1].replace(".json", ""), N=r["length"], dense=r["dense_ms"],
+                             sparse=r["sparse_runtime_ms"], x=f"{x:.2f}×", attn=attn, kernel=sk,
+                             ceil=f"{ceil:.2f}×" if ceil else None, share=f"{x / ceil:.0%}" if ceil else None))
+    if not rows:
+        return ""
+    return ("### Time to first token on the 8B shape against its ceiling (A-shape 1024+4096 every head, 8 of 32 layers)\n\n"
+            "ceiling = dense GPU time ÷ (dense − its attention): the speed-up if attention cost nothing. The first file "
+            "is this session's tile table (128x64, 4 warps, 2 stages for head_dim 128); `-run2` the one before.\n\n"
+            + table(rows, [("run", "file"), ("N", "N"), ("dense ms", "dense"), ("sparse ms", "sparse"), ("× dense", "x"),
+                           ("dense attn ms", "attn"), ("sparse kernel ms", "kernel"), ("ceiling", "ceil"),
+                           ("share of ceiling", "share")])
+            + "\n\n" + "\n\n".join(envs) + "\n")
+
+
+def ppl_probe_part() -> str:
+    name = "experiments/qwen-ppl-probe-h200.json"
+    d = load(name)
+    if not d:
+        return ""
+    rows = [dict(N=r["length"], text=r["text"], variant=r["variant"], dense=r["ppl_dense"], sparse=r["ppl_sparse"],
+                 change=f"{100 * (r['ratio'] - 1):+.2f} %", far=f"{100 * r['far_share']:.1f} %",
+                 far_change=f"{100 * (r['ratio_far'] - 1):+.1f} %" if "ratio_far" in r else "—",
+                 other_change=f"{100 * (r['ratio_other'] - 1):+.2f} %" if "ratio_other" in r else "—",
+                 density=r["density"]) for r in d["rows"]]
+    sp = d.get("speed", {})
+    speed = "; ".join(f"{k} {v['speedup']:.2f}×" for k, v in sp.items())
+    return ("### Where the 32K model's sparse perplexity goes (`scripts/gpu/qwen_ppl_probe.py`)\n\n"
+            "Perplexity of the last half, dense vs the shipped pack and variants of it: `vs-only` = A-shape and "
+            "block-sparse heads dense; `no-ashape` = A-shape heads dense; `x2` = every budget doubled; `proportional` = "
+            "sizes scaled with the prompt instead of kept absolute. Texts: `docs` (the bench's shuffled "
+            "documentation paragraphs), `docs-ordered` (the same topics in order), `book` (a continuous novel). A "
+            "*far* token ends an 8-token run that also occurs more than 2,048 tokens earlier (dense attention can "
+            "copy it); the rest are *other*.\n\n"
+            + table(rows, [("N", "N"), ("text", "text"), ("variant", "variant"), ("dense", "dense"), ("sparse", "sparse"),
+                           ("change", "change"), ("far tokens", "far"), ("far change", "far_change"),
+                           ("other change", "other_change"), ("density", "density")])
+            + f"\n\nTime to first token at 31K, sparse × dense, each variant ({d.get('note', '')}): {speed}.\n\n"
+            + env_line(name, d.get("env")) + "\n")
+
+
+def session_experiments_section() -> str:
+    parts = [p for p in (ttft_ceiling_part(), index_host_cost_part(), ppl_probe_part()) if p]
+    if not parts:
+        return ""
+    return "## Experiments of 2026-12-03 (session 6): host cost, tiles, the perplexity gap\n\n" + "\n".join(parts)
+
+
 def render() -> str:
     """The whole page, from whatever results/*.json exist (a section whose file is absent is left out)."""
     IMG.mkdir(parents=True, exist_ok=True)
@@ -790,7 +875,7 @@ model — its timings are real, its acceptance/quality figures are meaningless a
 were on one NVIDIA H200 (the device tool's machine); none on an H100.
 """
     body = [head, wall_clock_section(), step_cost_section(), sparse_speed_section(), kernels_section(), prefill_section(), exact_section(), decode_section(), acceptance_section(), training_section(), multigpu_section(), cpu_tree_section(),
-            search_section(), quality_section(), long_prefill_section(), ruler_section()]
+            search_section(), quality_section(), long_prefill_section(), ruler_section(), session_experiments_section()]
     return "\n".join(b for b in body if b)
 
 
