@@ -31,6 +31,7 @@ def search_patterns(
     retrieval_weight: float = typer.Option(0.5, "--retrieval-weight", help="Weight of the question rows' far-key recall in a head's score (0: attention-mass recall only; 0.5 keeps needles on Qwen2.5-Coder-0.5B, results/experiments/)."),
     scaling: str = typer.Option("proportional", "--scaling", help="How the runtime adapts sizes to other prompt lengths: proportional or absolute (MInference)."),
     dense_tail: int = typer.Option(0, "--dense-tail", help="Rows at the end of every prompt (its question) that the runtime computes with exact attention over all keys (e.g. 64; 0: none). Recorded in the pack. On Qwen2.5-Coder-0.5B 64 rows gained nothing on RULER's weak tasks and cost 30 ms at 31K (results/experiments/qwen-fidelity-probe-h200.json)."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="Candidate patterns, comma-separated (e.g. vertical_and_slash,stream_llm); default: every sparse kind. On Qwen2.5-Coder-0.5B the block-sparse heads cost most of the book perplexity (results/experiments/qwen-ppl-probe-h200.json)."),
     block: int = typer.Option(64, "--block", help="Kernel block size (keep 64 unless testing)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG heat-map of each head's pattern, recall and density."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Dense vs sparse next-token agreement and KL on held-out text."),
@@ -51,6 +52,7 @@ def search_patterns(
 
         if kind not in KINDS:
             raise AccelError(f"--kind {kind!r} unknown: use one of {', '.join(KINDS)}")
+        kind_names = _kinds(kinds)   # before the model loads: a typo fails at once
         text = None
         if calibration is not None:
             if not calibration.is_file():
@@ -88,7 +90,7 @@ def search_patterns(
                 raise AccelError(f"--budget {budget!r}: use a fraction of dense cost like 0.1, or 'minference'") from None
         cfg = SearchConfig(seq_len=n, budget=b, target_recall=target_recall, block=block,
                            dense_below=dense_below, scaling=scaling, retrieval_weight=retrieval_weight,
-                           dense_tail=dense_tail)
+                           dense_tail=dense_tail, kinds=kind_names)
         cfg.check()
 
         if text is not None:
@@ -184,3 +186,19 @@ def _version() -> str:
         return version("accel")
     except Exception:
         return "0+unknown"
+
+
+def _kinds(spec: Optional[str]):
+    """--kinds text -> canonical pattern names (aliases accepted), or None for every kind."""
+    if spec is None:
+        return None
+    from ..kernels import PATTERNS
+    from ..runtime.errors import AccelError
+
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    by_alias = {a: n for n, k in PATTERNS.items() if not k.dense for a in (n, *getattr(k, "aliases", ()))}
+    bad = [x for x in names if x not in by_alias]
+    if bad or not names:
+        sparse = [n for n, k in PATTERNS.items() if not k.dense]
+        raise AccelError(f"--kinds {spec!r}: use one or more of {', '.join(sparse)}, comma-separated")
+    return tuple(dict.fromkeys(by_alias[x] for x in names))

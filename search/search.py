@@ -63,6 +63,7 @@ class SearchConfig:
     retrieval_weight: float = 0.5       # weight of the question rows' far-key recall in a head's score
     far_min: float = 0.02               # ... for heads whose question rows put at least this share far
     dense_tail: int = 0                 # the runtime computes a prompt's last this many rows exactly
+    kinds: tuple | None = None          # candidate pattern kinds (None: every registered sparse kind)
 
     def check(self) -> None:
         if self.target_recall is None and not 0.0 < self.budget <= 1.0:
@@ -78,6 +79,12 @@ class SearchConfig:
             raise SearchError(f"--retrieval-weight {self.retrieval_weight} must be in [0, 1] (0: attention-mass recall only)")
         if self.scaling not in SCALING_RULES:
             raise SearchError(f"scaling rule {self.scaling!r} unknown: use one of {SCALING_RULES}")
+        if self.kinds is not None:
+            sparse = [n for n, k in PATTERNS.items() if not k.dense]
+            bad = [k for k in self.kinds if k not in sparse]
+            if bad or not self.kinds:
+                raise SearchError(f"--kinds {','.join(self.kinds)}: use one or more of {', '.join(sparse)} "
+                                  f"(comma-separated; dense is always the fallback, not a candidate)")
         if not 0 <= self.dense_tail <= self.seq_len:
             raise SearchError(f"--dense-tail {self.dense_tail} must be in [0, --seq-len] (rows, e.g. 64)")
 
@@ -120,6 +127,7 @@ class SearchResult:
                          if c.retrieval_weight > 0 else "")),
             "retrieval_weight": c.retrieval_weight, "far_min": c.far_min,
             "dense_below": c.dense_below, "dense_tail": c.dense_tail,
+            "kinds": list(c.kinds) if c.kinds is not None else None,
             "density": [[round(d, 4) for d in layer] for layer in self.density],
             **{k: v for k, v in self.summary().items()},
         }
@@ -179,8 +187,13 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, cfg: SearchConfig, scale: flo
     for b in cfg.budgets:
         target = b * full
         for cand in candidates_for_budget(N, D, b, cfg.block):
+            if cfg.kinds is not None and cand.name not in cfg.kinds:
+                continue
             idx, pats, costs = _candidate_index(q, k, cand, target, tol, cfg, scale, vs_cache)
             entries.append((b, pats, costs, idx))
+    if not entries:
+        raise SearchError(f"no candidate of --kinds {','.join(cfg.kinds or ())} fits a budget of "
+                          f"{', '.join(f'{b:g}' for b in cfg.budgets)} at {N} tokens: raise --budget or allow more kinds")
     rows = score_rows(N, cfg.score_frac)
     max_elems = (1 << 27) if q.is_cuda else (1 << 24)
     rec = recall_of_indexes(q, k, [e[3] for e in entries], rows, scale, max_elems=max_elems)  # (C, Hq)
@@ -197,6 +210,8 @@ def search_layer(q: torch.Tensor, k: torch.Tensor, cfg: SearchConfig, scale: flo
         chosen = None
         for b in cfg.budgets:
             ids = [i for i, e in enumerate(entries) if e[0] == b]
+            if not ids:   # --kinds left no candidate at this budget of the ladder
+                continue
             cap = max(b * full, min(float(entries[i][2][h]) for i in ids)) + tol
             ok = [i for i in ids if float(entries[i][2][h]) <= cap]
             top = max(float(rec[i, h]) for i in ok)

@@ -128,6 +128,25 @@ def test_search_picks_the_obviously_right_pattern():
     assert all(p.score > 0.9 for p in pats), pats
 
 
+def test_kinds_restrict_the_candidates():
+    """--kinds: the block-like head, denied block-sparse, gets the best of what is allowed; the others
+    keep their obvious kinds; the pack records the restriction; a dense-only or unknown list is refused."""
+    q, k = _synthetic_heads()
+    cfg = SearchConfig(seq_len=q.shape[2], budget=0.3, kinds=("vertical_and_slash", "stream_llm"))
+    cfg.check()
+    pats, _, _ = search_layer(q, k, cfg)
+    assert [p.name for p in pats[:2]] == ["stream_llm", "vertical_and_slash"], pats
+    assert pats[2].name in ("vertical_and_slash", "stream_llm"), pats
+    only, _, _ = search_layer(q, k, SearchConfig(seq_len=q.shape[2], budget=0.3, kinds=("stream_llm",)))
+    assert {p.name for p in only} == {"stream_llm"}, only
+    from accel.search.search import SearchResult
+    info = SearchResult(layers=[pats], density=[[0.3] * 3], config=cfg).patterns_info()
+    assert info["kinds"] == ["vertical_and_slash", "stream_llm"]
+    for bad in (("dense",), ("poetry",), ()):
+        with pytest.raises(SearchError, match="--kinds"):
+            SearchConfig(seq_len=1024, kinds=bad).check()
+
+
 def test_target_recall_takes_the_cheapest_budget_that_reaches_it():
     q, k = _synthetic_heads()
     cfg = SearchConfig(seq_len=q.shape[2], target_recall=0.97)
@@ -247,6 +266,8 @@ def test_cli_calibration_file_too_short_then_pad(tiny_model_dir, tmp_path):
     (["--target-recall", "1.2"], "--target-recall"),
     (["--retrieval-weight", "1.5"], "--retrieval-weight"),
     (["--kind", "poetry"], "--kind"),
+    (["--kinds", "vertical_and_slash,poetry"], "--kinds"),
+    (["--kinds", "dense"], "--kinds"),
     (["--calibration", "no-such-file.txt"], "not found"),
     (["--model", "no-such-model"], "unknown model"),
 ])
