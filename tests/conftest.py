@@ -5,6 +5,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
+
+# Keep the repo root off sys.path: its top-level folders are accel's subpackages (kernels/ is accel.kernels,
+# reached through the installed `accel`), and on sys.path kernels/ would shadow Hugging Face's `kernels`
+# package, which transformers >= 5.25 imports at start-up. pytest adds nothing (--import-mode=importlib in
+# pyproject.toml); `python -m pytest` puts the working directory first, which this takes back out.
+_ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _ROOT]
 
 # Triton kernels run on the CPU through the interpreter where there is no GPU. The variable must be
 # set before anything imports triton (the @triton.jit decorators read it), hence here, first.
