@@ -3,6 +3,7 @@ constructed tables, ``--stats`` names the path and why, and greedy output is the
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -45,7 +46,7 @@ def test_rule_picks_each_side():
 
 def test_default_table_is_the_measured_h200_run():
     """The defaults are results/decode-smollm2-wall.json's figures, labelled as defaults."""
-    d = json.load(open("results/decode-smollm2-wall.json"))
+    d = json.load(open(Path(__file__).parents[1] / "results" / "decode-smollm2-wall.json"))
     plain = next(r for r in d["rows"] if r["engine"].startswith("plain"))
     med = next(r for r in d["rows"] if r["engine"].startswith("medusa"))
     t = DEFAULT_THROUGHPUT

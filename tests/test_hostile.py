@@ -100,13 +100,13 @@ def test_case2_tree_bounded(tmp_path):
 
 # -- 3. data loss on output -----------------------------------------------------------------------
 
-def test_case3_generate_refuses_output_equal_to_input(prompts, no_model_load):
+def test_case3_generate_refuses_output_equal_to_input(prompts, no_model_load, monkeypatch):
     before = prompts.read_bytes()
     one_line_error(_run("generate", "-p", prompts, "-o", prompts), "is the input file")
     alias = prompts.parent / "alias.jsonl"
     alias.symlink_to(prompts)
     one_line_error(_run("generate", "-p", prompts, "-o", alias), "is the input file")
-    os.chdir(prompts.parent)
+    monkeypatch.chdir(prompts.parent)  # undone after the test: later tests read repo files by relative path
     one_line_error(_run("generate", "-p", "p.jsonl", "-o", "./p.jsonl"), "is the input file")
     assert prompts.read_bytes() == before
 
