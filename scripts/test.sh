@@ -5,4 +5,6 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
 cd "$root"
-exec .venv/bin/python -m pytest -q "$@"
+# the pytest entry point, not `python -m pytest`: -m puts the working directory (the repo root) on sys.path,
+# where kernels/ would shadow Hugging Face's `kernels` package (tests/conftest.py also takes it back out)
+exec .venv/bin/pytest -q "$@"

@@ -5,15 +5,35 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
+
+# Keep the repo root off sys.path: its top-level folders are accel's subpackages (kernels/ is accel.kernels,
+# reached through the installed `accel`), and on sys.path kernels/ would shadow Hugging Face's `kernels`
+# package, which transformers >= 5.25 imports at start-up. pytest adds nothing (--import-mode=importlib in
+# pyproject.toml); `python -m pytest` puts the working directory first, which this takes back out.
+_ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _ROOT]
 
 # Triton kernels run on the CPU through the interpreter where there is no GPU. The variable must be
-# set before anything imports triton (the @triton.jit decorators read it), hence here, first.
+# set before anything imports triton (the @triton.jit decorators read it), hence here, first, and only
+# here: a test module that set it at import would make every kernel module imported after it an
+# interpreted one for the rest of the session, on a GPU too (pytest_collection_finish checks).
 if "TRITON_INTERPRET" not in os.environ and shutil.which("nvidia-smi") is None:
     os.environ["TRITON_INTERPRET"] = "1"
+_INTERPRET = os.environ.get("TRITON_INTERPRET")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Where tests run the Triton kernels: CUDA on a GPU, else the CPU under the interpreter.
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() and _INTERPRET != "1" else "cpu"
+
+
+def pytest_collection_finish(session):
+    if os.environ.get("TRITON_INTERPRET") != _INTERPRET:
+        raise pytest.UsageError(f"a test module changed TRITON_INTERPRET ({_INTERPRET!r} -> "
+                                f"{os.environ.get('TRITON_INTERPRET')!r}): only tests/conftest.py may set it")
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")

@@ -3,6 +3,7 @@ constructed tables, ``--stats`` names the path and why, and greedy output is the
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -45,7 +46,7 @@ def test_rule_picks_each_side():
 
 def test_default_table_is_the_measured_h200_run():
     """The defaults are results/decode-smollm2-wall.json's figures, labelled as defaults."""
-    d = json.load(open("results/decode-smollm2-wall.json"))
+    d = json.load(open(Path(__file__).parents[1] / "results" / "decode-smollm2-wall.json"))
     plain = next(r for r in d["rows"] if r["engine"].startswith("plain"))
     med = next(r for r in d["rows"] if r["engine"].startswith("medusa"))
     t = DEFAULT_THROUGHPUT
@@ -73,7 +74,7 @@ def test_table_from_pack_provenance_else_defaults():
 
 
 def _pack_with_table(tiny_model_dir, path, spec_tok_s):
-    from tests.test_generate import _random_heads_pack
+    from .test_generate import _random_heads_pack
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     p = load_pack(_random_heads_pack(lm, path))
@@ -110,7 +111,7 @@ def test_stats_names_the_path_and_greedy_output_is_the_same_either_way(tiny_mode
 
 
 def test_cpu_without_a_measurement_runs_plain_and_says_why(tiny_model_dir, tmp_path):
-    from tests.test_generate import _random_heads_pack
+    from .test_generate import _random_heads_pack
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     pack = _random_heads_pack(lm, tmp_path / "p.safetensors")
@@ -125,7 +126,7 @@ def test_cpu_without_a_measurement_runs_plain_and_says_why(tiny_model_dir, tmp_p
 def test_bench_decode_wall_clock_speedups_and_the_table_into_a_pack(tiny_model_dir, tmp_path):
     """`accel bench decode` reports wall-clock tok/s beside decode-only, computes speed-ups from wall
     clock, measures batched plain by batch size, and --into-pack stores the table the rule reads."""
-    from tests.test_generate import _random_heads_pack
+    from .test_generate import _random_heads_pack
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     pack = _random_heads_pack(lm, tmp_path / "p.safetensors")

@@ -35,7 +35,7 @@ from typer.testing import CliRunner
 from accel.cli import app
 from accel.runtime.errors import AccelError
 from accel.runtime.prompts import read_prompt_file
-from tests.hostile_inputs import read_raw, valid_eagle_pack, valid_pack
+from .hostile_inputs import read_raw, valid_eagle_pack, valid_pack
 
 N_PACK, N_PROMPT = 240, 240
 MAX_S, MAX_MB = 2.0, 500
@@ -491,7 +491,9 @@ def test_fuzz_sample_in_subprocess(base_pack, tmp_path):
         cmd = [sys.executable, "-c", code, *args, str(path)]
         if args[0] == "generate":
             cmd += ["-m", str(model)]  # a folder without weights: the reader must answer (or fail) first
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+        # cwd: `python -c` puts the working directory on sys.path, and the repo root's kernels/ would shadow
+        # Hugging Face's `kernels` package that transformers imports
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                            env={**os.environ, "FUZZ_RSS": str(rss_file)})
         assert "Traceback" not in r.stderr, (what, r.stderr)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

@@ -17,8 +17,8 @@ from accel.runtime import files
 from accel.runtime.errors import PackError, PromptError
 from accel.runtime.pack import load_pack
 from accel.runtime.prompts import Prompt, encode_prompt, max_prompt_bytes, read_prompt_file
-from tests.conftest import make_tokenizer
-from tests.hostile_inputs import one_line_error, read_raw, valid_pack, write_raw
+from .conftest import make_tokenizer
+from .hostile_inputs import one_line_error, read_raw, valid_pack, write_raw
 
 runner = CliRunner()
 
@@ -100,13 +100,13 @@ def test_case2_tree_bounded(tmp_path):
 
 # -- 3. data loss on output -----------------------------------------------------------------------
 
-def test_case3_generate_refuses_output_equal_to_input(prompts, no_model_load):
+def test_case3_generate_refuses_output_equal_to_input(prompts, no_model_load, monkeypatch):
     before = prompts.read_bytes()
     one_line_error(_run("generate", "-p", prompts, "-o", prompts), "is the input file")
     alias = prompts.parent / "alias.jsonl"
     alias.symlink_to(prompts)
     one_line_error(_run("generate", "-p", prompts, "-o", alias), "is the input file")
-    os.chdir(prompts.parent)
+    monkeypatch.chdir(prompts.parent)  # undone after the test: later tests read repo files by relative path
     one_line_error(_run("generate", "-p", "p.jsonl", "-o", "./p.jsonl"), "is the input file")
     assert prompts.read_bytes() == before
 
@@ -170,7 +170,7 @@ def test_case4_export_keeps_mode_and_leaves_no_temp(tmp_path, monkeypatch):
 
 
 def test_case4_failure_partway_keeps_finished_completions(tiny_model_dir, tmp_path, monkeypatch):
-    from tests.test_generate import _random_heads_pack
+    from .test_generate import _random_heads_pack
     from accel.runtime import engine
     from accel.runtime.models import load_model
 
@@ -380,7 +380,7 @@ def test_case8_trust_remote_code_everywhere(cmd):
 
 
 def test_case8_model_folder_without_tokenizer(tmp_path, prompts):
-    from tests.conftest import make_tiny_llama
+    from .conftest import make_tiny_llama
 
     make_tiny_llama().save_pretrained(tmp_path / "m")
     line = one_line_error(_run("generate", "-p", prompts, "-m", tmp_path / "m"), "no tokenizer files")

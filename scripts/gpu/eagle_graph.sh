@@ -7,6 +7,9 @@
 # EAGLE_STEPS / EAGLE_MINUTES / EAGLE_RESUME=1 (continue /tmp/eagle.ckpt on the same machine) override.
 set -uo pipefail
 export ACCEL_SMOLLM2_GGUF=${ACCEL_SMOLLM2_GGUF:-/root/smollm2.gguf} PYTHONUNBUFFERED=1
+# `python3 -m` from the repo root would put it on sys.path, where kernels/ shadows Hugging Face's `kernels`
+# (transformers >= 5.25 imports it); Python >= 3.11 leaves it off with this set
+export PYTHONSAFEPATH=1
 step() { local t=$1; shift; echo "== $*"; timeout "$t" "$@" 2>&1 | grep -v "━\|Ignoring\|Warn" | tail -${TAIL:-14}; }
 steps=${EAGLE_STEPS:-1200}; minutes=${EAGLE_MINUTES:-3.2}
 resume=(); [[ ${EAGLE_RESUME:-0} == 1 ]] && resume=(--resume)

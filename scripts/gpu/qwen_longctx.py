@@ -27,7 +27,6 @@ def break_even(rows: list[dict], context: int) -> int:
 
 
 def record_threshold(pack_path: str, speed_json: str, context: int) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from accel.runtime.pack import load_pack, save_pack
 
     rows = json.loads(Path(speed_json).read_text())["rows"]

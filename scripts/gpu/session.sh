@@ -15,6 +15,9 @@
 # Parts are made by: split -b 55m -d -a 2 <qwen.gguf> (see docs/gpu.md).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# `python3 -m` from the repo root would put it on sys.path, where kernels/ shadows Hugging Face's `kernels`
+# (transformers >= 5.25 imports it); Python >= 3.11 leaves it off with this set
+export PYTHONSAFEPATH=1
 export ACCEL_SMOLLM2_GGUF=/root/smollm2.gguf ACCEL_QWEN_GGUF=/root/stage/qwen.gguf
 QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 W=/root/work
