@@ -58,6 +58,19 @@ def _tiles(n: int, elems: int = 4096) -> tuple[int, int]:
     return max(1, elems // bn), bn
 
 
+def _rows_launch(x: torch.Tensor, n_out: int, block_m: int | None, block_n: int | None):
+    """What the row-wise kernels share: x (..., K) as unit-stride rows (M, K), an (M, n_out) output of x's
+    dtype, the (M, n_out) tile grid and its tile sizes (``_tiles`` unless given)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    bm, bn = _tiles(n_out)
+    block_m, block_n = block_m or bm, block_n or bn
+    y = torch.empty(M, n_out, dtype=x.dtype, device=x.device)
+    return x2, y, (triton.cdiv(M, block_m), triton.cdiv(n_out, block_n)), block_m, block_n
+
+
 def supports(dtype: torch.dtype, head_dim: int) -> bool:
     """True if these kernels handle this activation dtype and head_dim (a power of two >= 2)."""
     return dtype in _DTYPES and head_dim >= 2 and head_dim & (head_dim - 1) == 0
@@ -207,15 +220,10 @@ def silu_mul(gu: torch.Tensor, block_m: int | None = None, block_n: int | None =
     if I2 % 2 or gu.dtype not in _DTYPES:
         raise ValueError(f"silu_mul: needs (..., 2I) in {_DTYPES}, got {tuple(gu.shape)} {gu.dtype}")
     lead, I = gu.shape[:-1], I2 // 2
-    gu2 = gu.reshape(-1, I2)
-    if gu2.stride(-1) != 1:
-        gu2 = gu2.contiguous()
+    gu2, y, grid, block_m, block_n = _rows_launch(gu, I, block_m, block_n)
     M = gu2.shape[0]
-    y = torch.empty(M, I, dtype=gu.dtype, device=gu.device)
-    bm, bn = _tiles(I)
-    block_m, block_n = block_m or bm, block_n or bn
     if M:
-        _silu_mul_kernel[(triton.cdiv(M, block_m), triton.cdiv(I, block_n))](
+        _silu_mul_kernel[grid](
             gu2, y, M, I, gu2.stride(0), y.stride(0), BM=block_m, BN=block_n,
             RNE=_INTERPRET and gu.dtype == torch.bfloat16, INTERP=_INTERPRET or libdevice is None,
             num_warps=4, enable_fp_fusion=False)
@@ -247,16 +255,11 @@ def scale_rows(x: torch.Tensor, w: torch.Tensor, block_m: int | None = None,
     N = x.shape[-1]
     if w.shape != (N,) or w.dtype != x.dtype or x.dtype not in _DTYPES:
         raise ValueError(f"scale_rows: w {tuple(w.shape)} {w.dtype} does not fit x {tuple(x.shape)} {x.dtype}")
-    x2 = x.reshape(-1, N)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2, y, grid, block_m, block_n = _rows_launch(x, N, block_m, block_n)
     w = w.contiguous()
     M = x2.shape[0]
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    bm, bn = _tiles(N)
-    block_m, block_n = block_m or bm, block_n or bn
     if M:
-        _scale_rows_kernel[(triton.cdiv(M, block_m), triton.cdiv(N, block_n))](
+        _scale_rows_kernel[grid](
             x2, w, y, M, N, x2.stride(0), y.stride(0), BM=block_m, BN=block_n,
             RNE=_INTERPRET and x.dtype == torch.bfloat16, num_warps=4, enable_fp_fusion=False)
     return y.view(x.shape)
