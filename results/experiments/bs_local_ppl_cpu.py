@@ -60,7 +60,8 @@ def main():
         kb = torch.arange(allowed.shape[1], device=device)
         return allowed, forced | (allowed & ((kb[None, :] * block_n + block_n - 1) >= (r0 - a.local)[:, None]))
 
-    out = {"n": a.n, "local": a.local, "pack": a.pack, "text": "book", "bs_only": a.bs_only, "rows": {}}
+    from accel.bench.common import environment
+    out = {"env": environment("python results/experiments/bs_local_ppl_cpu.py " + " ".join(sys.argv[1:])), "n": a.n, "local": a.local, "pack": a.pack, "text": "book", "bs_only": a.bs_only, "rows": {}}
     dense = None
     for v in a.variants.split(","):
         kidx._block_masks = local_masks if v.endswith("+local") else orig

@@ -13,17 +13,15 @@ export ACCEL_QWEN_GGUF=/root/stage/qwen.gguf ACCEL_SMOLLM2_GGUF=/root/smollm2.gg
 W=/root/work
 mkdir -p $W /root/stage
 case ${1:?phase} in
-smol1)
-  cp .stage1/* /root/stage/ && echo "stage1 ok" ;;
+smol1)   # the SmolLM2 staging of scripts/gpu/session.sh, without its sparse-speed job
+  bash scripts/gpu/session.sh stage1 ;;
 smol2)
-  cp .stage2/* /root/stage/ && cat /root/stage/smollm2.gguf.part-* > /root/smollm2.gguf && rm /root/stage/smollm2.gguf.part-*
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
+  SKIP_SPARSE=1 bash scripts/gpu/session.sh stage2 || exit 1
   setsid nohup bash -c "timeout 420 accel train-heads --drafter eagle --model smollm2-135m \
       --pack runtime/default_pack.safetensors --output $W/eagle-pack.safetensors --steps ${EAGLE_STEPS:-4000} \
       --max-minutes ${EAGLE_MINUTES:-5.5} --distill-samples ${DISTILL_SAMPLES:-2} --checkpoint-dir $W/eagle.ckpt \
       > $W/train.log 2>&1; echo done > $W/train.done" > /dev/null 2>&1 < /dev/null &
-  echo "stage2 ok; EAGLE training started" ;;
+  echo "EAGLE training started" ;;
 probe)
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_prefill_sync.py tests/test_vs_fused.py \
       tests/test_index_launch_budget.py tests/test_eagle_graph.py tests/test_request_overhead.py 2>&1 | tail -6
