@@ -88,19 +88,25 @@ def needle_grid(compact, tokenizer, lengths, depths, patterns_for, *, trials: in
 @torch.no_grad()
 def perplexity(compact, ids: torch.Tensor, patterns=None, stats: list | None = None, dense_tail: int = 0) -> float:
     """Perplexity of the last half of ``ids`` (1, N) with one prefill (dense, or forced sparse patterns)."""
+    nll = token_nll(compact, ids, forced_plan(patterns, stats, dense_tail))
+    return math.exp(nll.double().sum().item() / max(nll.numel(), 1))
+
+
+@torch.no_grad()
+def token_nll(compact, ids: torch.Tensor, plan) -> torch.Tensor:
+    """(N - 1 - N//2,) fp32 NLL of each next-token target of the last half of ``ids`` (1, N), one prefill
+    under ``plan`` (a ``PrefillPlan``: ``forced_plan``'s or the runtime's); on the CPU."""
     from ..runtime.attention_meta import AttentionMeta
 
     compact.setup_cache(1, ids.shape[1])
     pos = torch.arange(ids.shape[1], device=ids.device)[None]
-    _, hidden = compact(ids, AttentionMeta.prompt(pos, forced_plan(patterns, stats, dense_tail)), last_only=True)
-    half = ids.shape[1] // 2
-    nll, count = 0.0, 0
-    for s in range(half, ids.shape[1] - 1, 1024):  # project to the vocab in chunks: (N, V) is large
+    _, hidden = compact(ids, AttentionMeta.prompt(pos, plan), last_only=True)
+    out = []
+    for s in range(ids.shape[1] // 2, ids.shape[1] - 1, 1024):  # project to the vocab in chunks: (N, V) is large
         e = min(s + 1024, ids.shape[1] - 1)
         logits = compact.output(hidden[0, s:e]).float()
-        nll += F.cross_entropy(logits, ids[0, s + 1:e + 1], reduction="sum").item()
-        count += e - s
-    return math.exp(nll / count)
+        out.append(F.cross_entropy(logits, ids[0, s + 1:e + 1], reduction="none"))
+    return torch.cat(out).cpu() if out else torch.zeros(0)
 
 
 @torch.no_grad()

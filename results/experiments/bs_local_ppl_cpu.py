@@ -27,12 +27,8 @@ def main():
     ap.add_argument("--bs-only", action="store_true", help="only the block-sparse heads run sparse")
     ap.add_argument("--json", required=True)
     a = ap.parse_args()
-    import importlib.util
     import sys
-    spec = importlib.util.spec_from_file_location("probe", "scripts/gpu/qwen_ppl_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
-    from accel.bench.quality import forced_plan
+    from accel.bench.quality import forced_plan, token_nll
     from accel.bench.ruler_run import natural_ids
     from accel.kernels import index as kidx
     from accel.runtime.model import CompactLM
@@ -67,7 +63,7 @@ def main():
         kidx._block_masks = local_masks if v.endswith("+local") else orig
         kidx._CONST_CACHE.clear()
         t = time.time()
-        nll = probe.token_nll(compact, x, forced_plan(None if v == "dense" else pats))
+        nll = token_nll(compact, x, forced_plan(None if v == "dense" else pats))
         out["rows"][v] = {"ppl": math.exp(nll.mean()), "seconds": time.time() - t}
         if v == "dense":
             dense = nll

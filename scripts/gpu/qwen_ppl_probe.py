@@ -26,7 +26,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def texts(tok, n_max: int) -> dict[str, list[int]]:
@@ -51,21 +50,6 @@ def far_copy_mask(ids: list[int], start: int, n_gram: int = 8, gap: int = 2048) 
             far[j - 1 - start] = True
         last[g] = j
     return far
-
-
-@torch.no_grad()
-def token_nll(compact, ids: torch.Tensor, plan) -> torch.Tensor:
-    """(N/2 - 1,) float NLL of each target of the last half (as bench.quality.perplexity scores)."""
-    from accel.runtime.attention_meta import AttentionMeta
-
-    compact.setup_cache(1, ids.shape[1])
-    pos = torch.arange(ids.shape[1], device=ids.device)[None]
-    _, hidden = compact(ids, AttentionMeta.prompt(pos, plan), last_only=True)
-    half, out = ids.shape[1] // 2, []
-    for s in range(half, ids.shape[1] - 1, 1024):
-        e = min(s + 1024, ids.shape[1] - 1)
-        out.append(F.cross_entropy(compact.output(hidden[0, s:e]).float(), ids[0, s + 1:e + 1], reduction="none"))
-    return torch.cat(out).cpu()
 
 
 def variants(layers, n: int):
@@ -101,7 +85,7 @@ def main() -> None:
 
     from accel.bench.common import environment
     from accel.bench.prefill import bench_prefill
-    from accel.bench.quality import forced_plan
+    from accel.bench.quality import forced_plan, token_nll
     from accel.runtime.model import CompactLM
     from accel.runtime.models import load_model
     from accel.runtime.pack import load_pack
